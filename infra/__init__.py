@@ -1,0 +1,1 @@
+"""Cross-cutting infrastructure: settings, clock, database, logging, metrics, services, CLI."""

@@ -1,0 +1,244 @@
+"""``govnotify``: one command, a subcommand per part, each run as it would run in production."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from infra.settings import get_settings
+
+    return get_settings()
+
+
+def _print_dict(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        print(f"  {key:<10} {value}")
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from infra import services
+
+    action = {
+        "up": services.services_up,
+        "down": services.services_down,
+        "status": services.services_status,
+    }[args.action]
+    print(f"services {args.action}:")
+    _print_dict(action(_settings()))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from infra.db import upgrade
+
+    upgrade(_settings())
+    print("database migrated to head")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.jsonschema_gen import write_all
+
+    for path in write_all():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from producers.rabbitmq import Publisher
+
+    s = _settings()
+    source = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")
+    with (
+        source,
+        Publisher(s.amqp_url, s.exchange, topology=(s.relay_queue, s.dead_letter_queue)) as p,
+    ):
+        results = p.publish_lines(source, validate=not args.no_validate)
+    rejected = [r for r in results if not r.accepted]
+    for r in results:
+        if r.accepted:
+            if args.verbose:
+                print(f"line {r.index}: accepted {r.event_id or ''}".rstrip())
+        else:
+            print(f"line {r.index}: rejected {r.reason}: {r.detail}")
+    print(f"{len(results) - len(rejected)} accepted, {len(rejected)} rejected")
+    return 1 if rejected else 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from infra.logging import configure_logging
+    from infra.metrics import serve_metrics
+    from producers.relay import Relay
+
+    s = _settings()
+    configure_logging(args.log_level, "relay")
+    serve_metrics(s.relay_metrics_port, s.metrics_host)
+    Relay(s).run(_stop_on_signals())
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import faust
+
+    from infra.logging import MaskingFilter, configure_logging
+    from infra.metrics import serve_metrics
+    from streams.app import create_app
+
+    s = _settings()
+    configure_logging(args.log_level, "stream")
+    serve_metrics(s.stream_metrics_port, s.metrics_host)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(MaskingFilter())
+    app = create_app(s, loghandlers=[handler])
+    worker = faust.Worker(app, loglevel=args.log_level, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def worker_env(settings, base: dict[str, str] | None = None) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment for dramatiq worker processes: one shared, freshly cleared metrics folder."""
+    env = dict(os.environ if base is None else base)
+    prom_dir = (settings.data_dir / "prometheus" / settings.namespace).resolve()
+    shutil.rmtree(prom_dir, ignore_errors=True)
+    prom_dir.mkdir(parents=True, exist_ok=True)
+    env.update(
+        PROMETHEUS_MULTIPROC_DIR=str(prom_dir),
+        dramatiq_prom_db=str(prom_dir),
+        dramatiq_prom_host=settings.metrics_host,
+        dramatiq_prom_port=str(settings.worker_metrics_port),
+    )
+    return env
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    s = _settings()
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.actors",
+        "--processes",
+        str(args.processes or s.worker_processes),
+        "--threads",
+        str(args.threads or s.worker_threads),
+    ]
+    # exec: the worker keeps this pid, so whoever started it can stop it by pid.
+    os.execve(sys.executable, argv, worker_env(s))  # noqa: S606  (argv, no shell)
+    return 0  # pragma: no cover
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from workers.sweep import sweep
+
+    _print_dict({k: str(v) for k, v in sweep(_settings()).items()})
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from infra.demo import run_demo
+
+    return run_demo(_settings(), licenses=args.licenses, keep_running=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="govnotify",
+        description="Event-driven notifications for government service centres.",
+    )
+    parser.add_argument(
+        "--today",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="run as of this local date (YYYY-MM-DD); sets GOVNOTIFY_TODAY",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("services", help="start, stop or check RabbitMQ, PostgreSQL and Kafka")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_services)
+
+    p = sub.add_parser("db", help="apply the database migrations")
+    p.add_argument("action", choices=["upgrade"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("schemas", help="regenerate the JSON Schema files of every event")
+    p.add_argument("action", choices=["generate"])
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("publish", help="publish events from a JSON-lines file, with confirms")
+    p.add_argument("file", help="JSON-lines file, one event envelope per line ('-' for stdin)")
+    p.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="send lines as they are (the relay then rejects bad ones)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also list accepted lines")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
+        "relay", help="move events from RabbitMQ into Kafka, dead-lettering bad ones"
+    )
+    p.set_defaults(func=cmd_relay)
+
+    p = sub.add_parser("stream", help="run the Faust stream rules (license registry, what is due)")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("worker", help="run the dramatiq workers that deliver notifications")
+    p.add_argument("--processes", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("sweep", help="re-queue or resolve notifications stuck in created/sending")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on a generated license registry")
+    p.add_argument("--licenses", type=int, default=5000, help="licenses to generate (>= 100)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from infra.settings import SettingsError, get_settings
+
+    args = build_parser().parse_args(argv)
+    if args.today:
+        os.environ["GOVNOTIFY_TODAY"] = args.today.isoformat()
+        get_settings.cache_clear()
+    try:
+        get_settings()
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"govnotify: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from infra.services import ServiceError
+
+        if isinstance(exc, ServiceError):
+            print(f"govnotify: {exc}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

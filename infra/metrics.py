@@ -1,0 +1,77 @@
+"""Every govnotify metric, defined once, with bounded label values.
+
+Labels never carry a phone number, case id or citizen id. In dramatiq worker processes
+``PROMETHEUS_MULTIPROC_DIR`` is set before this module is imported, so the same definitions
+write to the shared multi-process files that dramatiq's exposition server reads.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+__all__ = [
+    "CALL_LIST_ENTRIES",
+    "DEAD_LETTERS",
+    "EVENTS_RECEIVED",
+    "EVENTS_REJECTED",
+    "EVENTS_RELAYED",
+    "EVENT_TO_SEND",
+    "JOBS_ENQUEUED",
+    "NOTIFICATIONS",
+    "PROVIDER_DURATION",
+    "STREAM_EVENTS",
+    "serve_metrics",
+]
+
+EVENTS_RECEIVED = Counter(
+    "govnotify_events_received_total", "Events taken from the ingest queue.", ["event_type"]
+)
+EVENTS_REJECTED = Counter(
+    "govnotify_events_rejected_total",
+    "Events refused at ingest, by reason; each is kept as a dead letter.",
+    ["event_type", "reason"],
+)
+EVENTS_RELAYED = Counter(
+    "govnotify_events_relayed_total", "Events written to Kafka by the relay.", ["topic"]
+)
+STREAM_EVENTS = Counter(
+    "govnotify_stream_events_total",
+    "Events processed by the stream rules, by outcome (applied, stale, invalid).",
+    ["event_type", "outcome"],
+)
+JOBS_ENQUEUED = Counter(
+    "govnotify_jobs_enqueued_total", "Jobs sent from the stream rules to the work queues.", ["kind"]
+)
+NOTIFICATIONS = Counter(
+    "govnotify_notifications_total",
+    "Notifications reaching a status, by flow, channel, provider and status.",
+    ["flow", "channel", "provider", "status"],
+)
+PROVIDER_DURATION = Histogram(
+    "govnotify_provider_request_duration_seconds",
+    "Time spent in one provider request.",
+    ["provider", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENT_TO_SEND = Histogram(
+    "govnotify_event_to_send_seconds",
+    "Time from the triggering event to the provider accepting the message, by flow.",
+    ["flow"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400),
+)
+CALL_LIST_ENTRIES = Counter(
+    "govnotify_call_list_entries_total",
+    "Staff call-list entries created, by category.",
+    ["category"],
+)
+DEAD_LETTERS = Counter(
+    "govnotify_dead_letters_total",
+    "Dead-letter records written, by stage and reason.",
+    ["stage", "reason"],
+)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
+    """Serve the default registry on ``http://host:port/metrics`` from a daemon thread."""
+    server, thread = start_http_server(port, addr=host)
+    return server, thread

@@ -1,0 +1,224 @@
+"""Configuration from ``GOVNOTIFY_*`` environment variables, validated at start.
+
+Every number the product talks about (offsets, ports, partition counts) is a setting with a
+documented default. A bad value fails at start with :class:`SettingsError`, whose message names
+the environment variable to fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["EMBEDDED_KAFKA_PORT", "Settings", "SettingsError", "get_settings", "load_settings"]
+
+#: Loopback port of the embedded Tansu broker when ``GOVNOTIFY_KAFKA_URL`` is not set.
+EMBEDDED_KAFKA_PORT = 19092
+
+
+class SettingsError(Exception):
+    """Raised when a GOVNOTIFY_* setting is missing or invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    """All of govnotify's configuration. Field ``x`` is read from ``GOVNOTIFY_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="GOVNOTIFY_", extra="ignore", frozen=True)
+
+    #: Prefix of every exchange, queue, topic and consumer group; tests use a unique one each.
+    namespace: str = Field("govnotify", pattern=r"^[a-z][a-z0-9_-]{0,40}$")
+    #: Folder for the SQLite default database, pid files, sandbox outbox and metrics files.
+    data_dir: Path = Path(".govnotify")
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    #: Empty means the embedded Tansu broker on 127.0.0.1:EMBEDDED_KAFKA_PORT.
+    kafka_url: str = ""
+    kafka_partitions: int = Field(4, ge=1, le=256)
+    #: "tansu" (the embedded broker; works around its ListOffsets answer) or "kafka".
+    kafka_broker_kind: Literal["tansu", "kafka"] = "tansu"
+    kafka_replication_factor: int = Field(3, ge=1, le=7)
+    #: Empty means a SQLite file under data_dir.
+    database_url: str = ""
+
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from: str = ""
+    #: Overrides https://api.twilio.com, for a sandbox or a test fake.
+    twilio_api_base: str = ""
+
+    timezone: str = "Asia/Shanghai"
+    #: The settable clock: run "as of" this date (YYYY-MM-DD) instead of today.
+    today: dt.date | None = None
+
+    sms_signature: str = "【长安政务】"
+    #: Days before expiry at which the holder gets a renewal SMS.
+    renewal_sms_offsets: list[int] = [30, 7]
+    #: Days before expiry at which the issuing department gets a call-list entry.
+    renewal_call_offsets: list[int] = [3]
+
+    relay_metrics_port: int = Field(9301, ge=0, le=65535)
+    stream_metrics_port: int = Field(9302, ge=0, le=65535)
+    worker_metrics_port: int = Field(9191, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    worker_processes: int = Field(1, ge=1, le=64)
+    worker_threads: int = Field(8, ge=1, le=256)
+    #: Largest accepted event, in bytes, before it is dead-lettered as oversize.
+    max_event_bytes: int = Field(64 * 1024, ge=1024)
+    #: Rows in `sending` longer than this are resolved by the sweep.
+    sweep_sending_after_s: int = Field(300, ge=1)
+    #: Rows in `created` longer than this are re-queued by the sweep.
+    sweep_created_after_s: int = Field(120, ge=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("amqp", "amqps"):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("kafka", "tcp"):
+            raise ValueError("must look like kafka://host:port[;kafka://host2:port]")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("twilio_api_base")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("renewal_sms_offsets", "renewal_call_offsets")
+    @classmethod
+    def _offsets(cls, value: list[int]) -> list[int]:
+        if any(o < 0 or o > 3650 for o in value):
+            raise ValueError("offsets are days before expiry, 0..3650")
+        return sorted(set(value), reverse=True)
+
+    @model_validator(mode="after")
+    def _twilio_all_or_nothing(self) -> Settings:
+        given = [
+            bool(self.twilio_account_sid),
+            bool(self.twilio_auth_token),
+            bool(self.twilio_from),
+        ]
+        if any(given) and not all(given):
+            missing = [
+                name
+                for name, ok in zip(
+                    (
+                        "GOVNOTIFY_TWILIO_ACCOUNT_SID",
+                        "GOVNOTIFY_TWILIO_AUTH_TOKEN",
+                        "GOVNOTIFY_TWILIO_FROM",
+                    ),
+                    given,
+                    strict=True,
+                )
+                if not ok
+            ]
+            raise ValueError(f"Twilio needs all three credentials; missing {', '.join(missing)}")
+        return self
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def kafka_embedded(self) -> bool:
+        return not self.kafka_url
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """``host:port[,host:port]`` for aiokafka, from the faust-style URL."""
+        if self.kafka_embedded:
+            return f"127.0.0.1:{EMBEDDED_KAFKA_PORT}"
+        parts = [urlsplit(u.strip()).netloc for u in self.kafka_url.replace(",", ";").split(";")]
+        return ",".join(p for p in parts if p)
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{hp}" for hp in self.kafka_bootstrap.split(","))
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'govnotify.db').resolve()}"
+
+    @property
+    def twilio_enabled(self) -> bool:
+        return bool(self.twilio_account_sid)
+
+    # ---- names ----------------------------------------------------------------------------
+    @property
+    def exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def relay_queue(self) -> str:
+        return f"{self.namespace}.relay"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.events.dead"
+
+    def topic(self, name: str) -> str:
+        """Kafka topic for one entity family: ``licenses``, ``cases`` or ``evaluations``."""
+        return f"{self.namespace}.{name}"
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.topic(n) for n in ("licenses", "cases", "evaluations")]
+
+    def queue(self, name: str) -> str:
+        """dramatiq queue name for one kind of work."""
+        return f"{self.namespace}.{name}"
+
+
+def _field_env_name(loc: tuple[object, ...]) -> str:
+    return "GOVNOTIFY_" + str(loc[0]).upper() if loc else "GOVNOTIFY_*"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise :class:`SettingsError` naming what is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = _field_env_name(err["loc"])
+            lines.append(f"invalid setting {name}: {err['msg']}")
+        raise SettingsError("; ".join(lines)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,135 @@
+"""Typed delivery errors: every notifier raises one of these, never returns ``False``.
+
+The split matters to the workers. A :class:`PermanentDeliveryError` is never retried (the
+number is suppressed or the content fixed); a :class:`TransientDeliveryError` is retried with
+backoff; a :class:`NotifierConfigError` means our side is broken (credentials, settings) and
+needs an operator, not a different recipient. :class:`DeliveryTimeoutError` is the one
+ambiguous case: the provider may have accepted the message, so a sweep must look it up before
+anything is sent again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "DeliveryError",
+    "DeliveryTimeoutError",
+    "InvalidRecipientError",
+    "MessageRejectedError",
+    "NotifierConfigError",
+    "PermanentDeliveryError",
+    "ProviderUnavailableError",
+    "RateLimitedError",
+    "RecipientUnsubscribedError",
+    "TransientDeliveryError",
+    "UnsupportedRecipientError",
+]
+
+
+class DeliveryError(Exception):
+    """Raised when a notifier could not deliver a message."""
+
+    #: Short machine-readable reason, stored with the notification and used as a metric label.
+    default_reason: ClassVar[str] = "delivery_failed"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        reason: str | None = None,
+        code: str | int | None = None,
+        provider: str | None = None,
+    ) -> None:
+        self.reason: str = reason or self.default_reason
+        #: The provider's own error code (Twilio's 21211 …) as a string, when it gave one.
+        self.code: str | None = None if code is None else str(code)
+        self.provider: str | None = provider
+        super().__init__(message or self.reason)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only attributes are lost by the default Exception pickling, and result
+        # backends and multiprocessing pickle exceptions.
+        return (
+            _rebuild,
+            (type(self), self.message, self.reason, self.code, self.provider),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, reason={self.reason!r}, "
+            f"code={self.code!r}, provider={self.provider!r})"
+        )
+
+
+def _rebuild(
+    cls: type[DeliveryError], message: str, reason: str, code: str | None, provider: str | None
+) -> DeliveryError:
+    return cls(message, reason=reason, code=code, provider=provider)
+
+
+# ---- permanent: retrying cannot help ---------------------------------------------------------
+class PermanentDeliveryError(DeliveryError):
+    """Raised when the provider refused the message for good; it is never retried."""
+
+    default_reason = "provider_rejected"
+
+
+class InvalidRecipientError(PermanentDeliveryError):
+    """Raised when the recipient is not a valid phone number."""
+
+    default_reason = "invalid_number"
+
+
+class RecipientUnsubscribedError(PermanentDeliveryError):
+    """Raised when the recipient has opted out at the provider (replied STOP or similar)."""
+
+    default_reason = "unsubscribed"
+
+
+class UnsupportedRecipientError(PermanentDeliveryError):
+    """Raised when the number exists but cannot receive SMS (landline, unreachable route)."""
+
+    default_reason = "landline_or_unsupported"
+
+
+class MessageRejectedError(PermanentDeliveryError):
+    """Raised when the content is refused: empty, too long, a URL, or filtered by the provider."""
+
+    default_reason = "content_rejected"
+
+
+# ---- transient: retry with backoff -----------------------------------------------------------
+class TransientDeliveryError(DeliveryError):
+    """Raised when delivery failed for a reason that may pass; it is retried with backoff."""
+
+    default_reason = "provider_error"
+
+
+class ProviderUnavailableError(TransientDeliveryError):
+    """Raised when the provider answered 5xx or could not be reached; nothing was sent."""
+
+    default_reason = "provider_unavailable"
+
+
+class RateLimitedError(TransientDeliveryError):
+    """Raised when the provider throttled us (HTTP 429)."""
+
+    default_reason = "rate_limited"
+
+
+class DeliveryTimeoutError(TransientDeliveryError):
+    """Raised when the request may have reached the provider but no answer came back."""
+
+    default_reason = "timeout"
+
+
+# ---- our side is wrong -----------------------------------------------------------------------
+class NotifierConfigError(DeliveryError):
+    """Raised when credentials or settings are missing or refused by the provider."""
+
+    default_reason = "misconfigured"

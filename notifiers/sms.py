@@ -1,0 +1,102 @@
+"""SMS text rules: encoding, segment counting, and the no-URL rule for mainland China.
+
+Segments are what the provider bills and what the citizen's phone stitches together, so every
+notification records its count. A message is GSM-7 only when every character is in the GSM 03.38
+basic set or its extension table; one Chinese character makes the whole message UCS-2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = [
+    "GSM7_SEGMENT",
+    "UCS2_SEGMENT",
+    "URL_PATTERN",
+    "contains_url",
+    "count_segments",
+    "is_gsm7",
+]
+
+#: (characters in a single GSM-7 SMS, characters per part once split); the 7 lost septets
+#: carry the concatenation header.
+GSM7_SEGMENT = (160, 153)
+#: (UTF-16 code units in a single UCS-2 SMS, code units per part once split).
+UCS2_SEGMENT = (70, 67)
+
+# GSM 03.38 basic character set, without ESC (0x1B), which only introduces the extension table.
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+# Extension table: each costs two septets (ESC + the character).
+_GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+
+
+def is_gsm7(text: str) -> bool:
+    """True when ``text`` can be sent in the GSM 03.38 alphabet (basic set + extension table)."""
+    return all(ch in _GSM7_BASIC or ch in _GSM7_EXTENSION for ch in text)
+
+
+def _utf16_units(text: str) -> int:
+    # Characters outside the BMP (emoji, rare CJK) are a surrogate pair: two UCS-2 units.
+    return sum(2 if ord(ch) > 0xFFFF else 1 for ch in text)
+
+
+def count_segments(text: str) -> int:
+    """Number of SMS parts ``text`` is sent as.
+
+    Parameters:
+      text: the full body, signature included.
+
+    Raises:
+      ValueError: when ``text`` is empty (an empty SMS is a bug upstream, not one segment).
+
+    Returns:
+      1 when it fits one SMS, else the number of concatenated parts. This ignores the rule that
+      a part boundary never splits an escape sequence or a surrogate pair, which can add one
+      part in rare edge cases; providers' counts (Twilio's ``num_segments``) win when known.
+    """
+    if not text:
+        raise ValueError("an SMS body cannot be empty")
+    if is_gsm7(text):
+        single, multi = GSM7_SEGMENT
+        units = len(text) + sum(1 for ch in text if ch in _GSM7_EXTENSION)
+    else:
+        single, multi = UCS2_SEGMENT
+        units = _utf16_units(text)
+    if units <= single:
+        return 1
+    return math.ceil(units / multi)
+
+
+# Top-level domains that count as a link even without a path ("t.cn", "abc.gov.cn"). Kept short
+# on purpose: with a path ("xyz.ab/x") any alphabetic TLD counts, so only bare domains need it,
+# and a long list would flag English abbreviations.
+_BARE_TLDS = (
+    "cn|com|net|org|gov|edu|info|biz|io|cc|me|tv|top|xyz|vip|site|online|app|link|ly|gl|to"
+    "|shop|club|wang|ink|mobi|asia|hk|mo|tw|us|uk|jp|de"
+)
+
+#: Anything a carrier would treat as a link: ``http(s)://``, ``www.``, or a bare domain such as
+#: ``t.cn/abc`` or ``zwfw.gov.cn``. Dotted numbers ("2026.12.01", "12.5元") are not matched:
+#: a top-level domain must be letters.
+URL_PATTERN = re.compile(
+    rf"""
+      [a-z][a-z0-9+.-]*://\S*                      # any scheme: http://, https://, ftp:// …
+    | (?<![a-z0-9])www\.\S*                         # www.example (no scheme)
+    | (?<![a-z0-9@.-])                              # a bare domain starts here, not mid-word
+      (?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+  # one or more labels
+      (?:
+          [a-z]{{2,24}}(?=[/:?#])                   # any TLD followed by a path, port or query
+        | (?:{_BARE_TLDS})(?![a-z0-9-])             # or a common TLD on its own
+      )
+    """,
+    re.IGNORECASE | re.VERBOSE | re.ASCII,
+)
+
+
+def contains_url(text: str) -> bool:
+    """True when ``text`` holds a link; Twilio refuses URLs in SMS to mainland China."""
+    return URL_PATTERN.search(text) is not None

@@ -1,0 +1,322 @@
+"""Twilio Programmable Messaging, through the real ``twilio`` client.
+
+Errors are classified by Twilio's error code first (:data:`TWILIO_ERROR_CODES`), then by HTTP
+status, into the typed errors of :mod:`notifiers.errors`. Message create has no idempotency key,
+so a timeout after the request went out is ambiguous: it is raised as
+:class:`DeliveryTimeoutError` and :meth:`TwilioSMSNotifier.lookup` lets a sweep find out whether
+the message exists before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3.exceptions
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response as TwilioResponse
+from twilio.rest import Client
+
+from infra.logging import mask_mobile, mask_pii
+from notifiers.base import Notifier, OutboundMessage, Receipt
+from notifiers.errors import (
+    DeliveryError,
+    DeliveryTimeoutError,
+    InvalidRecipientError,
+    MessageRejectedError,
+    NotifierConfigError,
+    PermanentDeliveryError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    RecipientUnsubscribedError,
+    TransientDeliveryError,
+    UnsupportedRecipientError,
+)
+from notifiers.sms import count_segments
+
+__all__ = ["TWILIO_ERROR_CODES", "TwilioSMSNotifier", "classify_twilio_error"]
+
+_log = logging.getLogger(__name__)
+
+PROVIDER = "twilio"
+
+#: Twilio error code → the error we raise. Codes come from API answers (2xxxx) and from status
+#: callbacks' ``ErrorCode`` (3xxxx). A code not listed falls back on the HTTP status
+#: (see :func:`classify_twilio_error`). https://www.twilio.com/docs/api/errors
+TWILIO_ERROR_CODES: dict[int, type[DeliveryError]] = {
+    # -- the recipient is not a phone number
+    21211: InvalidRecipientError,  # Invalid 'To' phone number
+    21217: InvalidRecipientError,  # Phone number does not appear to be valid
+    21401: InvalidRecipientError,  # Invalid phone number
+    21421: InvalidRecipientError,  # PhoneNumber is invalid
+    21604: InvalidRecipientError,  # 'To' phone number is required
+    30005: InvalidRecipientError,  # Unknown destination handset (callback)
+    # -- the recipient said no
+    21610: RecipientUnsubscribedError,  # Attempt to send to unsubscribed recipient (STOP)
+    # -- a real number that cannot take this SMS
+    21612: UnsupportedRecipientError,  # 'To' number is not currently reachable via SMS
+    21614: UnsupportedRecipientError,  # 'To' number is not a valid mobile number
+    30006: UnsupportedRecipientError,  # Landline or unreachable carrier (callback)
+    # -- the content
+    21602: MessageRejectedError,  # Message body is required
+    21617: MessageRejectedError,  # Concatenated message body exceeds the 1600 character limit
+    30007: MessageRejectedError,  # Message filtered by the carrier (callback)
+    # -- our account or settings. 21408 is an account setting (Geo Permissions for the
+    # destination country), not a fault of the number: suppressing the citizen would be wrong.
+    20003: NotifierConfigError,  # Authentication failed
+    20005: NotifierConfigError,  # Account not active
+    20404: NotifierConfigError,  # Resource not found: wrong account SID in the URL
+    21212: NotifierConfigError,  # Invalid 'From' number
+    21408: NotifierConfigError,  # Permission to send an SMS has not been enabled for the region
+    21606: NotifierConfigError,  # 'From' number is not a valid message-capable Twilio number
+    21660: NotifierConfigError,  # Mismatch between the 'From' number and the account
+    # -- try again later
+    20429: RateLimitedError,  # Too many requests
+    20500: ProviderUnavailableError,  # Internal server error
+    20503: ProviderUnavailableError,  # Service unavailable
+}
+
+
+def classify_twilio_error(status: int | None, code: int | None) -> type[DeliveryError]:
+    """The error class for a Twilio answer with HTTP ``status`` and error ``code``.
+
+    ``status`` is ``None`` for a status callback's ``ErrorCode``; an unknown code there is taken
+    as transient, because Twilio's ``undelivered`` covers temporary handset and carrier states.
+    """
+    if code is not None and code in TWILIO_ERROR_CODES:
+        return TWILIO_ERROR_CODES[code]
+    if status is None:
+        return TransientDeliveryError
+    if status == 429:
+        return RateLimitedError
+    if status in (401, 403):
+        return NotifierConfigError
+    if status >= 500:
+        return ProviderUnavailableError
+    if 400 <= status < 500:
+        return PermanentDeliveryError
+    # A 2xx/3xx that the client still refused (e.g. a page that is not JSON): try later.
+    return ProviderUnavailableError
+
+
+def _twilio_exception_details(exc: TwilioException) -> tuple[int | None, int | None, str]:
+    """(HTTP status, Twilio code, message) from any of the client's exception shapes."""
+    # TwilioRestException (legacy JSON errors) and TwilioServiceException (RFC 9457 errors)
+    # both carry .status/.code but are siblings, not one subclass of the other.
+    status = getattr(exc, "status", None)
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "msg", None) or getattr(exc, "title", None) or ""
+    if status is None and len(exc.args) >= 2 and isinstance(exc.args[1], TwilioResponse):
+        # A list page that is not 200 raises a bare TwilioException("Unable to fetch page",
+        # response): no status attribute, only the response object.
+        status = exc.args[1].status_code
+        message = str(exc.args[0])
+    # With no "code" in the error JSON the client copies the HTTP status into .code.
+    if code is not None and code == status:
+        code = None
+    return (
+        int(status) if status is not None else None,
+        int(code) if code is not None else None,
+        str(message),
+    )
+
+
+def _classify_exception(exc: BaseException, action: str) -> DeliveryError:
+    """Our typed error for a client or transport exception; the caller raises it."""
+    if isinstance(exc, TwilioException):
+        status, code, message = _twilio_exception_details(exc)
+        cls = classify_twilio_error(status, code)
+        # Twilio's messages quote the number ("The 'To' number +86138… is not valid"), and
+        # this text ends up in logs and the database.
+        return cls(
+            f"{action}: HTTP {status} code {code}: {mask_pii(message)}",
+            code=code,
+            provider=PROVIDER,
+        )
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        # Checked before Timeout and ConnectionError (it is both): no connection, nothing sent.
+        return ProviderUnavailableError(f"{action}: connect timeout", provider=PROVIDER)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return DeliveryTimeoutError(
+            f"{action}: no answer in time; the request may have been accepted", provider=PROVIDER
+        )
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        if exc.args and isinstance(exc.args[0], urllib3.exceptions.ProtocolError):
+            # "Connection aborted": the connection dropped after the request was written, so
+            # Twilio may have created the message. As ambiguous as a read timeout.
+            return DeliveryTimeoutError(
+                f"{action}: connection dropped before the answer; the request may have been "
+                "accepted",
+                provider=PROVIDER,
+            )
+        return ProviderUnavailableError(f"{action}: cannot connect", provider=PROVIDER)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return ProviderUnavailableError(f"{action}: {type(exc).__name__}", provider=PROVIDER)
+    raise TypeError(f"not a provider error: {exc!r}")
+
+
+class _RoutingHttpClient(TwilioHttpClient):
+    """Twilio's own HTTP client, with every ``https://*.twilio.com`` URL sent to ``api_base``.
+
+    Rewriting here, below the client, covers every domain (api, messaging, lookups …) and
+    follow-up page URLs alike, where ``client.api.base_url`` covers only the api domain.
+    """
+
+    def __init__(self, api_base: str | None, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self._api_base = api_base.rstrip("/") if api_base else None
+
+    def _route(self, url: str) -> str:
+        if self._api_base is None:
+            return url
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme != "https" or not (host == "twilio.com" or host.endswith(".twilio.com")):
+            return url
+        base = urlsplit(self._api_base)
+        path = base.path.rstrip("/") + parts.path
+        return urlunsplit((base.scheme, base.netloc, path, parts.query, parts.fragment))
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, *args: Any, **kwargs: Any
+    ) -> TwilioResponse:
+        return super().request(method, self._route(url), *args, **kwargs)
+
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        # The base class logs query parameters at INFO, and a list() query carries To=<number>.
+        self.logger.debug("%s %s", kwargs["method"], urlsplit(kwargs["url"]).path)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+class TwilioSMSNotifier(Notifier):
+    """SMS through Twilio's Messages API.
+
+    Parameters:
+      account_sid: ``AC…``, 34 characters.
+      auth_token: the account's auth token (never logged or echoed in errors).
+      from_: sender: an E.164 number or an alphanumeric sender id.
+      api_base: replaces ``https://*.twilio.com`` (a sandbox or a test fake).
+      timeout: seconds for connect and for each read.
+
+    Raises:
+      NotifierConfigError: when a parameter is missing or malformed.
+    """
+
+    name: ClassVar[str] = "twilio"
+    channel: ClassVar[str] = "sms"
+    #: Twilio to mainland China: 500 characters at most.
+    body_maxlen: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        from_: str,
+        *,
+        api_base: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        problems = []
+        if not (account_sid.startswith("AC") and len(account_sid) == 34):
+            problems.append("account_sid must start with 'AC' and be 34 characters")
+        if not auth_token:
+            problems.append("auth_token is empty")
+        if not from_.strip():
+            problems.append("from_ is empty")
+        if api_base and urlsplit(api_base).scheme not in ("http", "https"):
+            problems.append("api_base must be an http(s) URL")
+        if not timeout > 0:
+            problems.append("timeout must be positive")
+        if problems:
+            raise NotifierConfigError(
+                "Twilio notifier misconfigured: " + "; ".join(problems), provider=PROVIDER
+            )
+        self.account_sid = account_sid
+        self._auth_token = auth_token
+        self.from_ = from_
+        self.api_base = api_base or None
+        self.timeout = float(timeout)
+        # requests.Session is not documented as thread-safe and workers run many threads:
+        # one client (and connection pool) per thread.
+        self._local = threading.local()
+        self._http_clients: list[_RoutingHttpClient] = []
+        self._clients_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TwilioSMSNotifier(account_sid={self.account_sid!r}, api_base={self.api_base!r})"
+
+    def _client(self) -> Client:
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            http_client = _RoutingHttpClient(self.api_base, self.timeout)
+            client = Client(self.account_sid, self._auth_token, http_client=http_client)
+            self._local.client = client
+            with self._clients_lock:
+                self._http_clients.append(http_client)
+        return client
+
+    def _send(self, message: OutboundMessage) -> Receipt:
+        kwargs: dict[str, Any] = {"to": message.to, "from_": self.from_, "body": message.body}
+        if message.status_callback:
+            kwargs["status_callback"] = message.status_callback
+        try:
+            created = self._client().messages.create(**kwargs)
+        except (TwilioException, requests.exceptions.RequestException) as exc:
+            error = _classify_exception(exc, "create message")
+            _log.warning(
+                "twilio refused notification %s to %s: %s (reason=%s code=%s)",
+                message.notification_id,
+                mask_mobile(message.to),
+                type(error).__name__,
+                error.reason,
+                error.code,
+            )
+            raise error from exc
+        return Receipt(
+            provider=PROVIDER,
+            provider_ref=str(created.sid),
+            status=str(created.status or "queued"),
+            segments=int(created.num_segments or count_segments(message.body)),
+        )
+
+    def lookup(self, to: str, body: str, since: dt.datetime) -> str | None:
+        """The sid of a message to ``to`` with exactly ``body``, sent at or after ``since``.
+
+        Used by the sweep to resolve a :class:`DeliveryTimeoutError`: a sid means the message
+        went out and must not be sent again. Only the 50 most recent messages are read.
+
+        Parameters:
+          since: timezone-aware; the twilio client formats it as UTC without converting it.
+
+        Raises:
+          ValueError: when ``since`` is naive.
+          DeliveryError: when Twilio cannot be asked, classified like a send.
+        """
+        if since.tzinfo is None or since.utcoffset() is None:
+            raise ValueError("since must be timezone-aware")
+        # twilio.base.serialize.iso8601_datetime does strftime("...%H:%M:%SZ") on the value as
+        # given: a +08:00 time would be read as UTC and miss eight hours of messages.
+        since_utc = since.astimezone(dt.UTC)
+        try:
+            found = self._client().messages.list(to=to, date_sent_after=since_utc, limit=50)
+        except (TwilioException, requests.exceptions.RequestException) as exc:
+            raise _classify_exception(exc, "list messages") from exc
+        for candidate in found:
+            if candidate.body == body:
+                return str(candidate.sid)
+        return None
+
+    def close(self) -> None:
+        with self._clients_lock:
+            clients, self._http_clients = self._http_clients, []
+        for http_client in clients:
+            http_client.close()
+        self._local = threading.local()

@@ -1,0 +1,1 @@
+"""Stateful stream rules on Kafka (Faust): the license registry and what is due."""

@@ -1,0 +1,74 @@
+"""The Faust application: topics, tables and agents, built from the settings.
+
+Kafka is the durable, replayable event log and the home of stream state. Processing is
+at-least-once (Tansu has no transactional producer, and a worker crash replays), so every effect
+leaving the stream carries a deterministic idempotency key and the workers make it exactly-once.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import faust
+
+from infra.clock import Clock
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+__all__ = ["StreamContext", "create_app"]
+
+log = logging.getLogger("govnotify.streams")
+
+
+class StreamContext:
+    """What the agents share: settings, clock, and one thread for blocking job sends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.clock = Clock.from_settings(settings)
+        # pika and dramatiq's send() block; run them off the event loop, in order, on one thread.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-sender")
+
+
+def create_app(
+    settings: Settings, *, loghandlers: list[logging.Handler] | None = None
+) -> faust.App:
+    """A Faust app for ``settings``; agents are attached by ``streams.agents``."""
+    tansu = settings.kafka_broker_kind == "tansu"
+    datadir = (settings.data_dir / "faust" / settings.namespace).resolve()
+    # faust creates datadir itself but not its parents.
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.namespace}-streams",
+        broker=settings.faust_broker,
+        # Table keys and values (and so their changelogs) are JSON; source topics carry raw bytes
+        # (validated JSON from the relay) that agents parse themselves.
+        value_serializer="json",
+        key_serializer="json",
+        # Changelog topics must have the source topics' partition count (co-partitioning).
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=1 if tansu else settings.kafka_replication_factor,
+        # Group joins take ~half the rebalance timeout; 10 s makes a worker ready in ~8 s.
+        broker_session_timeout=10,
+        broker_rebalance_timeout=10,
+        broker_heartbeat_interval=3,
+        # Tansu answers ListOffsets "latest" with first-offset-of-last-batch + 1, so Faust stops
+        # table recovery early unless every changelog batch holds exactly one record.
+        producer_max_batch_size=1 if tansu else 16384,
+        # A standby copy would be scanned too by the daily sweep: keep state in one place.
+        table_standby_replicas=0,
+        store="memory://",
+        datadir=str(datadir),
+        web_enabled=False,
+        topic_allow_declare=True,
+        # faust's worker installs its own log handlers; ours mask personal data.
+        loghandlers=loghandlers or [],
+    )
+    ctx = StreamContext(settings)
+    from streams.agents import licenses
+
+    licenses.attach(app, ctx)
+    return app

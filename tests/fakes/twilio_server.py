@@ -1,0 +1,409 @@
+"""A loopback fake of Twilio's Messages API, for the real ``twilio`` client to talk to.
+
+Point a notifier at it with ``api_base=fake.base_url``. It speaks the 2010-04-01 Messages
+resource closely enough for the client's create, fetch and list (page JSON with
+``next_page_uri``), answers errors in Twilio's legacy JSON shape (``code``, ``message``,
+``more_info``, ``status``) so the client raises ``TwilioRestException``, and can fail, delay or
+drop requests on cue. Everything it records is guarded by one condition variable, so tests wait
+on it with a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email.utils
+import json
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from twilio.request_validator import RequestValidator
+
+from notifiers.sms import count_segments
+
+__all__ = ["FakeTwilio"]
+
+_API = "/2010-04-01"
+
+# Messages Twilio gives for the codes tests script; any other code gets a generic text.
+_ERROR_MESSAGES = {
+    20003: "Authenticate",
+    20404: "The requested resource was not found",
+    20429: "Too Many Requests",
+    21211: "The 'To' number is not a valid phone number.",
+    21602: "Message body is required.",
+    21604: "A 'To' phone number is required.",
+    21610: "Attempt to send to unsubscribed recipient",
+    21612: "The 'To' phone number is not currently reachable via SMS.",
+    21614: "'To' number is not a valid mobile number",
+    21617: "The concatenated message body exceeds the 1600 character limit.",
+}
+
+
+@dataclass
+class _Failure:
+    status: int
+    code: int | None
+
+
+class FakeTwilio:
+    """A Twilio Messages API on ``127.0.0.1:<free port>``; use as a context manager."""
+
+    def __init__(
+        self,
+        account_sid: str = "AC" + "0" * 31 + "1",
+        auth_token: str = "fake-auth-token-0123456789abcdef",  # noqa: S107 - a fake, not a secret
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        #: Every accepted message, oldest first: to, from, body, sid, status_callback, ….
+        self.messages: list[dict[str, Any]] = []
+        #: Every create request received, failed ones included.
+        self.attempts = 0
+        self._cond = threading.Condition()
+        self._failing_numbers: dict[str, _Failure] = {}
+        self._fail_queue: deque[_Failure] = deque()
+        self._delay_queue: deque[float] = deque()
+        self._drop_queue: deque[bool] = deque()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    # ---- life cycle ---------------------------------------------------------------------------
+    def start(self) -> FakeTwilio:
+        """Bind a free loopback port and serve in a background thread."""
+        if self._server is not None:
+            raise RuntimeError("FakeTwilio already started")
+        self._stopping.clear()
+        server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = server
+        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port; pending delays end at once."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeTwilio:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ---- scripting ----------------------------------------------------------------------------
+    def fail_number(self, to: str, status: int, code: int) -> None:
+        """Every create to ``to`` fails with HTTP ``status`` and Twilio error ``code``."""
+        with self._cond:
+            self._failing_numbers[to] = _Failure(status, code)
+
+    def fail_next(self, n: int, status: int, code: int | None = None) -> None:
+        """The next ``n`` creates fail; without ``code`` the error JSON has none (like a 5xx)."""
+        with self._cond:
+            self._fail_queue.extend(_Failure(status, code) for _ in range(n))
+
+    def delay_next(self, n: int, seconds: float) -> None:
+        """The next ``n`` creates are recorded at once but answered after ``seconds``."""
+        with self._cond:
+            self._delay_queue.extend([seconds] * n)
+
+    def drop_next(self, n: int) -> None:
+        """The next ``n`` creates are recorded, then the connection closes with no answer."""
+        with self._cond:
+            self._drop_queue.extend([True] * n)
+
+    def clear(self) -> None:
+        """Forget messages, attempts and every scripted failure, delay and drop."""
+        with self._cond:
+            self.messages.clear()
+            self.attempts = 0
+            self._failing_numbers.clear()
+            self._fail_queue.clear()
+            self._delay_queue.clear()
+            self._drop_queue.clear()
+
+    # ---- observing ----------------------------------------------------------------------------
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """A copy of the messages once at least ``count`` arrived.
+
+        Raises:
+          TimeoutError: when fewer than ``count`` arrived within ``timeout`` seconds.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.messages) >= count, timeout=timeout):
+                raise TimeoutError(
+                    f"FakeTwilio got {len(self.messages)} messages, expected {count}"
+                )
+            return [dict(m) for m in self.messages]
+
+    # ---- status callbacks ---------------------------------------------------------------------
+    def send_status_callback(
+        self,
+        url: str,
+        message_sid: str,
+        status: str,
+        *,
+        sign: bool = True,
+        error_code: int | None = None,
+        timeout: float = 5.0,
+    ) -> int:
+        """POST a status callback like Twilio's to ``url``; return the HTTP status received.
+
+        With ``sign`` the request carries a valid ``X-Twilio-Signature``; without, none.
+        """
+        with self._cond:
+            known = next((m for m in self.messages if m["sid"] == message_sid), None)
+        params = {
+            "MessageSid": message_sid,
+            "SmsSid": message_sid,
+            "MessageStatus": status,
+            "SmsStatus": status,
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+        }
+        if known is not None:
+            params["To"] = known["to"]
+            params["From"] = known["from"]
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if sign:
+            validator = RequestValidator(self.auth_token)
+            headers["X-Twilio-Signature"] = validator.compute_signature(url, params)
+        request = urllib.request.Request(  # noqa: S310 - tests post to their own loopback URL
+            url, data=urllib.parse.urlencode(params).encode(), headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return int(exc.code)
+
+    # ---- used by the handler ------------------------------------------------------------------
+    def _authorized(self, header: str | None) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return header == f"Basic {expected}"
+
+    def _take_failure(self, to: str) -> _Failure | None:
+        if to in self._failing_numbers:
+            return self._failing_numbers[to]
+        if self._fail_queue:
+            return self._fail_queue.popleft()
+        return None
+
+    def _create(self, form: dict[str, str]) -> tuple[int, dict[str, Any], float, bool]:
+        """(status, JSON, delay before answering, drop the connection) for one create."""
+        to, body = form.get("To", ""), form.get("Body", "")
+        with self._cond:
+            failure = self._take_failure(to)
+            if failure is None and not to:
+                failure = _Failure(400, 21604)
+            if failure is None and not body:
+                failure = _Failure(400, 21602)
+            if failure is not None:
+                return failure.status, _error(failure.status, failure.code), 0.0, False
+            delay = self._delay_queue.popleft() if self._delay_queue else 0.0
+            drop = self._drop_queue.popleft() if self._drop_queue else False
+            message = self._message_json(to, form.get("From", ""), body)
+            self.messages.append(
+                {
+                    "to": to,
+                    "from": message["from"],
+                    "body": body,
+                    "sid": message["sid"],
+                    "status_callback": form.get("StatusCallback"),
+                    "json": message,
+                }
+            )
+            self._cond.notify_all()
+        return 201, message, delay, drop
+
+    def _message_json(self, to: str, from_: str, body: str) -> dict[str, Any]:
+        sid = "SM" + uuid.uuid4().hex
+        now = email.utils.format_datetime(dt.datetime.now(dt.UTC).replace(microsecond=0), True)
+        uri = f"{_API}/Accounts/{self.account_sid}/Messages/{sid}.json"
+        return {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": body,
+            "date_created": now,
+            # Real Twilio fills date_sent once the message leaves its queue; the fake "sends"
+            # at once so the DateSent filter of list() sees it.
+            "date_sent": now,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": from_,
+            "messaging_service_sid": None,
+            "num_media": "0",
+            "num_segments": str(count_segments(body)),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {"media": uri.replace(".json", "/Media.json")},
+            "to": to,
+            "uri": uri,
+        }
+
+    def _list(self, query: dict[str, str], path: str) -> dict[str, Any]:
+        after = _parse_twilio_datetime(query.get("DateSent>"))
+        page_size = int(query.get("PageSize", "50"))
+        with self._cond:
+            found = [m["json"] for m in reversed(self.messages)]  # newest first, like Twilio
+        if "To" in query:
+            found = [m for m in found if m["to"] == query["To"]]
+        if "From" in query:
+            found = [m for m in found if m["from"] == query["From"]]
+        if after is not None:
+            found = [m for m in found if email.utils.parsedate_to_datetime(m["date_sent"]) >= after]
+        found = found[:page_size]
+        uri = f"{path}?{urllib.parse.urlencode(query)}" if query else path
+        return {
+            "messages": found,
+            "end": max(len(found) - 1, 0),
+            "first_page_uri": uri,
+            "next_page_uri": None,
+            "previous_page_uri": None,
+            "page": 0,
+            "page_size": page_size,
+            "start": 0,
+            "uri": uri,
+        }
+
+    def _fetch(self, sid: str) -> dict[str, Any] | None:
+        with self._cond:
+            return next((m["json"] for m in self.messages if m["sid"] == sid), None)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    # Daemon handler threads: a handler stuck in a scripted delay never blocks shutdown.
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up is part of the script, not a fault to print.
+        # Anything else still goes to stderr.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _error(status: int, code: int | None) -> dict[str, Any]:
+    # Legacy Twilio error JSON. No "type"/"title" keys: with those the client would switch to
+    # its RFC 9457 exception class, which the Messages API does not use.
+    payload: dict[str, Any] = {
+        "message": _ERROR_MESSAGES.get(code or 0, f"HTTP {status} from FakeTwilio"),
+        "status": status,
+    }
+    if code is not None:
+        payload["code"] = code
+        payload["more_info"] = f"https://www.twilio.com/docs/errors/{code}"
+    return payload
+
+
+def _parse_twilio_datetime(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    # The client sends "%Y-%m-%dT%H:%M:%SZ"; Twilio also accepts a bare date.
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _make_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
+    messages_path = f"{_API}/Accounts/{fake.account_sid}/Messages.json"
+    message_prefix = f"{_API}/Accounts/{fake.account_sid}/Messages/"
+
+    class Handler(BaseHTTPRequestHandler):
+        # HTTP/1.0: one request per connection, so a dropped or delayed answer never leaves a
+        # half-used keep-alive connection in the client's pool.
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            # Silent: requests carry phone numbers, and test output should stay readable.
+            return
+
+        def _reply(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up (its timeout); nothing to tell it.
+                pass
+
+        def _check_auth(self) -> bool:
+            if fake._authorized(self.headers.get("Authorization")):
+                return True
+            self._reply(401, _error(401, 20003))
+            return False
+
+        def do_POST(self) -> None:
+            path = urllib.parse.urlsplit(self.path).path
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode("utf-8")
+            if path.endswith("/Messages.json"):
+                # Every create counts, refused ones included: tests assert "no request at all".
+                with fake._cond:
+                    fake.attempts += 1
+            if not self._check_auth():
+                return
+            if path != messages_path:
+                # Another account's path: Twilio answers 404 code 20404.
+                self._reply(404, _error(404, 20404))
+                return
+            form = {k: v[-1] for k, v in urllib.parse.parse_qs(raw, keep_blank_values=True).items()}
+            status, payload, delay, drop = fake._create(form)
+            if delay:
+                # An Event, not sleep: stop() ends every pending delay at once.
+                fake._stopping.wait(delay)
+            if drop:
+                self.close_connection = True
+                return
+            self._reply(status, payload)
+
+        def do_GET(self) -> None:
+            parts = urllib.parse.urlsplit(self.path)
+            if not self._check_auth():
+                return
+            if parts.path == messages_path:
+                query = {k: v[-1] for k, v in urllib.parse.parse_qs(parts.query).items()}
+                self._reply(200, fake._list(query, parts.path))
+                return
+            if parts.path.startswith(message_prefix) and parts.path.endswith(".json"):
+                sid = parts.path[len(message_prefix) : -len(".json")]
+                found = fake._fetch(sid)
+                if found is not None:
+                    self._reply(200, found)
+                    return
+            self._reply(404, _error(404, 20404))
+
+    return Handler

@@ -1,0 +1,1 @@
+"""dramatiq workers: notification jobs from RabbitMQ, delivered through the notifiers."""
