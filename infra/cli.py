@@ -140,6 +140,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--threads",
         str(args.threads or s.worker_threads),
     ]
+    if args.queues:
+        argv += ["--queues", *(s.queue(q) for q in args.queues)]
     # exec: the worker keeps this pid, so whoever started it can stop it by pid.
     os.execve(sys.executable, argv, worker_env(s))  # noqa: S606  (argv, no shell)
     return 0  # pragma: no cover
@@ -205,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the dramatiq workers that deliver notifications")
     p.add_argument("--processes", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--queues",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these work queues (registry, reminders, delivery); default all",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("sweep", help="re-queue or resolve notifications stuck in created/sending")

@@ -56,8 +56,13 @@ class MaskingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = mask_pii(record.getMessage())
         record.args = None
-        if record.exc_info and not record.exc_text:
+        if record.exc_text:
+            # Another handler may have formatted (and cached) the traceback before us.
+            record.exc_text = mask_pii(record.exc_text)
+        elif record.exc_info:
             record.exc_text = mask_pii("".join(traceback.format_exception(*record.exc_info)))
+        if record.stack_info:
+            record.stack_info = mask_pii(record.stack_info)
         return True
 
 

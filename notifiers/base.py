@@ -9,6 +9,7 @@ fast and permanently instead of burning a retry budget.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import logging
 import re
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from types import TracebackType
 from typing import ClassVar, final
 
 from infra.logging import mask_mobile
-from notifiers.errors import InvalidRecipientError, MessageRejectedError
+from notifiers.errors import InvalidRecipientError, LookupUnsupportedError, MessageRejectedError
 from notifiers.sms import contains_url
 
 __all__ = ["E164_PATTERN", "Notifier", "OutboundMessage", "Receipt"]
@@ -115,6 +116,19 @@ class Notifier(abc.ABC):
     @abc.abstractmethod
     def _send(self, message: OutboundMessage) -> Receipt:
         """Deliver an already validated message, or raise a :class:`DeliveryError`."""
+
+    def lookup(self, to: str, body: str, since: dt.datetime) -> str | None:
+        """The provider's reference of a message with this recipient and body sent since ``since``.
+
+        Used by the sweep to learn whether an ambiguous send (timeout, crash after the request)
+        went out, so it is never sent twice.
+
+        Raises:
+          LookupUnsupportedError: the provider cannot be asked.
+        """
+        raise LookupUnsupportedError(
+            f"{self.name} cannot look up sent messages", provider=self.name
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook; most notifiers hold nothing open
         """Release connections; the notifier must not be used afterwards."""

@@ -16,6 +16,7 @@ __all__ = [
     "DeliveryError",
     "DeliveryTimeoutError",
     "InvalidRecipientError",
+    "LookupUnsupportedError",
     "MessageRejectedError",
     "NotifierConfigError",
     "PermanentDeliveryError",
@@ -133,3 +134,9 @@ class NotifierConfigError(DeliveryError):
     """Raised when credentials or settings are missing or refused by the provider."""
 
     default_reason = "misconfigured"
+
+
+class LookupUnsupportedError(DeliveryError):
+    """Raised when a notifier cannot be asked whether a message was sent."""
+
+    default_reason = "lookup_unsupported"

@@ -66,6 +66,17 @@ class SandboxNotifier(Notifier):
             segments=record["segments"],
         )
 
+    def lookup(self, to: str, body: str, since: dt.datetime) -> str | None:
+        """The outbox reference of a message with this recipient and body since ``since``."""
+        for record in read_outbox(self.outbox):
+            if (
+                record["to"] == to
+                and record["body"] == body
+                and dt.datetime.fromisoformat(record["sent_at"]) >= since
+            ):
+                return str(record["provider_ref"])
+        return None
+
 
 def read_outbox(path: Path) -> list[dict[str, Any]]:
     """Every record in the outbox at ``path``, oldest first; ``[]`` when it does not exist."""

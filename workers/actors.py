@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from infra.logging import install_masking
-from workers import reminders  # noqa: F401  (declares the renewal actors)
+from workers import delivery, reminders  # noqa: F401  (declare the actors)
 from workers.broker import broker
 
 __all__ = ["broker"]

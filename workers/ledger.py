@@ -22,10 +22,16 @@ def insert_ignore(session: Session, table: Table, values: dict[str, Any], key: s
     """``INSERT … ON CONFLICT (key) DO NOTHING``; True when this call created the row."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
-    result = session.execute(stmt)
+    stmt = (
+        insert(table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[key])
+        # rowcount is -1 for this statement on psycopg 3; RETURNING says whether a row was made.
+        .returning(table.c[key])
+    )
+    created = session.execute(stmt).first() is not None
     session.commit()
-    return bool(result.rowcount)
+    return created
 
 
 def claim(session: Session, notification_id: str) -> bool:

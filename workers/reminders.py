@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-import time
 import uuid
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from infra.clock import Clock
 from infra.db import session
 from infra.deadletters import record_dead_letter
-from infra.logging import mask_mobile
-from infra.metrics import CALL_LIST_ENTRIES, EVENT_TO_SEND, NOTIFICATIONS, PROVIDER_DURATION
-from notifiers.base import Notifier, OutboundMessage
+from infra.metrics import CALL_LIST_ENTRIES, NOTIFICATIONS
 from notifiers.errors import (
-    DeliveryTimeoutError,
-    NotifierConfigError,
     PermanentDeliveryError,
-    TransientDeliveryError,
 )
-from notifiers.registry import notifier_from_settings
 from notifiers.sms import count_segments
 from notifiers.templates import load_templates
 from schemas.categories import load_categories
@@ -39,37 +31,23 @@ from schemas.commands import LicenseStateJob, RenewalJob
 from schemas.models import CallListEntry, LicenseRecord, Notification, NotificationStatus, utcnow
 from workers import ledger
 from workers.broker import settings
+from workers.delivery import MAX_RETRIES, deliver_claimed
 
 __all__ = ["add_call_list_entry", "record_license", "send_renewal_reminder"]
 
 log = logging.getLogger("govnotify.reminders")
 
 FLOW = "renewal"
-MAX_RETRIES = 8
 #: Loaded at import: a template with a missing placeholder stops the worker at start, not at send.
 TEMPLATE = load_templates()["renewal_reminder"]
 CATEGORIES = load_categories()
-
-_local = threading.local()
-
-
-def get_notifier() -> Notifier:
-    """One notifier per worker thread (HTTP sessions are not shared across threads)."""
-    notifier = getattr(_local, "notifier", None)
-    if notifier is None:
-        notifier = _local.notifier = notifier_from_settings(settings)
-    return notifier
+CLOCK = Clock.from_settings(settings)
 
 
 def _dialect() -> str:
     from infra.db import get_engine
 
     return get_engine(settings.resolved_database_url).dialect.name
-
-
-def _retries_exhausted() -> bool:
-    message = CurrentMessage.get_current_message()
-    return message is None or message.options.get("retries", 0) >= MAX_RETRIES
 
 
 def _stale(s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime) -> str | None:
@@ -175,7 +153,8 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             "category_name": category.name_zh if category else reminder.category,
             "license_id": reminder.license_id,
             "expires_on": f"{reminder.expires_on:%Y年%m月%d日}",
-            "days_left": (reminder.expires_on - reminder.due_on).days,
+            # Days left on the day it is sent (a late reminder must not claim 30 when 20 are left).
+            "days_left": (reminder.expires_on - CLOCK.today()).days,
             "issuing_department": reminder.issuing_department,
         },
         signature=settings.sms_signature,
@@ -215,95 +194,7 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             return
         if not ledger.claim(s, row.id):
             return
-    _deliver(row.id, row.recipient or "", row.body or "", reminder.state_at)
-
-
-def _deliver(notification_id: str, to: str, body: str, event_at: dt.datetime) -> None:
-    notifier = get_notifier()
-    started = time.perf_counter()
-    outcome = "error"
-    try:
-        receipt = notifier.send(OutboundMessage(notification_id=notification_id, to=to, body=body))
-        outcome = "ok"
-    except PermanentDeliveryError as exc:
-        outcome = "permanent"
-        with session(settings) as s:
-            ledger.advance(
-                s,
-                notification_id,
-                NotificationStatus.PERMANENT_FAILURE,
-                status_reason=f"{exc.reason} (code {exc.code})",
-                provider=notifier.name,
-            )
-        NOTIFICATIONS.labels(FLOW, "sms", notifier.name, "permanent-failure").inc()
-        log.warning(
-            "notification %s to %s failed permanently: %s",
-            notification_id,
-            mask_mobile(to),
-            exc.reason,
-        )
-        raise
-    except DeliveryTimeoutError:
-        outcome = "timeout"
-        # Ambiguous: the provider may have taken it. Leave it `sending` for the sweep, which asks
-        # the provider; resending now could send twice.
-        with session(settings) as s:
-            s.execute(
-                Notification.__table__.update()
-                .where(Notification.id == notification_id)
-                .values(status_reason="provider timeout: outcome unknown")
-            )
-            s.commit()
-        log.warning("notification %s: provider timeout, left for the sweep", notification_id)
-        return
-    except TransientDeliveryError as exc:
-        outcome = "transient"
-        with session(settings) as s:
-            reason = f"{exc.reason} (code {exc.code})"
-            if _retries_exhausted():
-                ledger.advance(
-                    s,
-                    notification_id,
-                    NotificationStatus.TEMPORARY_FAILURE,
-                    status_reason=f"retries exhausted: {reason}",
-                    provider=notifier.name,
-                )
-                NOTIFICATIONS.labels(FLOW, "sms", notifier.name, "temporary-failure").inc()
-                return
-            ledger.release_claim(s, notification_id, reason)
-        raise
-    except NotifierConfigError as exc:
-        outcome = "misconfigured"
-        with session(settings) as s:
-            ledger.advance(
-                s,
-                notification_id,
-                NotificationStatus.TECHNICAL_FAILURE,
-                status_reason=f"notifier misconfigured: {exc.reason}",
-                provider=notifier.name,
-            )
-        NOTIFICATIONS.labels(FLOW, "sms", notifier.name, "technical-failure").inc()
-        log.error("notification %s: notifier misconfigured", notification_id)
-        return
-    finally:
-        PROVIDER_DURATION.labels(notifier.name, outcome).observe(time.perf_counter() - started)
-    status = (
-        NotificationStatus.DELIVERED if receipt.status == "delivered" else NotificationStatus.SENT
-    )
-    with session(settings) as s:
-        ledger.advance(
-            s,
-            notification_id,
-            status,
-            provider=receipt.provider,
-            provider_ref=receipt.provider_ref,
-            segments=receipt.segments,
-        )
-    NOTIFICATIONS.labels(FLOW, "sms", receipt.provider, status.value).inc()
-    EVENT_TO_SEND.labels(FLOW).observe(max(0.0, (utcnow() - event_at).total_seconds()))
-    log.info(
-        "notification %s sent via %s as %s", notification_id, receipt.provider, receipt.provider_ref
-    )
+    deliver_claimed(row.id, FLOW, row.recipient or "", row.body or "", reminder.state_at)
 
 
 @dramatiq.actor(queue_name=settings.queue("reminders"), max_retries=MAX_RETRIES)

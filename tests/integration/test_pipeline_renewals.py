@@ -1,0 +1,348 @@
+"""Renewal reminders end to end on the real RabbitMQ, Tansu and PostgreSQL, with the real
+``twilio`` client talking to a loopback fake of the Twilio Messages API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+
+import pika
+import pytest
+from sqlalchemy import select
+
+from infra.db import session
+from infra.settings import Settings
+from producers.generator import bad_events, license_event
+from producers.rabbitmq import Publisher
+from schemas.events import Event, make_event
+from schemas.models import CallListEntry, DeadLetter, LicenseRecord, Notification
+from tests.fakes.twilio_server import FakeTwilio
+from tests.support import Pipeline, count_rows, env_for, metric, queue_depth, scrape, wait_until
+
+pytestmark = pytest.mark.integration
+
+TODAY = dt.date(2026, 11, 26)
+T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+FINAL = (
+    "sent",
+    "delivered",
+    "cancelled",
+    "permanent-failure",
+    "temporary-failure",
+    "technical-failure",
+)
+
+
+@pytest.fixture
+def fake_twilio() -> Iterator[FakeTwilio]:
+    with FakeTwilio() as fake:
+        yield fake
+
+
+def twilio_env(fake: FakeTwilio) -> dict[str, str]:
+    return {
+        "GOVNOTIFY_TWILIO_ACCOUNT_SID": fake.account_sid,
+        "GOVNOTIFY_TWILIO_AUTH_TOKEN": fake.auth_token,
+        "GOVNOTIFY_TWILIO_FROM": "+15017122661",
+        "GOVNOTIFY_TWILIO_API_BASE": fake.base_url,
+        "GOVNOTIFY_TODAY": TODAY.isoformat(),
+    }
+
+
+def issued(
+    license_id: str,
+    days_left: int,
+    mobile: str,
+    *,
+    at: dt.datetime = T0,
+    event_type: str = "license.issued",
+    category: str = "food_business",
+) -> Event:
+    expires = TODAY + dt.timedelta(days=days_left)
+    return license_event(
+        event_type,
+        license_id,
+        category=category,
+        holder_mobile=mobile,
+        issued_on=expires - dt.timedelta(days=365 * 5),
+        expires_on=expires,
+        occurred_at=at,
+    )
+
+
+def revoked(license_id: str, at: dt.datetime) -> Event:
+    return make_event(
+        "license.revoked",
+        {"license_id": license_id, "reason": "吊销", "revoked_on": "2026-11-21"},
+        source="license-registry",
+        occurred_at=at,
+    )
+
+
+def publish(settings: Settings, events: list[Event]) -> None:
+    with Publisher(
+        settings.amqp_url,
+        settings.exchange,
+        topology=(settings.relay_queue, settings.dead_letter_queue),
+    ) as p:
+        for event in events:
+            p.publish(event)
+
+
+def stream_processed(settings: Settings) -> float:
+    try:
+        samples = scrape(settings.stream_metrics_port)
+    except OSError:
+        return 0.0
+    return metric(samples, "govnotify_stream_events_total")
+
+
+def settled(settings: Settings, notifications: int) -> bool:
+    """Every expected notification row exists and is in a final status."""
+    with session(settings) as s:
+        rows = s.execute(select(Notification.status)).scalars().all()
+    return len(rows) == notifications and all(status in FINAL for status in rows)
+
+
+def test_license_events_become_exactly_the_expected_sms(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given: licenses at every distance from expiry, one renewed and one revoked by events that
+    # are published before the (older) issue events, and one number Twilio refuses for good
+    later = T0 + dt.timedelta(days=1)
+    events = [
+        issued("LIC-A-20", 20, "13800000001"),  # 30-day SMS
+        issued("LIC-B-5", 5, "13800000002"),  # 7-day SMS
+        issued("LIC-C-2", 2, "13800000003"),  # 7-day SMS and a 3-day call-list entry
+        issued("LIC-D-60", 60, "13800000004"),  # nothing yet
+        issued("LIC-E-EXP", -3, "13800000005"),  # already expired: nothing
+        issued(
+            "LIC-F-REN",
+            10 + 1826,
+            "13800000006",
+            at=later + dt.timedelta(hours=1),
+            event_type="license.renewed",
+        ),
+        revoked("LIC-G-REV", later),
+        issued("LIC-F-REN", 10, "13800000006"),  # older than the renewal: ignored
+        issued("LIC-G-REV", 10, "13800000007"),  # older than the revocation: ignored
+        issued("LIC-H-40", 40, "13800000008"),
+        issued("LIC-H-40", 40 + 1826, "13800000008", at=later, event_type="license.renewed"),
+        issued("LIC-I-BAD", 20, "13900000009"),  # Twilio: 21211 invalid number
+    ]
+    fake_twilio.fail_number("+8613900000009", 400, 21211)
+    pipeline.set_env(**twilio_env(fake_twilio))
+
+    # When
+    pipeline.all()
+    publish(settings, events)
+    wait_until(
+        lambda: stream_processed(settings) >= len(events),
+        90,
+        message="stream did not process every event:\n" + pipeline.children[1].log_tail(),
+    )
+    wait_until(lambda: settled(settings, 4), 60, message="notifications did not settle")
+    wait_until(lambda: count_rows(settings, LicenseRecord) == 9, 30)
+
+    # Then: exactly three SMS reached the provider, each to the right holder with the right text
+    sent = fake_twilio.messages
+    assert sorted(m["to"] for m in sent) == ["+8613800000001", "+8613800000002", "+8613800000003"]
+    by_to = {m["to"]: m["body"] for m in sent}
+    assert by_to["+8613800000001"].startswith("【长安政务】")
+    assert "LIC-A-20" in by_to["+8613800000001"] and "距今20天" in by_to["+8613800000001"]
+    assert "LIC-B-5" in by_to["+8613800000002"] and "距今5天" in by_to["+8613800000002"]
+    assert all("http" not in m["body"] for m in sent)
+    with session(settings) as s:
+        rows = {r.subject_id: r for r in s.execute(select(Notification)).scalars()}
+        calls = s.execute(select(CallListEntry)).scalars().all()
+        records = {r.license_id: r for r in s.execute(select(LicenseRecord)).scalars()}
+    assert set(rows) == {"LIC-A-20", "LIC-B-5", "LIC-C-2", "LIC-I-BAD"}
+    assert {k: r.status for k, r in rows.items()} == {
+        "LIC-A-20": "sent",
+        "LIC-B-5": "sent",
+        "LIC-C-2": "sent",
+        "LIC-I-BAD": "permanent-failure",
+    }
+    assert rows["LIC-A-20"].idempotency_key == "renewal:sms:LIC-A-20:2026-12-16:30"
+    assert rows["LIC-A-20"].provider == "twilio" and rows["LIC-A-20"].provider_ref.startswith("SM")
+    assert all(r.segments >= 1 for r in rows.values())
+    assert "invalid_number" in (rows["LIC-I-BAD"].status_reason or "")
+    assert [(c.license_id, c.offset_days) for c in calls] == [("LIC-C-2", 3)]
+    assert records["LIC-G-REV"].status == "revoked"
+    assert records["LIC-F-REN"].expires_on == TODAY + dt.timedelta(days=10 + 1826)
+    # and the worker's metrics say the same, over HTTP
+    samples = scrape(settings.worker_metrics_port)
+    assert (
+        metric(
+            samples,
+            "govnotify_notifications_total",
+            flow="renewal",
+            provider="twilio",
+            status="sent",
+        )
+        == 3
+    )
+    assert metric(samples, "govnotify_notifications_total", status="permanent-failure") == 1
+    assert (
+        metric(samples, "govnotify_provider_request_duration_seconds_count", provider="twilio") == 4
+    )
+
+
+def test_replayed_events_and_a_killed_worker_still_send_exactly_one_sms_each(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given: 120 licenses due for their 30-day reminder and a slow provider
+    n = 120
+    events = [issued(f"LIC-K-{i:04d}", 20, f"1370000{i:04d}") for i in range(n)]
+    fake_twilio.delay_next(n, 0.05)
+    pipeline.set_env(
+        **twilio_env(fake_twilio),
+        GOVNOTIFY_SWEEP_SENDING_AFTER_S="1",
+        GOVNOTIFY_SWEEP_CREATED_AFTER_S="1",
+    )
+    pipeline.relay()
+    pipeline.stream()
+    worker = pipeline.worker()
+
+    # When: the events are published twice, and the worker is killed mid-run, then restarted
+    publish(settings, events)
+    fake_twilio.wait_for(n // 4, timeout=90)
+    worker.kill()
+    publish(settings, events)
+    pipeline.worker(name="worker-2")
+    wait_until(lambda: stream_processed(settings) >= 2 * n, 90)
+
+    def resolved() -> bool:
+        # The sweep resolves rows the kill left in `sending` (asking the fake provider) and
+        # re-queues rows left in `created`; repeat until every row is final.
+        subprocess.run(
+            [sys.executable, "-m", "infra.cli", "sweep"],
+            env=pipeline.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        return settled(settings, n)
+
+    wait_until(resolved, 120, interval=1.0, message="rows did not settle after the kill")
+
+    # Then: one SMS per license at the provider, and one `sent` row per license
+    per_license = Counter(m["body"].split("证号")[1].split("）")[0] for m in fake_twilio.messages)
+    assert len(per_license) == n
+    assert set(per_license.values()) == {1}
+    assert count_rows(settings, Notification, Notification.status == "sent") == n
+
+
+def test_a_queued_reminder_is_stopped_at_send_time_by_a_later_renewal_or_revocation(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given: reminders already queued for two due licenses while no worker runs
+    pipeline.set_env(**twilio_env(fake_twilio))
+    pipeline.relay()
+    pipeline.stream()
+    publish(settings, [issued("LIC-R-1", 20, "13600000001"), issued("LIC-V-1", 20, "13600000002")])
+    wait_until(lambda: queue_depth(settings, settings.queue("reminders")) == 2, 90)
+
+    # When: one is renewed and the other revoked, the license records are updated first, and
+    # only then does a worker take the queued reminders
+    later = T0 + dt.timedelta(days=2)
+    publish(
+        settings,
+        [
+            issued("LIC-R-1", 20 + 1826, "13600000001", at=later, event_type="license.renewed"),
+            revoked("LIC-V-1", later),
+        ],
+    )
+    wait_until(lambda: queue_depth(settings, settings.queue("registry")) == 4, 60)
+    registry_worker = pipeline.worker("--queues", "registry", name="registry-worker")
+    wait_until(
+        lambda: count_rows(settings, LicenseRecord, LicenseRecord.last_event_at == later) == 2, 60
+    )
+    registry_worker.stop()
+    pipeline.worker()
+    wait_until(lambda: settled(settings, 2), 60)
+
+    # Then: both reminders are cancelled with the reason, and nothing reached the provider
+    with session(settings) as s:
+        rows = {r.subject_id: r for r in s.execute(select(Notification)).scalars()}
+    assert {k: (r.status, r.status_reason) for k, r in rows.items()} == {
+        "LIC-R-1": ("cancelled", "license renewed"),
+        "LIC-V-1": ("cancelled", "license revoked"),
+    }
+    assert fake_twilio.messages == []
+
+
+def test_each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_the_relay_keeps_going(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    # Given: a running relay
+    relay = pipeline.relay()
+    bad = bad_events(TODAY)
+
+    # When: every kind of bad input arrives, then a good event
+    with Publisher(
+        settings.amqp_url,
+        settings.exchange,
+        topology=(settings.relay_queue, settings.dead_letter_queue),
+    ) as p:
+        for _reason, raw in bad:
+            p.publish_raw(raw, "license.issued")
+        p.publish(issued("LIC-OK-1", 20, "13500000001"))
+
+    # Then: one dead-letter row per input, with its reason and the raw bytes
+    wait_until(lambda: count_rows(settings, DeadLetter) == len(bad), 30)
+    with session(settings) as s:
+        letters = s.execute(select(DeadLetter)).scalars().all()
+    assert Counter(d.reason for d in letters) == Counter(reason for reason, _ in bad)
+    assert {bytes(d.raw) for d in letters} == {raw for _, raw in bad}
+    assert all(d.stage == "ingest" and d.detail for d in letters)
+    assert not any("029" in d.detail and "8888" in d.detail for d in letters)
+    # and a copy of each on the RabbitMQ dead-letter queue, with the reason in a header
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        ch = conn.channel()
+        reasons = []
+        for _ in range(len(bad)):
+            method, props, _body = ch.basic_get(settings.dead_letter_queue, auto_ack=True)
+            assert method is not None
+            reasons.append(props.headers["x-reject-reason"])
+    finally:
+        conn.close()
+    assert Counter(reasons) == Counter(reason for reason, _ in bad)
+    # and counted, by reason, in the relay's metrics; the good event went through
+    wait_until(
+        lambda: metric(scrape(settings.relay_metrics_port), "govnotify_events_relayed_total") == 1,
+        30,
+    )
+    samples = scrape(settings.relay_metrics_port)
+    for reason, expected in Counter(r for r, _ in bad).items():
+        assert metric(samples, "govnotify_events_rejected_total", reason=reason) == expected
+    assert relay.alive()
+
+
+def test_publish_cli_rejects_bad_lines_before_they_reach_the_broker(
+    settings: Settings, tmp_path
+) -> None:
+    # Given: a file with two good events and one with a landline instead of a mobile
+    good = [issued(f"LIC-P-{i}", 20, "13500000002").to_json_bytes() for i in range(2)]
+    bad = bad_events(TODAY)[3][1]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join([good[0], bad, good[1]]) + b"\n")
+
+    # When
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "publish", str(path)],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then
+    assert result.returncode == 1
+    assert "line 2: rejected schema_violation: payload.holder_mobile" in result.stdout
+    assert "2 accepted, 1 rejected" in result.stdout
+    assert queue_depth(settings, settings.relay_queue) == 2
