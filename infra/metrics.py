@@ -7,6 +7,8 @@ write to the shared multi-process files that dramatiq's exposition server reads.
 
 from __future__ import annotations
 
+import urllib.request
+
 from prometheus_client import Counter, Histogram, start_http_server
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "NOTIFICATIONS",
     "PROVIDER_DURATION",
     "STREAM_EVENTS",
+    "sample_sum",
+    "scrape",
     "serve_metrics",
 ]
 
@@ -69,6 +73,29 @@ DEAD_LETTERS = Counter(
     "Dead-letter records written, by stage and reason.",
     ["stage", "reason"],
 )
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
+    """Read a component's /metrics over HTTP as ``{'name{labels}': value}``."""
+    url = f"http://{host}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+def sample_sum(samples: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include all of ``labels``."""
+    total = 0.0
+    for key, value in samples.items():
+        metric_name, _, rest = key.partition("{")
+        if metric_name == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1"):  # type: ignore[no-untyped-def]

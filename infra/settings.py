@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -200,6 +201,26 @@ class Settings(BaseSettings):
     def queue(self, name: str) -> str:
         """dramatiq queue name for one kind of work."""
         return f"{self.namespace}.{name}"
+
+    @property
+    def work_queues(self) -> list[str]:
+        """Every dramatiq queue, each with its ``.DQ`` (delays) and ``.XQ`` (dead letters)."""
+        return [
+            f"{self.queue(q)}{suffix}"
+            for q in ("registry", "reminders", "delivery")
+            for suffix in ("", ".DQ", ".XQ")
+        ]
+
+    def env(self) -> dict[str, str]:
+        """These settings as GOVNOTIFY_* variables, for a child process to load them exactly."""
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is None or value == "":
+                continue
+            if isinstance(value, list):
+                value = json.dumps(value)
+            out[f"GOVNOTIFY_{name.upper()}"] = str(value)
+        return out
 
 
 def _field_env_name(loc: tuple[object, ...]) -> str:

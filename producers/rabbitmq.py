@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pika
 from pika.exceptions import AMQPError, NackError, UnroutableError
@@ -17,7 +18,16 @@ from pika.exceptions import AMQPError, NackError, UnroutableError
 from schemas.errors import EventRejected
 from schemas.events import Event, parse_event
 
-__all__ = ["PublishError", "PublishResult", "Publisher", "declare_topology"]
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+__all__ = [
+    "PublishError",
+    "PublishResult",
+    "Publisher",
+    "declare_topology",
+    "delete_namespace",
+]
 
 log = logging.getLogger("govnotify.publisher")
 
@@ -48,6 +58,18 @@ def declare_topology(
     channel.queue_declare(queue=relay_queue, durable=True)
     channel.queue_bind(queue=relay_queue, exchange=exchange, routing_key="#")
     channel.queue_declare(queue=dead_letter_queue, durable=True)
+
+
+def delete_namespace(settings: Settings) -> None:
+    """Delete every queue and the exchange of ``settings.namespace`` (demo and test clean-up)."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = connection.channel()
+        for queue in [settings.relay_queue, settings.dead_letter_queue, *settings.work_queues]:
+            channel.queue_delete(queue)
+        channel.exchange_delete(settings.exchange)
+    finally:
+        connection.close()
 
 
 class Publisher:

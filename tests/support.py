@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +11,10 @@ import psycopg
 from sqlalchemy import func, select
 
 from infra.db import session, upgrade
+from infra.metrics import sample_sum as metric
+from infra.metrics import scrape
 from infra.processes import Child, ProcessGroup, wait_until
+from producers.rabbitmq import delete_namespace as purge_namespace
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -23,13 +24,13 @@ __all__ = [
     "count_rows",
     "create_database",
     "drop_database",
+    "env_for",
+    "metric",
     "purge_namespace",
+    "queue_depth",
     "scrape",
     "wait_until",
 ]
-
-#: dramatiq queues the workers declare (with their .DQ delay and .XQ dead-letter queues).
-WORK_QUEUES = ("registry", "reminders", "delivery")
 
 
 def _libpq(url: str) -> str:
@@ -54,22 +55,6 @@ def drop_database(admin_url: str, url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def purge_namespace(settings: Settings) -> None:
-    """Delete every RabbitMQ queue and the exchange of this namespace."""
-    names = [settings.relay_queue, settings.dead_letter_queue]
-    for q in WORK_QUEUES:
-        base = settings.queue(q)
-        names += [base, f"{base}.DQ", f"{base}.XQ"]
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    try:
-        ch = conn.channel()
-        for name in names:
-            ch.queue_delete(name)
-        ch.exchange_delete(settings.exchange)
-    finally:
-        conn.close()
-
-
 def queue_depth(settings: Settings, queue: str) -> int:
     """Ready messages on ``queue``; 0 while it does not exist yet."""
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
@@ -84,30 +69,6 @@ def queue_depth(settings: Settings, queue: str) -> int:
             conn.close()
 
 
-def scrape(port: int) -> dict[str, float]:
-    """Metrics served over HTTP at 127.0.0.1:port, as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
-def metric(samples: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for key, value in samples.items():
-        metric_name, _, rest = key.partition("{")
-        if metric_name != name:
-            continue
-        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
-
-
 def count_rows(settings: Settings, model, *where) -> int:  # type: ignore[no-untyped-def]
     with session(settings) as s:
         return s.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
@@ -116,14 +77,7 @@ def count_rows(settings: Settings, model, *where) -> int:  # type: ignore[no-unt
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment that makes a child process load exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOVNOTIFY_")}
-    for name, value in settings.model_dump().items():
-        if value is None or value == "":
-            continue
-        if isinstance(value, list):
-            value = json.dumps(value)
-        env[f"GOVNOTIFY_{name.upper()}"] = str(value)
-    env.update(extra)
-    return env
+    return {**env, **settings.env(), **extra}
 
 
 class Pipeline(ProcessGroup):

@@ -33,7 +33,7 @@ from workers import ledger
 from workers.broker import settings
 from workers.delivery import MAX_RETRIES, deliver_claimed
 
-__all__ = ["add_call_list_entry", "record_license", "send_renewal_reminder"]
+__all__ = ["add_call_list_entry", "record_licenses", "send_renewal_reminder"]
 
 log = logging.getLogger("govnotify.reminders")
 
@@ -55,11 +55,7 @@ def _stale(s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime) 
     record = s.get(LicenseRecord, license_id)
     if record is None or ledger.as_utc(record.last_event_at) <= state_at:
         return None
-    if record.status != "live":
-        return "license revoked"
-    if record.expires_on != expires_on:
-        return "license renewed"
-    return None
+    return _outdated(record, expires_on.isoformat())
 
 
 def _parse(model: type, job: dict[str, Any], actor: str) -> Any:
@@ -81,58 +77,100 @@ def _parse(model: type, job: dict[str, Any], actor: str) -> Any:
 
 
 @dramatiq.actor(queue_name=settings.queue("registry"), max_retries=MAX_RETRIES)
-def record_license(job: dict[str, Any]) -> None:
-    """Record a license's latest state and cancel reminders made for an older state."""
-    state = _parse(LicenseStateJob, job, "record_license")
-    if state is None:
+def record_licenses(jobs: list[dict[str, Any]]) -> None:
+    """Record the latest state of a batch of licenses; cancel reminders made for older states.
+
+    One job per stream batch (not per event) and one transaction per job: the registry sees
+    every license event, so this is the busiest actor.
+    """
+    states = [st for job in jobs if (st := _parse(LicenseStateJob, job, "record_licenses"))]
+    if not states:
         return
+    # The newest state per license in this batch; older ones would lose the upsert anyway.
+    latest: dict[str, LicenseStateJob] = {}
+    for st in states:
+        if st.license_id not in latest or latest[st.license_id].state_at < st.state_at:
+            latest[st.license_id] = st
     table = LicenseRecord.__table__
-    values = {
-        "license_id": state.license_id,
-        "status": state.status,
-        "category": state.category,
-        "issuing_department": state.issuing_department,
-        "expires_on": state.expires_on,
-        "last_event_at": state.state_at,
-        "updated_at": utcnow(),
-    }
     insert = postgresql.insert if _dialect() == "postgresql" else sqlite.insert
-    stmt = insert(table).values(**values)
+    stmt = insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["license_id"],
-        set_={k: stmt.excluded[k] for k in values if k != "license_id"},
+        set_={
+            k: stmt.excluded[k]
+            for k in (
+                "status",
+                "category",
+                "issuing_department",
+                "expires_on",
+                "last_event_at",
+                "updated_at",
+            )
+        },
         # Only a newer state wins; a late or replayed older event changes nothing.
         where=table.c.last_event_at < stmt.excluded.last_event_at,
     )
+    now = utcnow()
+    rows = [
+        {
+            "license_id": st.license_id,
+            "status": st.status,
+            "category": st.category,
+            "issuing_department": st.issuing_department,
+            "expires_on": st.expires_on,
+            "last_event_at": st.state_at,
+            "updated_at": now,
+        }
+        for st in latest.values()
+    ]
+    ids = list(latest)
     with session(settings) as s:
-        applied = s.execute(stmt).rowcount
+        s.execute(stmt, rows)
         s.commit()
-        if not applied:
-            return
-        reason = "license revoked" if state.status != "live" else "license renewed"
+        records = {
+            r.license_id: r
+            for r in s.execute(
+                select(LicenseRecord).where(LicenseRecord.license_id.in_(ids))
+            ).scalars()
+        }
+        # Pending work for a state the record no longer has (renewed: other expiry; revoked).
         pending = s.execute(
-            select(Notification.id, Notification.idempotency_key).where(
+            select(Notification.id, Notification.idempotency_key, Notification.subject_id).where(
                 Notification.flow == FLOW,
-                Notification.subject_id == state.license_id,
+                Notification.subject_id.in_(ids),
                 Notification.status == NotificationStatus.CREATED,
             )
         ).all()
-        for notification_id, key in pending:
-            if state.status != "live" or f":{state.expires_on.isoformat()}:" not in key:
-                if ledger.advance(
-                    s, notification_id, NotificationStatus.CANCELLED, status_reason=reason
-                ):
-                    NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
-        s.execute(
-            CallListEntry.__table__.update()
-            .where(
-                CallListEntry.license_id == state.license_id,
-                CallListEntry.status == "open",
-                (CallListEntry.expires_on != state.expires_on) | (state.status != "live"),
+        for notification_id, key, license_id in pending:
+            reason = _outdated(records.get(license_id), key.rsplit(":", 2)[1])
+            if reason and ledger.advance(
+                s, notification_id, NotificationStatus.CANCELLED, status_reason=reason
+            ):
+                NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
+        open_calls = (
+            s.execute(
+                select(CallListEntry).where(
+                    CallListEntry.license_id.in_(ids), CallListEntry.status == "open"
+                )
             )
-            .values(status="cancelled")
+            .scalars()
+            .all()
         )
+        for entry in open_calls:
+            if _outdated(records.get(entry.license_id), entry.expires_on.isoformat()):
+                entry.status = "cancelled"
         s.commit()
+
+
+def _outdated(record: LicenseRecord | None, expires_on: str) -> str | None:
+    """Why work made for a license expiring on ``expires_on`` no longer applies, or None."""
+    if record is None:
+        return None
+    if record.status != "live":
+        return "license revoked"
+    if record.expires_on.isoformat() != expires_on:
+        return "license renewed"
+    return None
 
 
 @dramatiq.actor(
@@ -194,6 +232,14 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             return
         if not ledger.claim(s, row.id):
             return
+        # Check again after the claim: record_licenses cancels only `created` rows, so a renewal
+        # committed between the first check and the claim is caught here (one of the two always
+        # sees the other's commit).
+        stale = _stale(s, reminder.license_id, reminder.expires_on, reminder.state_at)
+        if stale:
+            if ledger.advance(s, row.id, NotificationStatus.CANCELLED, status_reason=stale):
+                NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
+            return
     deliver_claimed(row.id, FLOW, row.recipient or "", row.body or "", reminder.state_at)
 
 
@@ -225,5 +271,14 @@ def add_call_list_entry(job: dict[str, Any]) -> None:
             },
             "idempotency_key",
         )
+        # Same double check as for SMS: a renewal recorded while we inserted cancels the entry.
+        if _stale(s, reminder.license_id, reminder.expires_on, reminder.state_at):
+            s.execute(
+                CallListEntry.__table__.update()
+                .where(CallListEntry.idempotency_key == reminder.idempotency_key)
+                .values(status="cancelled")
+            )
+            s.commit()
+            return
     if created:
         CALL_LIST_ENTRIES.labels(reminder.category).inc()

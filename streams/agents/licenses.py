@@ -32,10 +32,11 @@ SCAN_INTERVAL_S = 30.0
 
 def _send_jobs(state_jobs: list[dict[str, Any]], jobs: list[RenewalJob]) -> None:
     """Blocking: publish to RabbitMQ with confirms (runs on the context's sender thread)."""
-    from workers.reminders import add_call_list_entry, record_license, send_renewal_reminder
+    from workers.reminders import add_call_list_entry, record_licenses, send_renewal_reminder
 
-    for job in state_jobs:
-        record_license.send(job)
+    if state_jobs:
+        record_licenses.send(state_jobs)
+        JOBS_ENQUEUED.labels(kind="license_states").inc()
     for job in jobs:
         payload = job.model_dump(mode="json")
         if job.kind == "sms":
