@@ -98,18 +98,21 @@ def cmd_relay(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     import faust
 
-    from infra.logging import MaskingFilter, configure_logging
+    from infra.logging import install_masking
     from infra.metrics import serve_metrics
     from streams.app import create_app
 
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            # faust installs its own handlers; mask personal data on every one of them.
+            install_masking(logger)
+
     s = _settings()
-    configure_logging(args.log_level, "stream")
     serve_metrics(s.stream_metrics_port, s.metrics_host)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(MaskingFilter())
-    app = create_app(s, loghandlers=[handler])
-    worker = faust.Worker(app, loglevel=args.log_level, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    Worker(
+        create_app(s), loglevel=args.log_level, redirect_stdouts=False
+    ).execute_from_commandline()
     return 0
 
 

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     worker_threads: int = Field(8, ge=1, le=256)
     #: Largest accepted event, in bytes, before it is dead-lettered as oversize.
     max_event_bytes: int = Field(64 * 1024, ge=1024)
+    #: Transient provider errors are retried this many times, with exponential backoff.
+    delivery_max_retries: int = Field(8, ge=0, le=50)
+    delivery_min_backoff_ms: int = Field(1_000, ge=10)
+    delivery_max_backoff_ms: int = Field(300_000, ge=10)
+    #: How often the stream checks for a new local day (the scan itself runs once per day).
+    stream_scan_interval_s: float = Field(30.0, gt=0)
     #: Rows in `sending` longer than this are resolved by the sweep.
     sweep_sending_after_s: int = Field(300, ge=1)
     #: Rows in `created` longer than this are re-queued by the sweep.

@@ -33,9 +33,7 @@ class StreamContext:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-sender")
 
 
-def create_app(
-    settings: Settings, *, loghandlers: list[logging.Handler] | None = None
-) -> faust.App:
+def create_app(settings: Settings) -> faust.App:
     """A Faust app for ``settings``; agents are attached by ``streams.agents``."""
     tansu = settings.kafka_broker_kind == "tansu"
     datadir = (settings.data_dir / "faust" / settings.namespace).resolve()
@@ -64,8 +62,6 @@ def create_app(
         datadir=str(datadir),
         web_enabled=False,
         topic_allow_declare=True,
-        # faust's worker installs its own log handlers; ours mask personal data.
-        loghandlers=loghandlers or [],
     )
     ctx = StreamContext(settings)
     from streams.agents import licenses

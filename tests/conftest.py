@@ -12,7 +12,13 @@ import pytest
 
 from infra import services
 from infra.settings import Settings, load_settings
-from tests.support import Pipeline, create_database, drop_database, purge_namespace
+from tests.support import (
+    Pipeline,
+    create_database,
+    drop_database,
+    purge_namespace,
+    unmasked_mobiles,
+)
 
 #: Admin URL of the test PostgreSQL server (trust auth on this machine and in CI).
 PG_ADMIN_URL = os.environ.get(
@@ -83,3 +89,6 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
         yield p
     finally:
         p.stop_all()
+    # Every log line every component wrote during the test: no full phone number in any.
+    leaks = unmasked_mobiles(p.log_dir)
+    assert not leaks, "full mobile numbers in logs:\n" + "\n".join(leaks[:10])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ __all__ = [
     "purge_namespace",
     "queue_depth",
     "scrape",
+    "unmasked_mobiles",
     "wait_until",
 ]
 
@@ -99,8 +101,8 @@ class Pipeline(ProcessGroup):
         )
         return child
 
-    def stream(self) -> Child:
-        return self.start("stream", "stream")
+    def stream(self, name: str = "stream") -> Child:
+        return self.start(name, "stream")
 
     def worker(self, *args: str, name: str = "worker") -> Child:
         child = self.start(name, "worker", "--threads", "4", *args)
@@ -112,6 +114,20 @@ class Pipeline(ProcessGroup):
         self.relay()
         self.stream()
         self.worker()
+
+
+#: A full mainland mobile number as it could leak into a log line (not inside ids or hex).
+_FULL_MOBILE = re.compile(r"(?<![0-9A-Za-z])(?:\+?86)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
+
+
+def unmasked_mobiles(log_dir: Path) -> list[str]:
+    """Log lines under ``log_dir`` that contain a full mobile number."""
+    leaks = []
+    for path in sorted(log_dir.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if _FULL_MOBILE.search(line):
+                leaks.append(f"{path.name}: {line[:300]}")
+    return leaks
 
 
 def _answers(port: int) -> bool:

@@ -36,8 +36,13 @@ __all__ = ["MAX_RETRIES", "deliver_claimed", "deliver_notification", "get_notifi
 
 log = logging.getLogger("govnotify.delivery")
 
-#: Transient failures are retried this many times (exponential backoff, 1 s to 5 min).
-MAX_RETRIES = 8
+#: Transient failures are retried this many times (exponential backoff between the bounds).
+MAX_RETRIES = settings.delivery_max_retries
+RETRY_OPTIONS = {
+    "max_retries": MAX_RETRIES,
+    "min_backoff": settings.delivery_min_backoff_ms,
+    "max_backoff": settings.delivery_max_backoff_ms,
+}
 
 _local = threading.local()
 
@@ -149,9 +154,7 @@ def deliver_claimed(
 
 @dramatiq.actor(
     queue_name=settings.queue("delivery"),
-    max_retries=MAX_RETRIES,
-    min_backoff=1_000,
-    max_backoff=300_000,
+    **RETRY_OPTIONS,
     throws=(PermanentDeliveryError,),
 )
 def deliver_notification(notification_id: str) -> None:

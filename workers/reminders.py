@@ -31,7 +31,7 @@ from schemas.commands import LicenseStateJob, RenewalJob
 from schemas.models import CallListEntry, LicenseRecord, Notification, NotificationStatus, utcnow
 from workers import ledger
 from workers.broker import settings
-from workers.delivery import MAX_RETRIES, deliver_claimed
+from workers.delivery import RETRY_OPTIONS, deliver_claimed
 
 __all__ = ["add_call_list_entry", "record_licenses", "send_renewal_reminder"]
 
@@ -76,7 +76,7 @@ def _parse(model: type, job: dict[str, Any], actor: str) -> Any:
         return None
 
 
-@dramatiq.actor(queue_name=settings.queue("registry"), max_retries=MAX_RETRIES)
+@dramatiq.actor(queue_name=settings.queue("registry"), **RETRY_OPTIONS)
 def record_licenses(jobs: list[dict[str, Any]]) -> None:
     """Record the latest state of a batch of licenses; cancel reminders made for older states.
 
@@ -175,9 +175,7 @@ def _outdated(record: LicenseRecord | None, expires_on: str) -> str | None:
 
 @dramatiq.actor(
     queue_name=settings.queue("reminders"),
-    max_retries=MAX_RETRIES,
-    min_backoff=1_000,
-    max_backoff=300_000,
+    **RETRY_OPTIONS,
     throws=(PermanentDeliveryError,),
 )
 def send_renewal_reminder(job: dict[str, Any]) -> None:
@@ -243,7 +241,7 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
     deliver_claimed(row.id, FLOW, row.recipient or "", row.body or "", reminder.state_at)
 
 
-@dramatiq.actor(queue_name=settings.queue("reminders"), max_retries=MAX_RETRIES)
+@dramatiq.actor(queue_name=settings.queue("reminders"), **RETRY_OPTIONS)
 def add_call_list_entry(job: dict[str, Any]) -> None:
     """Put a holder on the issuing department's call list, once per (license, expiry, offset)."""
     reminder = _parse(RenewalJob, job, "add_call_list_entry")

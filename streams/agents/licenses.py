@@ -26,9 +26,6 @@ __all__ = ["attach"]
 
 log = logging.getLogger("govnotify.streams.licenses")
 
-#: How often the timer checks for a new local day (the scan itself runs once per day).
-SCAN_INTERVAL_S = 30.0
-
 
 def _send_jobs(state_jobs: list[dict[str, Any]], jobs: list[RenewalJob]) -> None:
     """Blocking: publish to RabbitMQ with confirms (runs on the context's sender thread)."""
@@ -52,8 +49,8 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     registry = app.Table(
         "license-registry",
         default=None,
-        key_type=str,
-        value_type=dict,
+        # No key_type/value_type: the app's JSON serializer gives str keys and dict values.
+        # (value_type=dict breaks changelog recovery: faust calls dict.from_data.)
         partitions=settings.kafka_partitions,
     )
     scan_state: dict[str, Any] = {"last_day": None}
@@ -123,7 +120,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                 jobs.extend(due(new_state))
             await dispatch(state_jobs, jobs)
 
-    @app.timer(interval=SCAN_INTERVAL_S)
+    @app.timer(interval=settings.stream_scan_interval_s)
     async def daily_scan() -> None:
         """Once per local day, send what became due because time passed."""
         today = ctx.clock.today()

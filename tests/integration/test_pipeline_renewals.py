@@ -346,3 +346,77 @@ def test_publish_cli_rejects_bad_lines_before_they_reach_the_broker(
     assert "line 2: rejected schema_violation: payload.holder_mobile" in result.stdout
     assert "2 accepted, 1 rejected" in result.stdout
     assert queue_depth(settings, settings.relay_queue) == 2
+
+
+def test_transient_errors_are_retried_and_exhausted_retries_say_why(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given: a provider that throttles then fails once for one number, and is down for another
+    fake_twilio.fail_next(1, 429, 20429)
+    fake_twilio.fail_next(1, 503)
+    fake_twilio.fail_number("+8613300000002", 503, 20500)
+    pipeline.set_env(
+        **twilio_env(fake_twilio),
+        GOVNOTIFY_DELIVERY_MAX_RETRIES="2",
+        GOVNOTIFY_DELIVERY_MIN_BACKOFF_MS="50",
+        GOVNOTIFY_DELIVERY_MAX_BACKOFF_MS="200",
+    )
+    pipeline.all()
+
+    # When
+    publish(
+        settings, [issued("LIC-T-OK", 20, "13300000001"), issued("LIC-T-DOWN", 20, "13300000002")]
+    )
+    wait_until(lambda: settled(settings, 2), 60, message="rows did not settle")
+
+    # Then: the first went out on its third attempt; the second says why it gave up
+    with session(settings) as s:
+        rows = {r.subject_id: r for r in s.execute(select(Notification)).scalars()}
+    assert (rows["LIC-T-OK"].status, rows["LIC-T-OK"].attempts) == ("sent", 3)
+    down = rows["LIC-T-DOWN"]
+    assert (down.status, down.attempts) == ("temporary-failure", 3)
+    assert "retries exhausted" in down.status_reason
+    assert "provider_unavailable" in down.status_reason
+    assert [m["to"] for m in fake_twilio.messages] == ["+8613300000001"]
+    samples = scrape(settings.worker_metrics_port)
+    assert metric(samples, "govnotify_notifications_total", status="temporary-failure") == 1
+    assert (
+        metric(samples, "govnotify_provider_request_duration_seconds_count", outcome="transient")
+        == 5
+    )
+
+
+def test_a_restarted_stream_recovers_the_registry_and_sends_what_became_due_on_a_later_day(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given: 60 licenses that are not due yet on day 1, recorded by a running pipeline
+    n = 60
+    events = [issued(f"LIC-D-{i:03d}", 35, f"1320000{i:04d}") for i in range(n)]
+    events.append(issued("LIC-D-LATER", 90, "13210000000"))
+    pipeline.set_env(**twilio_env(fake_twilio), GOVNOTIFY_STREAM_SCAN_INTERVAL_S="0.5")
+    pipeline.relay()
+    stream = pipeline.stream()
+    worker = pipeline.worker()
+    publish(settings, events)
+    wait_until(lambda: count_rows(settings, LicenseRecord) == n + 1, 90)
+    assert fake_twilio.messages == []
+
+    # When: six days later, the stream and the worker start again (the stream's table comes
+    # back from its Kafka changelog; nothing is published again)
+    stream.stop()
+    worker.stop()
+    pipeline.set_env(GOVNOTIFY_TODAY=(TODAY + dt.timedelta(days=6)).isoformat())
+    pipeline.stream(name="stream-day-7")
+    pipeline.worker(name="worker-day-7")
+    wait_until(
+        lambda: settled(settings, n) and len(fake_twilio.messages) >= n,
+        90,
+        message="the daily scan did not send the reminders that became due",
+    )
+
+    # Then: every license now 29 days from expiry got its 30-day reminder, exactly once
+    bodies = [m["body"] for m in fake_twilio.messages]
+    assert len(bodies) == n
+    assert all("距今29天" in body for body in bodies)
+    assert len({body.split("证号")[1].split("）")[0] for body in bodies}) == n
+    assert count_rows(settings, Notification) == n

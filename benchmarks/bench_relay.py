@@ -1,0 +1,184 @@
+"""Relay throughput: RabbitMQ relay queue → validate → Kafka, vs raw aiokafka producing.
+
+N valid events are first loaded onto the relay queue (plain publishes, then the queue depth is
+waited for). ``producers.relay.Relay(settings).run(stop)`` then runs in a thread until its
+in-process ``govnotify_events_relayed_total`` counter (incremented only after Kafka acknowledged
+and RabbitMQ was acked) reaches N. The baseline is aiokafka alone producing the same N values,
+keys and topic to the same broker with the relay's producer settings (acks=all, linger 5 ms).
+
+    python -m benchmarks.bench_relay
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+import pika
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
+
+from benchmarks.common import (
+    BenchEnv,
+    BenchError,
+    Row,
+    bench_env,
+    deadline_loop,
+    queue_depth,
+    run_main,
+)
+from infra.processes import wait_until
+from infra.settings import Settings
+from producers.generator import generate_registry
+from producers.rabbitmq import declare_topology
+from producers.relay import Relay
+
+N_EVENTS = 5000
+#: Loading, relaying and the baseline must each finish within this.
+STEP_TIMEOUT_S = 60.0
+
+Record = tuple[str, bytes, bytes]  # topic, key, value
+
+
+async def _produce(bootstrap: str, records: list[Record]) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        enable_idempotence=False,
+        request_timeout_ms=30_000,
+    )
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = [await producer.send(t, value=v, key=k) for t, k, v in records]
+        await asyncio.wait_for(asyncio.gather(*futures), STEP_TIMEOUT_S)
+        return time.perf_counter() - t0
+    finally:
+        await producer.stop()
+
+
+def raw_kafka_seconds(settings: Settings, records: list[Record]) -> float:
+    """Seconds for aiokafka to produce ``records`` and get every acknowledgement (baseline)."""
+    return asyncio.run(_produce(settings.kafka_bootstrap, records))
+
+
+def preload(settings: Settings, bodies: list[tuple[bytes, str]]) -> None:
+    """Put ``bodies`` on the relay queue (no confirms) and wait until all are there."""
+    s = settings
+    check = deadline_loop(STEP_TIMEOUT_S, "loading the relay queue")
+    conn = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
+    try:
+        channel = conn.channel()
+        declare_topology(channel, s.exchange, s.relay_queue, s.dead_letter_queue)
+        for i, (body, key) in enumerate(bodies):
+            channel.basic_publish(
+                exchange=s.exchange,
+                routing_key=key,
+                body=body,
+                properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
+            )
+            if i % 256 == 0:
+                check()
+    finally:
+        conn.close()
+    wait_until(
+        lambda: queue_depth(s, s.relay_queue) >= len(bodies),
+        STEP_TIMEOUT_S,
+        interval=0.1,
+        message=f"relay queue did not reach {len(bodies)} messages",
+    )
+
+
+def relayed(settings: Settings) -> float:
+    """This process's govnotify_events_relayed_total over the namespace's topics."""
+    return sum(
+        REGISTRY.get_sample_value("govnotify_events_relayed_total", {"topic": t}) or 0.0
+        for t in settings.topics
+    )
+
+
+def relay_seconds(settings: Settings, n: int) -> float:
+    """Seconds for an in-process Relay to move ``n`` queued events into Kafka."""
+    relay = Relay(settings)  # connects its Kafka producer: not part of the timing
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            relay.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    before = relayed(settings)
+    thread = threading.Thread(target=target, name="bench-relay", daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    try:
+        wait_until(
+            lambda: relayed(settings) - before >= n or not thread.is_alive(),
+            STEP_TIMEOUT_S,
+            interval=0.005,
+            message=f"the relay did not move {n} events within {STEP_TIMEOUT_S:g} s",
+        )
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop.set()
+        thread.join(15)
+    if errors:
+        raise BenchError(f"relay failed: {errors[0]!r}") from errors[0]
+    if thread.is_alive():
+        raise BenchError("relay thread did not stop within 15 s")
+    done = relayed(settings) - before
+    if done != n:
+        raise BenchError(f"relay moved {done:.0f} events, {n} expected")
+    left = queue_depth(settings, settings.relay_queue)
+    if left:
+        raise BenchError(f"{left} messages left on the relay queue")
+    return elapsed
+
+
+def measure(env: BenchEnv, n: int = N_EVENTS) -> tuple[float, float]:
+    """(relay events/s, raw aiokafka events/s) for ``n`` events."""
+    s = env.settings
+    events = generate_registry(n, s.today, prefix="LICREL").events[:n]
+    if len(events) < n:
+        raise BenchError(f"generator gave {len(events)} events, {n} wanted")
+    records = [(s.topic(e.family), e.key.encode(), e.to_json_bytes()) for e in events]
+
+    baseline_s = raw_kafka_seconds(s, records)
+    preload(s, [(e.to_json_bytes(), e.event_type) for e in events])
+    relay_s = relay_seconds(s, n)
+    print(
+        f"  relay: {n} events; Relay {relay_s:.2f}s, raw aiokafka (acks=all, linger 5 ms) "
+        f"{baseline_s:.2f}s"
+    )
+    return n / relay_s, n / baseline_s
+
+
+def run(env: BenchEnv, n: int = N_EVENTS) -> list[Row]:
+    relay_rate, kafka_rate = measure(env, n)
+    return [
+        Row(
+            "relay",
+            f"events/s (N={n})",
+            "Relay rabbit->kafka",
+            relay_rate,
+            "raw aiokafka acks=all",
+            kafka_rate,
+        )
+    ]
+
+
+def main() -> int:
+    def bench(_rows: list[Row]) -> list[Row]:
+        with bench_env("relay") as env:
+            return run(env)
+
+    return run_main([("relay", bench)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Shared set-up for the benchmarks: an isolated govnotify environment, rows, the table.
+
+``bench_env`` gives one benchmark its own Tansu broker (free loopback port, memory storage), a
+unique namespace (exchange, queues, topics, consumer groups) and a fresh migrated PostgreSQL
+database ``bench_<hex>``; on exit it deletes the namespace's RabbitMQ queues, drops the database
+and stops the broker by pid, on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pika
+
+from infra.services import (
+    TansuProcess,
+    check_rabbitmq,
+    create_topics,
+    free_port,
+    start_tansu,
+    stop_pid,
+)
+from infra.settings import Settings, load_settings
+from producers.rabbitmq import delete_namespace
+
+try:  # the tests' helpers, when the repository's tests folder is importable
+    from tests.support import create_database, drop_database
+except ImportError:  # pragma: no cover - installed without the tests folder
+    import psycopg
+
+    from infra.db import get_engine, upgrade
+
+    def _libpq(url: str) -> str:
+        return url.replace("postgresql+psycopg://", "postgresql://")
+
+    def create_database(admin_url: str, name: str) -> str:
+        with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+        upgrade(url=url)
+        return url
+
+    def drop_database(admin_url: str, url: str) -> None:
+        get_engine(url).dispose()
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+__all__ = [
+    "AMQP_URL",
+    "PG_ADMIN_URL",
+    "TODAY",
+    "BenchEnv",
+    "BenchError",
+    "Row",
+    "bench_env",
+    "child_env",
+    "deadline_loop",
+    "print_table",
+    "purge_queue",
+    "queue_depth",
+    "run_main",
+]
+
+#: Admin URL of the PostgreSQL server (trust auth); benchmark databases are created next to it.
+PG_ADMIN_URL = os.environ.get(
+    "GOVNOTIFY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+AMQP_URL = os.environ.get("GOVNOTIFY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+#: The settable clock for every benchmark: generated registries are relative to it.
+TODAY = dt.date(2026, 11, 26)
+
+
+class BenchError(Exception):
+    """A benchmark could not produce its figures (deadline, lost messages, dead process)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the result table: a measured figure against its same-run baseline."""
+
+    bench: str
+    metric: str
+    measured_label: str
+    measured: float
+    baseline_label: str
+    baseline: float
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.baseline if self.baseline else float("nan")
+
+
+@dataclass
+class BenchEnv:
+    """What one benchmark runs against."""
+
+    settings: Settings
+    tmp: Path
+    tansu: TansuProcess
+
+
+def _require_loopback(url: str) -> None:
+    host = urlsplit(url).hostname or "127.0.0.1"
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        raise BenchError(f"benchmarks only talk to loopback services, not {host}")
+
+
+@contextlib.contextmanager
+def bench_env(name: str) -> Iterator[BenchEnv]:
+    """Tansu + namespace + database for one benchmark; everything is removed afterwards."""
+    _require_loopback(AMQP_URL)
+    _require_loopback(PG_ADMIN_URL)
+    check_rabbitmq(AMQP_URL, start=False)
+    run_id = uuid.uuid4().hex[:10]
+    tmp = Path(tempfile.mkdtemp(prefix=f"govnotify-bench-{name}-"))
+    tansu: TansuProcess | None = None
+    db_url: str | None = None
+    settings: Settings | None = None
+    ok = False
+    try:
+        tansu = start_tansu(free_port(), tmp / "tansu.log")
+        db_url = create_database(PG_ADMIN_URL, f"bench_{run_id}")
+        settings = load_settings(
+            namespace=f"bench{run_id}",
+            data_dir=tmp / "data",
+            amqp_url=AMQP_URL,
+            kafka_url=tansu.url,
+            kafka_broker_kind="tansu",
+            database_url=db_url,
+            today=TODAY,
+            # Explicitly empty: the worker uses the sandbox notifier, never Twilio.
+            twilio_account_sid="",
+            twilio_auth_token="",
+            twilio_from="",
+            twilio_api_base="",
+            metrics_host="127.0.0.1",
+            relay_metrics_port=free_port(),
+            stream_metrics_port=free_port(),
+            worker_metrics_port=free_port(),
+        )
+        create_topics(settings.kafka_bootstrap, settings.topics, settings.kafka_partitions)
+        yield BenchEnv(settings, tmp, tansu)
+        ok = True
+    finally:
+        # Each step on its own: one failing clean-up must not skip the others.
+        if settings is not None:
+            _attempt(f"delete RabbitMQ namespace {settings.namespace}", delete_namespace, settings)
+        if db_url is not None:
+            _attempt(
+                f"drop database {db_url.rsplit('/', 1)[1]}", drop_database, PG_ADMIN_URL, db_url
+            )
+        if tansu is not None:
+            _attempt(f"stop Tansu pid {tansu.pid}", stop_pid, tansu.pid)
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"  [{name}] logs kept in {tmp}", file=sys.stderr)
+
+
+def _attempt(what: str, fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        print(f"  clean-up failed: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment for a component process: this one's, minus govnotify/metrics overrides."""
+    dropped = ("GOVNOTIFY_", "PROMETHEUS_MULTIPROC_DIR", "dramatiq_prom_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    return {**env, **settings.env(), "PYTHONUNBUFFERED": "1"}
+
+
+def deadline_loop(timeout: float, what: str) -> Callable[[], None]:
+    """A check to call inside a loop: raises BenchError once ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} did not finish within {timeout:g} s")
+
+    return check
+
+
+def queue_depth(settings: Settings, queue: str) -> int:
+    """Ready messages on ``queue`` (0 if it does not exist)."""
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return 0
+        raise
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def purge_queue(settings: Settings, queue: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        conn.channel().queue_purge(queue)
+    finally:
+        conn.close()
+
+
+def _fmt(value: float) -> str:
+    if value != value:  # NaN
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def print_table(rows: list[Row], failures: list[str] | None = None) -> None:
+    """The results: measured vs baseline, and the ratio measured/baseline."""
+    header = ("benchmark", "metric", "measured", "value", "baseline", "value", "ratio")
+    lines = [
+        (
+            r.bench,
+            r.metric,
+            r.measured_label,
+            _fmt(r.measured),
+            r.baseline_label,
+            _fmt(r.baseline),
+            f"{r.ratio:.2f}" if r.ratio == r.ratio else "-",
+        )
+        for r in rows
+    ]
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
+    right = {3, 5, 6}
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    print()
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+    for failure in failures or []:
+        print(f"FAILED {failure}")
+    print("ratio = measured / baseline, both measured in this run on this machine.")
+
+
+def run_main(benchmarks: list[tuple[str, Callable[[list[Row]], list[Row]]]]) -> int:
+    """Run ``benchmarks`` in order (each gets the rows so far), print one table, exit code."""
+    rows: list[Row] = []
+    failures: list[str] = []
+    started = time.monotonic()
+    for name, bench in benchmarks:
+        print(f"[{name}] running ...", flush=True)
+        t0 = time.monotonic()
+        try:
+            rows.extend(bench(rows))
+        except Exception as exc:
+            traceback.print_exc()
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+        print(f"[{name}] done in {time.monotonic() - t0:.1f}s", flush=True)
+    print_table(rows, failures)
+    print(f"total wall time {time.monotonic() - started:.1f}s")
+    return 1 if failures else 0
