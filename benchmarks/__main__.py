@@ -1,14 +1,15 @@
 """``python -m benchmarks``: every benchmark in turn, one table at the end.
 
 Each benchmark gets its own Tansu, namespace and database (removed afterwards); the pipeline
-benchmark uses the relay benchmark's figure from this run as its baseline.
+benchmark uses the relay benchmark's figure from this run as its baseline; the green-channel
+benchmark runs two pipelines of its own (fast path on, then off).
 """
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_pipeline, bench_publish, bench_relay
+from benchmarks import bench_green_channel, bench_pipeline, bench_publish, bench_relay
 from benchmarks.common import Row, bench_env, run_main
 
 
@@ -28,6 +29,7 @@ def main() -> int:
             ("publish", _publish),
             ("relay", _relay),
             ("pipeline", bench_pipeline.bench),
+            ("green_channel", bench_green_channel.bench),
         ]
     )
 

@@ -157,10 +157,114 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from infra.logging import configure_logging
+    from infra.metrics import serve_metrics
+    from workers.scheduler import run_scheduler
+
+    s = _settings()
+    configure_logging(args.log_level, "scheduler")
+    serve_metrics(s.scheduler_metrics_port, s.metrics_host)
+    run_scheduler(s, _stop_on_signals())
+    return 0
+
+
+def cmd_opt_out(args: argparse.Namespace) -> int:
+    from infra.logging import mask_mobile
+    from workers import optouts
+
+    s = _settings()
+    try:
+        if args.action == "add":
+            n = optouts.record_opt_out(s, args.mobile, args.category)
+            print(f"{mask_mobile(args.mobile)}: {n} categor{'y' if n == 1 else 'ies'} refused")
+        elif args.action == "remove":
+            n = optouts.lift_opt_out(s, args.mobile, args.category)
+            print(f"{mask_mobile(args.mobile)}: {n} refusal(s) lifted")
+        else:
+            cats = optouts.list_opt_outs(s, args.mobile)
+            print(f"{mask_mobile(args.mobile)}: " + (", ".join(sorted(cats)) or "no opt-outs"))
+    except ValueError as exc:
+        print(f"govnotify: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_rectification(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from infra.db import session
+    from schemas.models import RectificationTicket
+
+    s = _settings()
+    if args.action == "close":
+        if not args.ticket or not args.outcome:
+            print("govnotify: close needs TICKET and --outcome", file=sys.stderr)
+            return 2
+        from infra.clock import Clock
+        from workers import actors  # noqa: F401  (declares the actors on the broker)
+        from workers.rectification import close_rectification
+
+        with session(s) as db:
+            if db.get(RectificationTicket, args.ticket) is None:
+                print(f"govnotify: no rectification ticket {args.ticket}", file=sys.stderr)
+                return 1
+        close_rectification.send(
+            {
+                "ticket_id": args.ticket,
+                "outcome": args.outcome,
+                "closed_at": Clock.from_settings(s).utcnow().isoformat(),
+            }
+        )
+        print(f"ticket {args.ticket}: close requested")
+        return 0
+    with session(s) as db:
+        query = select(RectificationTicket).order_by(RectificationTicket.deadline_at)
+        if args.department:
+            query = query.where(RectificationTicket.department == args.department)
+        tickets = db.execute(query).scalars().all()
+    print(f"{'ticket':<34}{'department':<16}{'rating':>6}  {'deadline':<17}status")
+    for t in tickets:
+        state = t.status + (" (overdue)" if t.overdue_at and t.status == "open" else "")
+        print(f"{t.id:<34}{t.department:<16}{t.rating:>6}  {t.deadline_at:%Y-%m-%d %H:%M}  {state}")
+    return 0
+
+
+def cmd_satisfaction(args: argparse.Namespace) -> int:
+    from infra.metrics import scrape
+
+    s = _settings()
+    try:
+        samples = scrape(s.stream_metrics_port, s.metrics_host)
+    except OSError:
+        print(
+            f"govnotify: the stream is not running (no metrics on :{s.stream_metrics_port})",
+            file=sys.stderr,
+        )
+        return 1
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for key, value in samples.items():
+        name, _, labels = key.partition("{")
+        if name not in ("govnotify_satisfaction_rate", "govnotify_satisfaction_ratings"):
+            continue
+        parts = dict(p.split("=", 1) for p in labels.rstrip("}").split(","))
+        parts = {k: v.strip('"') for k, v in parts.items()}
+        if parts["window"] != args.window or parts["dimension"] != args.by:
+            continue
+        rows.setdefault((parts["dimension"], parts["key"]), {})[name] = value
+    print(f"satisfaction by {args.by}, current {args.window} window")
+    for (_dim, key), values in sorted(rows.items()):
+        n = int(values.get("govnotify_satisfaction_ratings", 0))
+        rate = values.get("govnotify_satisfaction_rate")
+        shown = f"{rate:.2%}" if rate is not None and n else "-"
+        print(f"  {key:<30} {n:>6} ratings  {shown:>8} satisfied")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(_settings(), licenses=args.licenses, keep_running=False)
+    return run_demo(_settings(), licenses=args.licenses, cases=args.cases, keep_running=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,8 +326,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="re-queue or resolve notifications stuck in created/sending")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("scheduler", help="hand jobs that are due (surveys, escalations) to queues")
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("opt-out", help="record, lift or list a citizen's refusal of a category")
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("mobile", help="mainland mobile number")
+    p.add_argument(
+        "category",
+        nargs="?",
+        default="all",
+        help="reminders, surveys, callbacks, rectification or all (default)",
+    )
+    p.set_defaults(func=cmd_opt_out)
+
+    p = sub.add_parser("rectification", help="list rectification tickets or close one")
+    p.add_argument("action", choices=["list", "close"])
+    p.add_argument("ticket", nargs="?", help="ticket id (for close)")
+    p.add_argument("--outcome", help="what was done (sent to a real-name citizen)")
+    p.add_argument("--department", help="only this department's tickets (for list)")
+    p.set_defaults(func=cmd_rectification)
+
+    p = sub.add_parser("satisfaction", help="live satisfaction rates from the running stream")
+    p.add_argument("--by", choices=["department", "service_point"], default="department")
+    p.add_argument("--window", choices=["day", "short"], default="day")
+    p.set_defaults(func=cmd_satisfaction)
+
     p = sub.add_parser("demo", help="run the whole pipeline on a generated license registry")
     p.add_argument("--licenses", type=int, default=5000, help="licenses to generate (>= 100)")
+    p.add_argument("--cases", type=int, default=1500, help="cases in the centre's day")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,13 +1,15 @@
-"""The settable clock: everything that asks "what day is it?" asks here.
+"""The settable clock: everything that asks "what time is it?" asks here.
 
 ``GOVNOTIFY_TODAY`` (or ``--today``) pins the local date so the demo and the tests run "as of" a
-day; the time of day still moves. All local dates are in the configured time zone
-(Asia/Shanghai by default), never the machine's.
+day; the time of day still moves. ``GOVNOTIFY_NOW`` pins the instant the clock starts at; it then
+runs forward in real time, so delays and deadlines still pass. All local dates are in the
+configured time zone (Asia/Shanghai by default), never the machine's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from zoneinfo import ZoneInfo
 
 __all__ = ["Clock"]
@@ -16,12 +18,18 @@ __all__ = ["Clock"]
 class Clock:
     """Local time in one zone, optionally pinned to a given date."""
 
-    def __init__(self, tz: ZoneInfo, today: dt.date | None = None) -> None:
+    def __init__(
+        self, tz: ZoneInfo, today: dt.date | None = None, start: dt.datetime | None = None
+    ) -> None:
         self.tz = tz
         self.pinned_today = today
+        self.start = start.astimezone(tz) if start else None
+        self._started = time.monotonic()
 
     def now(self) -> dt.datetime:
         """Timezone-aware local now; on a pinned day, that day at the real time of day."""
+        if self.start is not None:
+            return self.start + dt.timedelta(seconds=time.monotonic() - self._started)
         real = dt.datetime.now(self.tz)
         if self.pinned_today is None:
             return real
@@ -30,8 +38,13 @@ class Clock:
         )
 
     def today(self) -> dt.date:
+        if self.start is not None:
+            return self.now().date()
         return self.pinned_today or dt.datetime.now(self.tz).date()
+
+    def utcnow(self) -> dt.datetime:
+        return self.now().astimezone(dt.UTC)
 
     @classmethod
     def from_settings(cls, settings: object) -> Clock:
-        return cls(settings.tz, settings.today)  # type: ignore[attr-defined]
+        return cls(settings.tz, settings.today, settings.now)  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ Each run uses its own namespace, so runs never see each other's queues, topics o
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections import Counter
@@ -22,9 +23,16 @@ from infra.db import session
 from infra.logging import mask_mobile
 from infra.metrics import sample_sum, scrape
 from infra.processes import ProcessGroup, wait_until
-from producers.generator import bad_events, generate_registry
+from producers.generator import bad_events, generate_case_day, generate_registry
 from producers.rabbitmq import Publisher, delete_namespace
-from schemas.models import CallListEntry, DeadLetter, Notification
+from schemas.models import (
+    CallbackTask,
+    CallListEntry,
+    DeadLetter,
+    Notification,
+    RectificationTicket,
+    StaffAlert,
+)
 from streams.rules import due_renewal_jobs
 
 if TYPE_CHECKING:
@@ -46,7 +54,19 @@ FINAL = (
 
 def _demo_settings(settings: Settings, run_id: str) -> Settings:
     today = settings.today or Clock.from_settings(settings).today()
-    update: dict[str, object] = {"namespace": f"demo{run_id}", "today": today}
+    # As of 10:00 local on that day: a demo run at night would otherwise (rightly) defer every
+    # SMS to 08:00 because of quiet hours.
+    now = dt.datetime.combine(today, dt.time(10, 0), tzinfo=settings.tz)
+    update: dict[str, object] = {
+        "namespace": f"demo{run_id}",
+        "today": today,
+        "now": now,
+        # A day's timings compressed into the demo's minute: survey invitations 30 s after
+        # completion instead of 30 min, escalations after 20-30 s instead of 10 min / 3 days.
+        "survey_delay_s": 30,
+        "green_escalate_after_s": 20,
+        "callback_due_after_s": 30,
+    }
     if not settings.database_url:
         # A fresh SQLite file per run keeps the summary about this run only.
         update["database_url"] = f"sqlite:///{(settings.data_dir / f'demo-{run_id}.db').resolve()}"
@@ -74,13 +94,38 @@ def _expected(registry, settings: Settings) -> Counter[tuple[str, int]]:  # type
     return expected
 
 
-def _settled(settings: Settings, min_rows: int) -> bool:
+def _settled(settings: Settings, min_rows: int, *flows: str) -> bool:
+    """At least ``min_rows`` notifications of ``flows`` exist and none is still pending."""
     with session(settings) as s:
-        pending = s.execute(
-            select(func.count()).select_from(Notification).where(Notification.status.not_in(FINAL))
+        rows = (
+            s.execute(select(Notification.status).where(Notification.flow.in_(flows)))
+            .scalars()
+            .all()
+        )
+    return len(rows) >= min_rows and all(status in FINAL for status in rows)
+
+
+def _day_settled(settings: Settings, expected: Counter[str]) -> bool:
+    """Every message the generated day should produce has been produced."""
+    with session(settings) as s:
+        escalated_alerts = s.execute(
+            select(func.count()).select_from(StaffAlert).where(StaffAlert.escalated_at.is_not(None))
         ).scalar_one()
-        total = s.execute(select(func.count()).select_from(Notification)).scalar_one()
-    return pending == 0 and total >= min_rows
+        escalated_tasks = s.execute(
+            select(func.count())
+            .select_from(CallbackTask)
+            .where(CallbackTask.escalated_at.is_not(None))
+        ).scalar_one()
+    return (
+        escalated_alerts >= expected["green_escalations"]
+        and escalated_tasks >= expected["callback_escalations"]
+        and _settled(
+            settings,
+            expected["surveys"] + expected["callback_notices"],
+            "survey",
+            "callback_notice",
+        )
+    )
 
 
 def _stream_events(settings: Settings) -> float:
@@ -99,7 +144,9 @@ def _jobs_done(settings: Settings) -> bool:
     return processed >= enqueued
 
 
-def run_demo(settings: Settings, *, licenses: int = 5000, keep_running: bool = False) -> int:
+def run_demo(
+    settings: Settings, *, licenses: int = 5000, cases: int = 1500, keep_running: bool = False
+) -> int:
     """Run the demo; returns the process exit code."""
     if licenses < 100:
         raise ValueError("--licenses must be at least 100")
@@ -111,9 +158,11 @@ def run_demo(settings: Settings, *, licenses: int = 5000, keep_running: bool = F
     print("  services: " + ", ".join(f"{k} {v}" for k, v in up.items()))
     group = ProcessGroup(env={**_base_env(), **s.env()}, log_dir=s.data_dir / "demo-logs" / run_id)
     try:
+        clock_started = time.monotonic()
         group.start("relay", "relay")
         group.start("stream", "stream")
         group.start("worker", "worker")
+        group.start("scheduler", "scheduler")
 
         registry = generate_registry(licenses, s.today, prefix=f"LIC{run_id[:4].upper()}")
         bad = bad_events(s.today)
@@ -123,13 +172,19 @@ def run_demo(settings: Settings, *, licenses: int = 5000, keep_running: bool = F
                 p.publish(event)
             for _reason, raw in bad:
                 p.publish_raw(raw, "license.issued")
+            # The centre's day happens "now" on the pipeline's clock (pinned, then running).
+            assert s.now is not None
+            at = s.now + dt.timedelta(seconds=time.monotonic() - clock_started)
+            day = generate_case_day(cases, at, prefix=f"C{run_id[:4].upper()}")
+            for event in day.events:
+                p.publish(event)
         publish_s = time.monotonic() - t0
-        n_events = len(registry.events)
+        n_events = len(registry.events) + len(day.events)
         print(
-            f"  published {n_events:,} events ({licenses:,} licenses, "
-            f"{len(registry.renewed)} renewals, {len(registry.revoked)} revocations) and "
-            f"{len(bad)} bad events in {publish_s:.1f}s "
-            f"({n_events / publish_s:,.0f} events/s with publisher confirms)"
+            f"  published {n_events:,} events in {publish_s:.1f}s "
+            f"({n_events / publish_s:,.0f} events/s with publisher confirms): "
+            f"{licenses:,} licenses ({len(registry.renewed)} renewed, {len(registry.revoked)} "
+            f"revoked), {cases:,} cases with their evaluations, and {len(bad)} bad events"
         )
 
         expected = _expected(registry, s)
@@ -145,10 +200,20 @@ def run_demo(settings: Settings, *, licenses: int = 5000, keep_running: bool = F
         # left in created/sending.
         wait_until(lambda: _jobs_done(s), SETTLE_TIMEOUT_S, interval=0.2, message=deadline_msg)
         wait_until(
-            lambda: _settled(s, expected_sms), SETTLE_TIMEOUT_S, interval=0.2, message=deadline_msg
+            lambda: _settled(s, expected_sms, "renewal"),
+            SETTLE_TIMEOUT_S,
+            interval=0.2,
+            message=deadline_msg,
         )
         elapsed = time.monotonic() - t0
-        _summary(s, expected, registry, elapsed, n_events)
+        wait_until(
+            lambda: _day_settled(s, day.expected),
+            SETTLE_TIMEOUT_S,
+            interval=0.5,
+            message=deadline_msg,
+        )
+        _summary(s, expected, registry, elapsed, len(registry.events))
+        _case_summary(s, day)
         print(f"  finished in {time.monotonic() - started_at:.1f}s; stopping everything")
         return 0
     finally:
@@ -167,7 +232,9 @@ def _base_env() -> dict[str, str]:
 def _summary(s: Settings, expected, registry, elapsed: float, n_events: int) -> None:  # type: ignore[no-untyped-def]
     with session(s) as db:
         rows = db.execute(
-            select(Notification.idempotency_key, Notification.status, Notification.subject_id)
+            select(
+                Notification.idempotency_key, Notification.status, Notification.subject_id
+            ).where(Notification.flow == "renewal")
         ).all()
         calls = db.execute(select(CallListEntry.offset_days, CallListEntry.status)).all()
         letters = db.execute(select(DeadLetter.reason, DeadLetter.count)).all()
@@ -228,3 +295,71 @@ def _summary(s: Settings, expected, registry, elapsed: float, n_events: int) -> 
         f"  Metrics while running: relay :{s.relay_metrics_port}/metrics, "
         f"stream :{s.stream_metrics_port}/metrics, worker :{s.worker_metrics_port}/metrics"
     )
+
+
+def _case_summary(s: Settings, day) -> None:  # type: ignore[no-untyped-def]
+    """The three case flows: what the generated day should produce, and what was produced."""
+    exp = day.expected
+    with session(s) as db:
+        alerts = db.execute(select(StaffAlert)).scalars().all()
+        tasks = db.execute(select(CallbackTask)).scalars().all()
+        tickets = db.execute(select(RectificationTicket)).scalars().all()
+        flows = Counter(
+            db.execute(
+                select(Notification.flow).where(Notification.status.in_(("sent", "delivered")))
+            ).scalars()
+        )
+    latencies = sorted(
+        (ledger_utc(a.sent_at) - ledger_utc(a.event_at)).total_seconds()
+        for a in alerts
+        if a.sent_at
+    )
+    p50 = latencies[len(latencies) // 2] if latencies else 0.0
+    print()
+    print("  Green channel (绿色通道)           expected  actual")
+    print(
+        f"    alerts to on-duty staff              {exp['green_alerts']:>5}  {len(alerts):>6}"
+        f"   (median {p50:.2f}s from the event to the staff webhook)"
+    )
+    print(
+        f"    acknowledged in time                 "
+        f"{exp['green_alerts'] - exp['green_escalations']:>5}  "
+        f"{sum(a.acknowledged_at is not None for a in alerts):>6}"
+    )
+    print(
+        f"    escalated to the hall supervisor     {exp['green_escalations']:>5}  "
+        f"{sum(a.escalated_at is not None for a in alerts):>6}"
+    )
+    print("  Follow-up callbacks (跟踪回访)")
+    print(
+        f"    tasks (key projects + real-name negative reviews) "
+        f"{exp['callback_tasks']:>4}  {len(tasks):>6}"
+    )
+    print(
+        f"    SMS telling the enterprise who calls {exp['callback_notices']:>5}  "
+        f"{flows['callback_notice']:>6}"
+    )
+    print(
+        f"    escalated past their due time        {exp['callback_escalations']:>5}  "
+        f"{sum(t.escalated_at is not None for t in tasks):>6}"
+    )
+    print("  Satisfaction (好差评)")
+    print(f"    survey invitations (unrated cases)   {exp['surveys']:>5}  {flows['survey']:>6}")
+    print(
+        f"    rectification tickets (ratings 1-2)  {exp['rectification_tickets']:>5}  "
+        f"{len(tickets):>6}   (due in {s.rectification_workdays} Chinese working days)"
+    )
+    rates = sorted(
+        ((sat / total, dept, total) for dept, (sat, total) in day.ratings.items()), reverse=True
+    )
+    shown = ", ".join(f"{dept} {rate:.1%} of {total}" for rate, dept, total in rates[:4])
+    print(f"    satisfied today: {shown} … (live: govnotify satisfaction)")
+    print(f"  Staff messages (sandbox webhooks): {s.data_dir / 'sandbox-webhooks.jsonl'}")
+
+
+def ledger_utc(value: dt.datetime | None) -> dt.datetime:
+    from workers.ledger import as_utc
+
+    result = as_utc(value)
+    assert result is not None
+    return result

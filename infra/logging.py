@@ -54,8 +54,14 @@ class MaskingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = mask_pii(record.getMessage())
-        record.args = None
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report, not ours
+            return True
+        masked = mask_pii(message)
+        if masked != message or record.args:
+            # () not None: some formatters (mode's) wrap a None into (None,) and then fail.
+            record.msg, record.args = masked, ()
         if record.exc_text:
             # Another handler may have formatted (and cached) the traceback before us.
             record.exc_text = mask_pii(record.exc_text)

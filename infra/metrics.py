@@ -14,6 +14,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 __all__ = [
     "CALL_LIST_ENTRIES",
     "DEAD_LETTERS",
+    "DEFERRED",
     "EVENTS_RECEIVED",
     "EVENTS_REJECTED",
     "EVENTS_RELAYED",
@@ -67,6 +68,11 @@ CALL_LIST_ENTRIES = Counter(
     "govnotify_call_list_entries_total",
     "Staff call-list entries created, by category.",
     ["category"],
+)
+DEFERRED = Counter(
+    "govnotify_notifications_deferred_total",
+    "Citizen messages deferred, by flow and reason (quiet hours, daily cap).",
+    ["flow", "reason"],
 )
 DEAD_LETTERS = Counter(
     "govnotify_dead_letters_total",

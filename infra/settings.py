@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     #: The settable clock: run "as of" this date (YYYY-MM-DD) instead of today.
     today: dt.date | None = None
+    #: The settable clock, to the second: start at this instant (ISO 8601 with offset), then run.
+    now: dt.datetime | None = None
 
     sms_signature: str = "【长安政务】"
     #: Days before expiry at which the holder gets a renewal SMS.
@@ -64,8 +66,40 @@ class Settings(BaseSettings):
     #: Days before expiry at which the issuing department gets a call-list entry.
     renewal_call_offsets: list[int] = [3]
 
+    #: Non-critical citizen SMS are deferred out of these local hours ("" disables).
+    quiet_hours: str = "21:00-08:00"
+    #: Non-critical SMS per citizen per local day; more are deferred to the next day (0: no cap).
+    sms_daily_cap: int = Field(5, ge=0, le=100)
+    #: Appended to every non-critical citizen SMS (Twilio allows no replies to mainland numbers).
+    opt_out_hint: str = Field("退订请致电12345", max_length=30)
+    #: Applicants this old count as elderly (高龄老人) even without the tag.
+    elderly_age: int = Field(70, ge=50, le=120)
+    #: The relay also sends green-channel alerts and acks straight to the alerts queue, so
+    #: they do not wait behind the stream's backlog (the stream path stays as the fallback).
+    green_fast_path: bool = True
+    #: Green-channel alerts not acknowledged within this escalate to the hall supervisor.
+    green_escalate_after_s: int = Field(600, ge=1)
+    #: Survey invitation this long after completion (then deferred out of quiet hours).
+    survey_delay_s: int = Field(1800, ge=0)
+    #: A key project's follow-up callback is due this long after completion.
+    callback_due_after_s: int = Field(3 * 86400, ge=1)
+    #: Rectification deadline, in Chinese working days after the negative review.
+    rectification_workdays: int = Field(5, ge=1, le=60)
+    #: Remind the department this many working days before the deadline.
+    rectification_remind_workdays: int = Field(1, ge=0, le=30)
+    #: Record 基本满意 (3) for cases not rated within default_rating_after_s (off by default).
+    default_rating_enabled: bool = False
+    default_rating_after_s: int = Field(7 * 86400, ge=1)
+    #: The shorter tumbling window of the live satisfaction rates (the other is one day).
+    satisfaction_window_s: int = Field(3600, ge=60)
+    #: Staff directory (on-duty staff, supervisors, department heads, webhooks); empty: bundled.
+    staff_directory: Path | None = None
+    #: How often the scheduler hands due jobs to the work queues.
+    scheduler_interval_s: float = Field(0.5, gt=0)
+
     relay_metrics_port: int = Field(9301, ge=0, le=65535)
     stream_metrics_port: int = Field(9302, ge=0, le=65535)
+    scheduler_metrics_port: int = Field(9303, ge=0, le=65535)
     worker_metrics_port: int = Field(9191, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 
@@ -91,6 +125,21 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        from workers.policy import QuietHours
+
+        QuietHours.parse(value)  # raises ValueError naming the expected form
+        return value
+
+    @field_validator("now")
+    @classmethod
+    def _aware_now(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-11-26T10:00:00+08:00")
         return value
 
     @field_validator("amqp_url")
@@ -197,12 +246,13 @@ class Settings(BaseSettings):
         return f"{self.namespace}.events.dead"
 
     def topic(self, name: str) -> str:
-        """Kafka topic for one entity family: ``licenses``, ``cases`` or ``evaluations``."""
+        """Kafka topic: ``licenses``, ``cases``, ``evaluations`` (ingest) or ``ratings``."""
         return f"{self.namespace}.{name}"
 
     @property
     def topics(self) -> list[str]:
-        return [self.topic(n) for n in ("licenses", "cases", "evaluations")]
+        """Every topic to pre-create; ``ratings`` re-keys evaluations by department/point."""
+        return [self.topic(n) for n in ("licenses", "cases", "evaluations", "ratings")]
 
     def queue(self, name: str) -> str:
         """dramatiq queue name for one kind of work."""
@@ -213,7 +263,15 @@ class Settings(BaseSettings):
         """Every dramatiq queue, each with its ``.DQ`` (delays) and ``.XQ`` (dead letters)."""
         return [
             f"{self.queue(q)}{suffix}"
-            for q in ("registry", "reminders", "delivery")
+            for q in (
+                "alerts",
+                "registry",
+                "reminders",
+                "delivery",
+                "surveys",
+                "callbacks",
+                "evaluations",
+            )
             for suffix in ("", ".DQ", ".XQ")
         ]
 

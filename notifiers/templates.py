@@ -23,6 +23,11 @@ REQUIRED_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "renewal_reminder": frozenset(
         {"category_name", "license_id", "expires_on", "days_left", "issuing_department"}
     ),
+    "survey_invitation": frozenset({"service_item", "service_point_name", "completed_on"}),
+    # service_item: the key project's name (the completed case's service item).
+    "callback_notice": frozenset({"service_item", "steward_name", "callback_date"}),
+    # outcome: at most 60 characters, truncated by the caller.
+    "rectification_closed": frozenset({"service_item", "department", "outcome"}),
 }
 
 _FORMATTER = string.Formatter()

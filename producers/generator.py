@@ -10,12 +10,20 @@ import datetime as dt
 import json
 import random
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 from schemas.categories import load_categories
 from schemas.events import Event, make_event
 
-__all__ = ["GeneratedRegistry", "bad_events", "generate_registry", "license_event"]
+__all__ = [
+    "GeneratedDay",
+    "GeneratedRegistry",
+    "bad_events",
+    "generate_case_day",
+    "generate_registry",
+    "license_event",
+]
 
 _SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
 _GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英"
@@ -185,3 +193,174 @@ def bad_events(today: dt.date) -> list[tuple[str, bytes]]:
         ("schema_violation", variant(**{"payload.expires_on": "2026-02-30"})),
         ("oversize", variant(**{"payload.holder_name": "长" * 40_000})),
     ]
+
+
+_ITEMS = [
+    ("食品经营许可证核发", "市场监督管理局"),
+    ("个体工商户设立登记", "市场监督管理局"),
+    ("道路运输经营许可", "交通运输局"),
+    ("医疗机构执业登记", "卫生健康局"),
+    ("社会保障卡申领", "人力资源和社会保障局"),
+    ("居民身份证换领", "公安分局"),
+    ("增值税发票领用", "税务局"),
+    ("建设工程施工许可证核发", "住房和城乡建设局"),
+    ("排污许可证核发", "生态环境局"),
+    ("最低生活保障申请", "民政局"),
+]
+_GROUPS = ("elderly", "disabled", "active_serviceman", "veteran", "pregnant")
+#: The district centre, 16 street stations and the 4 post stations of the staff directory.
+_POINTS = (
+    [("SC-CHANGAN", "长安区政务服务中心", "service_centre")]
+    + [(f"ST-{i:02d}", f"长安区第{i}便民服务站", "street_station") for i in range(1, 17)]
+    + [(f"PS-{i:02d}", f"长安区政务驿站{i}", "post_station") for i in range(1, 5)]
+)
+
+
+@dataclass
+class GeneratedDay:
+    """A service centre's day of cases, and the messages a correct pipeline produces for it."""
+
+    events: list[Event] = field(default_factory=list)
+    #: message kind → how many: green_alerts, green_escalations, surveys, callback_tasks,
+    #: callback_notices, callback_escalations, rectification_tickets
+    expected: Counter = field(default_factory=Counter)
+    #: department → (satisfied, ratings)
+    ratings: dict[str, list[int]] = field(default_factory=dict)
+
+
+def generate_case_day(
+    n_cases: int,
+    at: dt.datetime,
+    *,
+    seed: int = 7,
+    prefix: str = "CASE",
+    special_share: float = 0.02,
+    key_projects: int = 5,
+    rated_share: float = 0.7,
+    negative_share: float = 0.03,
+) -> GeneratedDay:
+    """``n_cases`` cases submitted and completed at ``at`` (the pipeline's "now").
+
+    A share of applicants are special-group (half of them acknowledged at once); a few cases
+    are key projects (the first ones' callbacks completed); most cases are rated, a few
+    negatively (half of those real-name). Every applicant has their own mobile.
+    """
+    rng = random.Random(seed)
+    out = GeneratedDay()
+    completed_at = at + dt.timedelta(seconds=1)
+    for n in range(n_cases):
+        case_id = f"{prefix}-{n:06d}"
+        item, department = _ITEMS[n % len(_ITEMS)]
+        point = _POINTS[n % len(_POINTS)]
+        key_project = n < key_projects
+        # Enterprises (key projects) carry no age or group; special groups are citizens.
+        special = not key_project and rng.random() < special_share
+        groups = [rng.choice(_GROUPS)] if special and rng.random() < 0.7 else []
+        age = rng.randint(70, 95) if special and not groups else rng.randint(18, 65)
+        mobile = f"1{rng.choice('3456789')}{n:09d}"
+        payload: dict[str, object] = {
+            "case_id": case_id,
+            "service_item": item,
+            "department": department,
+            "service_point": {"id": point[0], "name": point[1], "level": point[2]},
+            "applicant": {
+                "kind": "enterprise" if key_project else "citizen",
+                "name": _holder(rng),
+                "mobile": mobile,
+                "age": None if key_project else age,
+                "special_groups": groups,
+            },
+            "key_project": key_project,
+            "submitted_at": at.isoformat(),
+        }
+        if key_project:
+            payload["project_steward"] = {
+                "staff_id": f"STW-{n:02d}",
+                "name": "刘管家",
+                "mobile": None,
+                "department": department,
+            }
+        out.events.append(
+            make_event("case.submitted", payload, source="case-system", occurred_at=at)
+        )
+        if special:
+            out.expected["green_alerts"] += 1
+            if n % 2 == 0:
+                out.events.append(
+                    make_event(
+                        "greenchannel.acknowledged",
+                        {
+                            "case_id": case_id,
+                            "service_point_id": point[0],
+                            "staff_id": "S001",
+                            "acknowledged_at": at.isoformat(),
+                        },
+                        source="queue-system",
+                        occurred_at=at,
+                    )
+                )
+            else:
+                out.expected["green_escalations"] += 1
+        out.events.append(
+            make_event(
+                "case.completed",
+                {**payload, "completed_at": completed_at.isoformat()},
+                source="case-system",
+                occurred_at=completed_at,
+            )
+        )
+        if key_project:
+            out.expected["callback_tasks"] += 1
+            out.expected["callback_notices"] += 1
+            if n < key_projects // 2 + 1:
+                out.events.append(
+                    make_event(
+                        "callback.completed",
+                        {
+                            "case_id": case_id,
+                            "callback_id": "key_project",
+                            "staff_id": f"STW-{n:02d}",
+                            "outcome": "企业反馈满意",
+                            "completed_at": completed_at.isoformat(),
+                        },
+                        source="case-system",
+                        occurred_at=completed_at,
+                    )
+                )
+            else:
+                out.expected["callback_escalations"] += 1
+        if rng.random() < rated_share:
+            rating = (
+                rng.randint(1, 2) if rng.random() < negative_share else rng.choice((3, 4, 5, 5, 5))
+            )
+            real_name = rating > 2 or n % 2 == 0
+            out.events.append(
+                make_event(
+                    "evaluation.submitted",
+                    {
+                        "evaluation_id": f"EV-{case_id}",
+                        "case_id": case_id,
+                        "rating": rating,
+                        "real_name": real_name,
+                        "citizen_mobile": mobile if real_name else None,
+                        "comment": "",
+                        "department": department,
+                        "service_point_id": point[0],
+                        "evaluated_at": completed_at.isoformat(),
+                    },
+                    source="evaluation-system",
+                    occurred_at=completed_at,
+                )
+            )
+            sat = out.ratings.setdefault(department, [0, 0])
+            sat[0] += rating >= 3
+            sat[1] += 1
+            if rating <= 2:
+                out.expected["rectification_tickets"] += 1
+                if real_name:
+                    out.expected["callback_tasks"] += 1
+                    # Nobody completes a negative review's callback in a generated day.
+                    out.expected["callback_escalations"] += 1
+        else:
+            out.expected["surveys"] += 1
+    return out

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pika
 from pika.exceptions import AMQPError
+from prometheus_client import Counter
 
 from infra.db import session
 from infra.deadletters import record_dead_letter
@@ -22,7 +23,7 @@ from infra.metrics import EVENTS_RECEIVED, EVENTS_REJECTED, EVENTS_RELAYED
 from producers.kafka import KafkaSink
 from producers.rabbitmq import declare_topology
 from schemas.errors import EventRejected
-from schemas.events import event_types, parse_event
+from schemas.events import Event, event_types, parse_event
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -30,6 +31,25 @@ if TYPE_CHECKING:
 __all__ = ["Relay"]
 
 log = logging.getLogger("govnotify.relay")
+
+FAST_PATH = Counter(
+    "govnotify_relay_green_channel_fast_path_total",
+    "Green-channel jobs the relay sent straight to the alerts queue.",
+    ["actor"],
+)
+
+
+def green_channel_job(event: Event, elderly_age: int) -> tuple[str, dict[str, object]] | None:
+    """(actor, job) for green-channel events: a special-group case.submitted, or its ack."""
+    from streams.case_rules import apply_case_event
+
+    if event.event_type not in ("case.submitted", "greenchannel.acknowledged"):
+        return None
+    # The same pure rule the stream applies, so both paths send the very same job.
+    _state, jobs = apply_case_event(
+        None, event.event_type, event.payload.model_dump(mode="json"), elderly_age=elderly_age
+    )
+    return jobs[0] if jobs else None
 
 
 class Relay:
@@ -80,6 +100,7 @@ class Relay:
 
     def _flush(self, channel, dlq, pending: list[tuple[int, str, bytes]]) -> None:  # type: ignore[no-untyped-def]
         records = []
+        alerts: list[tuple[str, dict[str, object]]] = []
         rejected: list[tuple[bytes, str, EventRejected]] = []
         for _tag, routing_key, body in pending:
             label = self._type_label(routing_key)
@@ -92,6 +113,10 @@ class Relay:
             records.append(
                 (self.settings.topic(event.family), event.key.encode(), event.to_json_bytes())
             )
+            if self.settings.green_fast_path:
+                fast = green_channel_job(event, self.settings.elderly_age)
+                if fast is not None:
+                    alerts.append(fast)
         last_tag = pending[-1][0]
         try:
             self.sink.send_batch(records)
@@ -107,6 +132,27 @@ class Relay:
         channel.basic_ack(delivery_tag=last_tag, multiple=True)
         for topic, _key, _value in records:
             EVENTS_RELAYED.labels(topic=topic).inc()
+        if alerts:
+            self._fast_path(alerts)
+
+    def _fast_path(self, jobs: list[tuple[str, dict[str, object]]]) -> None:
+        """Green-channel alerts and acks straight to their priority queue, not behind the
+        stream's lag (a critical alert must not wait for a backlog of license events).
+
+        The stream sends the same jobs when it gets to the events; their idempotency keys make
+        that a no-op, and if this best-effort send fails the stream's path still delivers.
+        """
+        try:
+            import dramatiq
+
+            from workers import green_channel  # noqa: F401  (declares the actors)
+
+            broker = dramatiq.get_broker()
+            for actor_name, job in jobs:
+                broker.get_actor(actor_name).send(job)
+                FAST_PATH.labels(actor=actor_name).inc()
+        except Exception:
+            log.exception("green-channel fast path failed; the stream will still deliver")
 
     def _dead_letter(self, dlq, body: bytes, label: str, exc: EventRejected) -> None:  # type: ignore[no-untyped-def]
         with session(self.settings) as s:

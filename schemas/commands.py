@@ -11,7 +11,16 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-__all__ = ["LicenseStateJob", "RenewalJob", "renewal_key"]
+__all__ = [
+    "CallbackDoneJob",
+    "CaseJob",
+    "CloseRectificationJob",
+    "EvaluationJob",
+    "GreenChannelAckJob",
+    "LicenseStateJob",
+    "RenewalJob",
+    "renewal_key",
+]
 
 
 def renewal_key(license_id: str, expires_on: dt.date, offset_days: int, kind: str) -> str:
@@ -49,3 +58,66 @@ class RenewalJob(_Job):
     due_on: dt.date
     #: occurred_at of the event whose state produced this job; newer states may cancel it.
     state_at: AwareDatetime
+
+
+class CaseJob(_Job):
+    """What the case flows need to know about a case (from case.submitted / case.completed)."""
+
+    case_id: str = Field(min_length=1, max_length=64)
+    service_item: str = Field(max_length=200)
+    department: str = Field(max_length=100)
+    service_point_id: str = Field(max_length=64)
+    service_point_name: str = Field(max_length=100)
+    applicant_kind: Literal["citizen", "enterprise"]
+    applicant_name: str = Field(max_length=100)
+    applicant_mobile: str = Field(pattern=r"^\+861[3-9][0-9]{9}$")
+    special_groups: list[str] = Field(default_factory=list, max_length=5)
+    key_project: bool = False
+    steward_id: str | None = Field(default=None, max_length=64)
+    steward_name: str | None = Field(default=None, max_length=100)
+    steward_department: str | None = Field(default=None, max_length=100)
+    submitted_at: AwareDatetime
+    completed_at: AwareDatetime | None = None
+
+
+class GreenChannelAckJob(_Job):
+    """Staff acknowledged a green-channel alert."""
+
+    case_id: str = Field(min_length=1, max_length=64)
+    service_point_id: str = Field(max_length=64)
+    staff_id: str = Field(max_length=64)
+    acknowledged_at: AwareDatetime
+
+
+class CallbackDoneJob(_Job):
+    """A follow-up callback was made (callback.completed)."""
+
+    case_id: str = Field(min_length=1, max_length=64)
+    callback_id: str = Field(max_length=64)
+    staff_id: str = Field(max_length=64)
+    outcome: str = Field(max_length=1000)
+    completed_at: AwareDatetime
+
+
+class EvaluationJob(_Job):
+    """A citizen's rating of a case, with what the stream knows of the case."""
+
+    evaluation_id: str = Field(min_length=1, max_length=64)
+    case_id: str = Field(min_length=1, max_length=64)
+    rating: int = Field(ge=1, le=5)
+    real_name: bool
+    citizen_mobile: str | None = Field(default=None, pattern=r"^\+861[3-9][0-9]{9}$")
+    comment: str = Field(default="", max_length=1000)
+    department: str = Field(max_length=100)
+    service_point_id: str = Field(max_length=64)
+    service_item: str = Field(default="", max_length=200)
+    evaluated_at: AwareDatetime
+    is_default: bool = False
+
+
+class CloseRectificationJob(_Job):
+    """A department closed a rectification ticket with an outcome."""
+
+    ticket_id: str = Field(min_length=1, max_length=64)
+    outcome: str = Field(min_length=1, max_length=500)
+    closed_at: AwareDatetime

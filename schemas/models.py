@@ -10,22 +10,54 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, String, Text
+from sqlalchemy import Column, DateTime, Index, LargeBinary, String, Text, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 __all__ = [
     "STATUS_RANK",
     "CallListEntry",
+    "CallbackTask",
     "DeadLetter",
+    "EvaluationRecord",
     "LicenseRecord",
     "Notification",
     "NotificationStatus",
+    "OptOut",
+    "RectificationTicket",
+    "ScheduledJob",
+    "StaffAlert",
     "utcnow",
 ]
 
 
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware timestamp stored in UTC and read back aware, on every database.
+
+    PostgreSQL's timestamptz keeps the instant; SQLite keeps only the text, dropping the offset,
+    so a +08:00 time would come back eight hours off. Normalising to UTC on the way in and
+    marking UTC on the way out makes both behave the same.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: timestamps must carry a time zone")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: object
+    ) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
 #: Timestamps are stored timezone-aware (timestamptz on PostgreSQL), always in UTC.
-TZ = DateTime(timezone=True)
+TZ = UTCDateTime()
 
 
 def utcnow() -> dt.datetime:
@@ -51,6 +83,8 @@ class NotificationStatus(enum.StrEnum):
     TEMPORARY_FAILURE = "temporary-failure"
     #: Our side failed (misconfiguration, a bug); the reason column says what.
     TECHNICAL_FAILURE = "technical-failure"
+    #: Not sent because the recipient opted out of the category (checked right before sending).
+    SUPPRESSED = "suppressed"
 
 
 #: Forward-only order. A status may only be replaced by one of higher rank; the final ones share
@@ -64,6 +98,7 @@ STATUS_RANK: dict[str, int] = {
     NotificationStatus.PERMANENT_FAILURE: 3,
     NotificationStatus.TEMPORARY_FAILURE: 3,
     NotificationStatus.TECHNICAL_FAILURE: 3,
+    NotificationStatus.SUPPRESSED: 3,
 }
 
 
@@ -75,6 +110,8 @@ class Notification(SQLModel, table=True):
         Index("ix_notification_status_updated", "status", "updated_at"),
         Index("ix_notification_flow_status", "flow", "status"),
         Index("ix_notification_subject", "subject_id"),
+        # The daily cap counts a recipient's claims per local day.
+        Index("ix_notification_recipient_claimed", "recipient", "claimed_at"),
     )
 
     id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
@@ -95,6 +132,12 @@ class Notification(SQLModel, table=True):
     attempts: int = 0
     #: The local date the message was due on (the reminder's send date).
     due_on: dt.date | None = None
+    #: Opt-out category (reminders, surveys, callbacks, rectification); empty for staff messages.
+    category: str = Field(default="", max_length=24)
+    #: Critical messages bypass quiet hours and the daily cap.
+    critical: bool = False
+    #: Deferred (quiet hours, daily cap) until this instant.
+    not_before: dt.datetime | None = Field(default=None, sa_type=TZ)
     #: When the triggering event happened upstream, for event-to-send latency.
     event_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
@@ -156,3 +199,120 @@ class DeadLetter(SQLModel, table=True):
     count: int = 1
     first_seen: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     last_seen: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class ScheduledJob(SQLModel, table=True):
+    """A job to hand to a work queue at a future instant (hours or days ahead).
+
+    RabbitMQ message delays are held unacked by the worker and requeued after the broker's
+    consumer timeout (30 min), so anything further ahead than minutes is kept here instead.
+    """
+
+    __tablename__ = "scheduled_job"
+    __table_args__ = (Index("ix_scheduled_job_status_run_at", "status", "run_at"),)
+
+    id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
+    key: str = Field(sa_column=Column(String(200), unique=True, nullable=False))
+    run_at: dt.datetime = Field(sa_type=TZ)
+    actor_name: str = Field(max_length=64)
+    #: JSON of the single positional argument the actor takes.
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending | enqueued | cancelled
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    enqueued_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+
+
+class StaffAlert(SQLModel, table=True):
+    """A green-channel alert to the on-duty staff of a service point, with its timestamps."""
+
+    __tablename__ = "staff_alert"
+    __table_args__ = (Index("ix_staff_alert_point_status", "service_point_id", "status"),)
+
+    id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
+    idempotency_key: str = Field(sa_column=Column(String(200), unique=True, nullable=False))
+    case_id: str = Field(max_length=64, index=True)
+    service_point_id: str = Field(max_length=64)
+    special_groups: str = Field(max_length=120)  # comma-separated
+    #: created | sent | acknowledged | escalated | failed
+    status: str = Field(default="created", max_length=16)
+    status_reason: str | None = Field(default=None, max_length=500)
+    event_at: dt.datetime = Field(sa_type=TZ)
+    sent_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    acknowledged_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    acknowledged_by: str | None = Field(default=None, max_length=64)
+    escalated_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class CallbackTask(SQLModel, table=True):
+    """A follow-up callback (跟踪回访) a project steward or department owes a case's applicant."""
+
+    __tablename__ = "callback_task"
+    __table_args__ = (Index("ix_callback_task_status_due", "status", "due_at"),)
+
+    id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
+    idempotency_key: str = Field(sa_column=Column(String(200), unique=True, nullable=False))
+    case_id: str = Field(max_length=64, index=True)
+    kind: str = Field(max_length=24)  # key_project | negative_review
+    owner_staff_id: str = Field(max_length=64)
+    owner_name: str = Field(max_length=100)
+    department: str = Field(max_length=100)
+    service_item: str = Field(max_length=200)
+    status: str = Field(default="open", max_length=16)  # open | done
+    due_at: dt.datetime = Field(sa_type=TZ)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    escalated_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    completed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    outcome: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class EvaluationRecord(SQLModel, table=True):
+    """A citizen's rating of a case (好差评); a default rating is marked as such."""
+
+    __tablename__ = "evaluation_record"
+
+    evaluation_id: str = Field(primary_key=True, max_length=64)
+    case_id: str = Field(max_length=64, index=True)
+    rating: int
+    real_name: bool
+    is_default: bool = False
+    department: str = Field(max_length=100)
+    service_point_id: str = Field(max_length=64)
+    evaluated_at: dt.datetime = Field(sa_type=TZ)
+
+
+class RectificationTicket(SQLModel, table=True):
+    """A negative review's rectification (整改): a department owes a fix by a deadline."""
+
+    __tablename__ = "rectification_ticket"
+    __table_args__ = (Index("ix_rectification_department_status", "department", "status"),)
+
+    id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
+    idempotency_key: str = Field(sa_column=Column(String(200), unique=True, nullable=False))
+    evaluation_id: str = Field(max_length=64)
+    case_id: str = Field(max_length=64, index=True)
+    department: str = Field(max_length=100)
+    service_item: str = Field(max_length=200)
+    service_point_id: str = Field(max_length=64)
+    rating: int
+    comment: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    #: E.164 of a real-name citizen, to tell them the outcome; None for anonymous reviews.
+    citizen_mobile: str | None = Field(default=None, max_length=20)
+    status: str = Field(default="open", max_length=16)  # open | closed
+    opened_at: dt.datetime = Field(sa_type=TZ)
+    deadline_at: dt.datetime = Field(sa_type=TZ)
+    reminded_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    overdue_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    closed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    outcome: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class OptOut(SQLModel, table=True):
+    """A citizen's refusal (退订) of one category of messages."""
+
+    __tablename__ = "opt_out"
+
+    recipient: str = Field(primary_key=True, max_length=20)
+    category: str = Field(primary_key=True, max_length=24)
+    source: str = Field(default="cli", max_length=32)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)

@@ -8,19 +8,33 @@ leaving the stream carries a deterministic idempotency key and the workers make 
 from __future__ import annotations
 
 import logging
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import faust
+from faust.streams import _current_event
 
 from infra.clock import Clock
 
 if TYPE_CHECKING:
     from infra.settings import Settings
 
-__all__ = ["StreamContext", "create_app"]
+__all__ = ["StreamContext", "create_app", "use_event"]
 
 log = logging.getLogger("govnotify.streams")
+
+
+def use_event(event: faust.EventT) -> None:
+    """Make ``event`` the current event of this task, for table writes made while handling it.
+
+    A table writes its changelog to the partition of the current event. ``take_events`` does
+    not set it per record, so batch handlers must. Only the context variable is set: setting
+    the stream's ``current_event`` attribute (``Stream._set_current_event``) races with
+    take_events' background buffering, which reads that attribute, and pairs values with the
+    wrong events: we measured 5 of 1,394 evaluations lost and 4 processed twice that way.
+    """
+    _current_event.set(weakref.ref(event))
 
 
 class StreamContext:
@@ -64,7 +78,9 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
     )
     ctx = StreamContext(settings)
-    from streams.agents import licenses
+    from streams.agents import cases, licenses, ratings
 
     licenses.attach(app, ctx)
+    cases.attach(app, ctx)
+    ratings.attach(app, ctx)
     return app

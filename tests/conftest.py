@@ -73,6 +73,7 @@ def settings(
         relay_metrics_port=services.free_port(),
         stream_metrics_port=services.free_port(),
         worker_metrics_port=services.free_port(),
+        scheduler_metrics_port=services.free_port(),
     )
     services.create_topics(s.kafka_bootstrap, s.topics, s.kafka_partitions)
     try:

@@ -110,10 +110,17 @@ class Pipeline(ProcessGroup):
         assert child.alive(), child.log_tail()
         return child
 
+    def scheduler(self) -> Child:
+        child = self.start("scheduler", "scheduler")
+        wait_until(lambda: _answers(self.settings.scheduler_metrics_port) or not child.alive(), 30)
+        assert child.alive(), child.log_tail()
+        return child
+
     def all(self) -> None:
         self.relay()
         self.stream()
         self.worker()
+        self.scheduler()
 
 
 #: A full mainland mobile number as it could leak into a log line (not inside ids or hex).

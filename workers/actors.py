@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from infra.logging import install_masking
-from workers import delivery, reminders  # noqa: F401  (declare the actors)
+from workers import (  # noqa: F401  (each module declares its actors)
+    callbacks,
+    delivery,
+    green_channel,
+    rectification,
+    reminders,
+    surveys,
+)
 from workers.broker import broker
 
 __all__ = ["broker"]

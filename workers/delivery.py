@@ -13,13 +13,17 @@ import datetime as dt
 import logging
 import threading
 import time
+import uuid
+from collections.abc import Callable
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from sqlmodel import Session
 
+from infra.clock import Clock
 from infra.db import session
 from infra.logging import mask_mobile
-from infra.metrics import EVENT_TO_SEND, NOTIFICATIONS, PROVIDER_DURATION
+from infra.metrics import DEFERRED, EVENT_TO_SEND, NOTIFICATIONS, PROVIDER_DURATION
 from notifiers.base import Notifier, OutboundMessage
 from notifiers.errors import (
     DeliveryTimeoutError,
@@ -28,11 +32,23 @@ from notifiers.errors import (
     TransientDeliveryError,
 )
 from notifiers.registry import notifier_from_settings
+from notifiers.sms import count_segments
 from schemas.models import Notification, NotificationStatus, utcnow
 from workers import ledger
 from workers.broker import settings
+from workers.policy import QuietHours
 
-__all__ = ["MAX_RETRIES", "deliver_claimed", "deliver_notification", "get_notifier"]
+__all__ = [
+    "CLOCK",
+    "MAX_RETRIES",
+    "RETRY_OPTIONS",
+    "attempt",
+    "create_notification",
+    "deliver_claimed",
+    "deliver_notification",
+    "get_notifier",
+    "register_stale_check",
+]
 
 log = logging.getLogger("govnotify.delivery")
 
@@ -45,6 +61,100 @@ RETRY_OPTIONS = {
 }
 
 _local = threading.local()
+
+CLOCK = Clock.from_settings(settings)
+QUIET = QuietHours.parse(settings.quiet_hours)
+
+#: flow → check run right after the claim: why the message no longer applies, or None.
+StaleCheck = Callable[[Session, Notification], "str | None"]
+_STALE_CHECKS: dict[str, StaleCheck] = {}
+
+
+def register_stale_check(flow: str, check: StaleCheck) -> None:
+    """Register the send-time check of a flow (faust-style explicit registry)."""
+    _STALE_CHECKS[flow] = check
+
+
+def create_notification(
+    s: Session,
+    *,
+    key: str,
+    flow: str,
+    subject_id: str,
+    recipient: str,
+    body: str,
+    category: str,
+    critical: bool = False,
+    event_at: dt.datetime | None = None,
+    due_on: dt.date | None = None,
+    channel: str = "sms",
+) -> Notification:
+    """Persist a notification once per ``key`` (replays return the existing row)."""
+    now = utcnow()
+    ledger.insert_ignore(
+        s,
+        Notification.__table__,
+        {
+            "id": uuid.uuid4().hex,
+            "idempotency_key": key,
+            "flow": flow,
+            "channel": channel,
+            "subject_id": subject_id,
+            "recipient": recipient,
+            "body": body,
+            "segments": count_segments(body),
+            "status": NotificationStatus.CREATED,
+            "attempts": 0,
+            "category": category,
+            "critical": critical,
+            "due_on": due_on,
+            "event_at": event_at,
+            "created_at": now,
+            "updated_at": now,
+        },
+        "idempotency_key",
+    )
+    row = ledger.get_by_key(s, key)
+    assert row is not None
+    return row
+
+
+def attempt(row: Notification) -> None:
+    """Apply opt-out, quiet hours and the daily cap, claim, re-check the flow, and send.
+
+    Deferred messages are scheduled for their first allowed instant; nothing is dropped.
+    """
+    if row.status != NotificationStatus.CREATED:
+        return
+    with session(settings) as s:
+        decision = ledger.claim_for_send(
+            s, row, now_local=CLOCK.now(), quiet=QUIET, daily_cap=settings.sms_daily_cap or None
+        )
+        if decision.action == "defer":
+            from workers.scheduler import schedule
+
+            until = decision.not_before
+            schedule(
+                s, f"deliver:{row.id}:{until.isoformat()}", until, "deliver_notification", row.id
+            )
+            DEFERRED.labels(flow=row.flow, reason=decision.reason).inc()
+            log.info("notification %s deferred until %s (%s)", row.id, until, decision.reason)
+            return
+        if decision.action == "suppress":
+            NOTIFICATIONS.labels(row.flow, row.channel, "none", "suppressed").inc()
+            log.info("notification %s suppressed: %s", row.id, decision.reason)
+            return
+        if decision.action != "send":
+            return
+        check = _STALE_CHECKS.get(row.flow)
+        reason = check(s, row) if check else None
+        if reason:
+            if ledger.advance(s, row.id, NotificationStatus.CANCELLED, status_reason=reason):
+                NOTIFICATIONS.labels(row.flow, row.channel, "none", "cancelled").inc()
+            return
+    deliver_claimed(
+        row.id, row.flow, row.recipient or "", row.body or "", ledger.as_utc(row.event_at)
+    )
 
 
 def get_notifier() -> Notifier:
@@ -158,14 +268,10 @@ def deliver_claimed(
     throws=(PermanentDeliveryError,),
 )
 def deliver_notification(notification_id: str) -> None:
-    """Deliver a persisted notification by id (used by the sweep to re-queue stuck work)."""
+    """Deliver a persisted notification by id (the sweep and the scheduler re-queue with this)."""
     with session(settings) as s:
         row = s.get(Notification, notification_id)
-        if row is None:
-            log.error("notification %s does not exist; nothing to deliver", notification_id)
-            return
-        if row.status != NotificationStatus.CREATED or not ledger.claim(s, notification_id):
-            return
-    deliver_claimed(
-        row.id, row.flow, row.recipient or "", row.body or "", ledger.as_utc(row.event_at)
-    )
+    if row is None:
+        log.error("notification %s does not exist; nothing to deliver", notification_id)
+        return
+    attempt(row)

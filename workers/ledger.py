@@ -9,25 +9,39 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import Table, and_, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from schemas.models import STATUS_RANK, Notification, NotificationStatus, utcnow
+from schemas.models import STATUS_RANK, Notification, NotificationStatus, OptOut, utcnow
 
-__all__ = ["advance", "as_utc", "claim", "get_by_key", "insert_ignore", "release_claim"]
+__all__ = [
+    "advance",
+    "as_utc",
+    "claim",
+    "claim_for_send",
+    "get_by_key",
+    "insert_ignore",
+    "release_claim",
+]
 
 
-def insert_ignore(session: Session, table: Table, values: dict[str, Any], key: str) -> bool:
-    """``INSERT … ON CONFLICT (key) DO NOTHING``; True when this call created the row."""
+def insert_ignore(
+    session: Session, table: Table, values: dict[str, Any], key: str | tuple[str, ...]
+) -> bool:
+    """``INSERT … ON CONFLICT (key) DO NOTHING``; True when this call created the row.
+
+    ``key`` names the unique column, or the columns of a composite primary key.
+    """
+    columns = [key] if isinstance(key, str) else list(key)
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
         insert(table)
         .values(**values)
-        .on_conflict_do_nothing(index_elements=[key])
+        .on_conflict_do_nothing(index_elements=columns)
         # rowcount is -1 for this statement on psycopg 3; RETURNING says whether a row was made.
-        .returning(table.c[key])
+        .returning(table.c[columns[0]])
     )
     created = session.execute(stmt).first() is not None
     session.commit()
@@ -108,3 +122,86 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value
+
+
+def claim_for_send(
+    session: Session,
+    row: Notification,
+    *,
+    now_local: dt.datetime,
+    quiet: Any,
+    daily_cap: int | None,
+) -> Any:
+    """Decide (opt-out, quiet hours, daily cap) and claim, in one transaction.
+
+    On PostgreSQL a transaction-scoped advisory lock on the recipient serialises concurrent
+    sends to one citizen, so the cap is exact: the 6th message of the day is deferred even when
+    two workers race. (SQLite, the single-machine default, serialises writers itself but may
+    let a simultaneous pair through.) Returns the :class:`workers.policy.Decision`; a ``send``
+    decision means the row is now ``sending``; ``claimed=False`` in its reason means another
+    worker won.
+    """
+    from workers.policy import Decision, decide, local_day_bounds
+
+    now_utc = now_local.astimezone(dt.UTC)
+    if session.get_bind().dialect.name == "postgresql" and row.recipient:
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:r, 0))"), {"r": row.recipient}
+        )
+    opted_out = (
+        bool(row.category) and session.get(OptOut, (row.recipient, row.category)) is not None
+    )
+    day_start, day_end = local_day_bounds(now_local)
+    sent_today = 0
+    if not row.critical and daily_cap:
+        sent_today = session.execute(
+            select(func.count())
+            .select_from(Notification)
+            .where(
+                Notification.recipient == row.recipient,
+                Notification.critical.is_(False),
+                Notification.id != row.id,
+                Notification.status.in_(
+                    [
+                        NotificationStatus.SENDING,
+                        NotificationStatus.SENT,
+                        NotificationStatus.DELIVERED,
+                    ]
+                ),
+                Notification.claimed_at >= day_start.astimezone(dt.UTC),
+                Notification.claimed_at < day_end.astimezone(dt.UTC),
+            )
+        ).scalar_one()
+    decision = decide(
+        now_local=now_local,
+        critical=row.critical,
+        opted_out=opted_out,
+        sent_today=sent_today,
+        daily_cap=daily_cap,
+        quiet=quiet,
+    )
+    where = and_(Notification.id == row.id, Notification.status == NotificationStatus.CREATED)
+    if decision.action == "send":
+        values: dict[str, Any] = {
+            "status": NotificationStatus.SENDING,
+            "claimed_at": now_utc,
+            "updated_at": utcnow(),
+            "attempts": Notification.attempts + 1,
+        }
+    elif decision.action == "suppress":
+        values = {
+            "status": NotificationStatus.SUPPRESSED,
+            "status_reason": decision.reason,
+            "updated_at": utcnow(),
+        }
+    else:
+        values = {
+            "not_before": decision.not_before,
+            "status_reason": decision.reason,
+            "updated_at": utcnow(),
+        }
+    won = session.execute(update(Notification).where(where).values(**values)).rowcount == 1
+    session.commit()
+    if not won:
+        return Decision("skip", reason="no longer created")
+    return decision

@@ -13,25 +13,28 @@ import uuid
 from typing import Any
 
 import dramatiq
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from infra.clock import Clock
 from infra.db import session
-from infra.deadletters import record_dead_letter
 from infra.metrics import CALL_LIST_ENTRIES, NOTIFICATIONS
 from notifiers.errors import (
     PermanentDeliveryError,
 )
-from notifiers.sms import count_segments
 from notifiers.templates import load_templates
 from schemas.categories import load_categories
 from schemas.commands import LicenseStateJob, RenewalJob
 from schemas.models import CallListEntry, LicenseRecord, Notification, NotificationStatus, utcnow
 from workers import ledger
 from workers.broker import settings
-from workers.delivery import RETRY_OPTIONS, deliver_claimed
+from workers.delivery import (
+    RETRY_OPTIONS,
+    attempt,
+    create_notification,
+    register_stale_check,
+)
+from workers.jobs import parse_job
 
 __all__ = ["add_call_list_entry", "record_licenses", "send_renewal_reminder"]
 
@@ -58,24 +61,6 @@ def _stale(s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime) 
     return _outdated(record, expires_on.isoformat())
 
 
-def _parse(model: type, job: dict[str, Any], actor: str) -> Any:
-    try:
-        return model.model_validate(job)
-    except ValidationError as exc:
-        import json
-
-        with session(settings) as s:
-            record_dead_letter(
-                s,
-                stage="delivery",
-                reason="invalid_job",
-                detail=f"{actor}: {exc.errors(include_input=False)}",
-                raw=json.dumps(job, default=str, ensure_ascii=False).encode(),
-            )
-        log.error("invalid %s job dead-lettered", actor)
-        return None
-
-
 @dramatiq.actor(queue_name=settings.queue("registry"), **RETRY_OPTIONS)
 def record_licenses(jobs: list[dict[str, Any]]) -> None:
     """Record the latest state of a batch of licenses; cancel reminders made for older states.
@@ -83,7 +68,7 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
     One job per stream batch (not per event) and one transaction per job: the registry sees
     every license event, so this is the busiest actor.
     """
-    states = [st for job in jobs if (st := _parse(LicenseStateJob, job, "record_licenses"))]
+    states = [st for job in jobs if (st := parse_job(LicenseStateJob, job, "record_licenses"))]
     if not states:
         return
     # The newest state per license in this batch; older ones would lose the upsert anyway.
@@ -180,7 +165,7 @@ def _outdated(record: LicenseRecord | None, expires_on: str) -> str | None:
 )
 def send_renewal_reminder(job: dict[str, Any]) -> None:
     """Send one renewal SMS, exactly once per idempotency key."""
-    reminder = _parse(RenewalJob, job, "send_renewal_reminder")
+    reminder = parse_job(RenewalJob, job, "send_renewal_reminder")
     if reminder is None:
         return
     category = CATEGORIES.get(reminder.category)
@@ -194,32 +179,20 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             "issuing_department": reminder.issuing_department,
         },
         signature=settings.sms_signature,
+        opt_out_hint=settings.opt_out_hint,
     )
-    now = utcnow()
     with session(settings) as s:
-        ledger.insert_ignore(
+        row = create_notification(
             s,
-            Notification.__table__,
-            {
-                "id": uuid.uuid4().hex,
-                "idempotency_key": reminder.idempotency_key,
-                "flow": FLOW,
-                "channel": "sms",
-                "subject_id": reminder.license_id,
-                "recipient": reminder.holder_mobile,
-                "body": body,
-                "segments": count_segments(body),
-                "status": NotificationStatus.CREATED,
-                "attempts": 0,
-                "due_on": reminder.due_on,
-                "event_at": reminder.state_at,
-                "created_at": now,
-                "updated_at": now,
-            },
-            "idempotency_key",
+            key=reminder.idempotency_key,
+            flow=FLOW,
+            subject_id=reminder.license_id,
+            recipient=reminder.holder_mobile,
+            body=body,
+            category="reminders",
+            event_at=reminder.state_at,
+            due_on=reminder.due_on,
         )
-        row = ledger.get_by_key(s, reminder.idempotency_key)
-        assert row is not None
         if row.status != NotificationStatus.CREATED:
             log.info("notification %s already %s; nothing to do", row.id, row.status)
             return
@@ -228,23 +201,26 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             if ledger.advance(s, row.id, NotificationStatus.CANCELLED, status_reason=stale):
                 NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
             return
-        if not ledger.claim(s, row.id):
-            return
-        # Check again after the claim: record_licenses cancels only `created` rows, so a renewal
-        # committed between the first check and the claim is caught here (one of the two always
-        # sees the other's commit).
-        stale = _stale(s, reminder.license_id, reminder.expires_on, reminder.state_at)
-        if stale:
-            if ledger.advance(s, row.id, NotificationStatus.CANCELLED, status_reason=stale):
-                NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
-            return
-    deliver_claimed(row.id, FLOW, row.recipient or "", row.body or "", reminder.state_at)
+    # attempt() checks again after its claim (registered below): record_licenses cancels only
+    # `created` rows, so a renewal committed between the first check and the claim is caught
+    # there (one of the two always sees the other's commit).
+    attempt(row)
+
+
+def _stale_after_claim(s: Any, row: Notification) -> str | None:
+    expires_on = dt.date.fromisoformat(row.idempotency_key.rsplit(":", 2)[1])
+    state_at = ledger.as_utc(row.event_at)
+    assert state_at is not None
+    return _stale(s, row.subject_id, expires_on, state_at)
+
+
+register_stale_check(FLOW, _stale_after_claim)
 
 
 @dramatiq.actor(queue_name=settings.queue("reminders"), **RETRY_OPTIONS)
 def add_call_list_entry(job: dict[str, Any]) -> None:
     """Put a holder on the issuing department's call list, once per (license, expiry, offset)."""
-    reminder = _parse(RenewalJob, job, "add_call_list_entry")
+    reminder = parse_job(RenewalJob, job, "add_call_list_entry")
     if reminder is None:
         return
     with session(settings) as s:

@@ -16,6 +16,7 @@ import faust
 from infra.metrics import JOBS_ENQUEUED, STREAM_EVENTS
 from schemas.errors import EventRejected
 from schemas.events import parse_event
+from streams.app import use_event
 from streams.rules import apply_license_event, due_renewal_jobs, state_job
 
 if TYPE_CHECKING:
@@ -94,9 +95,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
             state_jobs: list[dict[str, Any]] = []
             jobs: list[RenewalJob] = []
             for record in batch:
-                # The table writes its changelog to the partition of the *current* event; in a
-                # batch faust does not set it per record, so we do (same as its own iteration).
-                stream._set_current_event(record)
+                use_event(record)  # table writes go to this record's partition
                 raw = record.value
                 try:
                     event = parse_event(raw, max_bytes=settings.max_event_bytes)

@@ -48,8 +48,13 @@ def twilio_env(fake: FakeTwilio) -> dict[str, str]:
         "GOVNOTIFY_TWILIO_AUTH_TOKEN": fake.auth_token,
         "GOVNOTIFY_TWILIO_FROM": "+15017122661",
         "GOVNOTIFY_TWILIO_API_BASE": fake.base_url,
-        "GOVNOTIFY_TODAY": TODAY.isoformat(),
+        # 10:00 local: outside quiet hours whenever the suite runs.
+        "GOVNOTIFY_NOW": at_ten(TODAY),
     }
+
+
+def at_ten(day: dt.date) -> str:
+    return f"{day.isoformat()}T10:00:00+08:00"
 
 
 def issued(
@@ -405,7 +410,7 @@ def test_a_restarted_stream_recovers_the_registry_and_sends_what_became_due_on_a
     # back from its Kafka changelog; nothing is published again)
     stream.stop()
     worker.stop()
-    pipeline.set_env(GOVNOTIFY_TODAY=(TODAY + dt.timedelta(days=6)).isoformat())
+    pipeline.set_env(GOVNOTIFY_NOW=at_ten(TODAY + dt.timedelta(days=6)))
     pipeline.stream(name="stream-day-7")
     pipeline.worker(name="worker-day-7")
     wait_until(

@@ -195,7 +195,7 @@ def test_services_up_status_down_with_embedded_tansu(
     assert result["kafka"] == "started"
     assert result["rabbitmq"] in ("up", "started")
     assert result["postgres"] == "skipped"  # SQLite default
-    assert result["topics"] == "created 3"
+    assert result["topics"] == f"created {len(settings.topics)}"
     assert result["database"] == "migrated"
     assert db_calls == [settings]
     record = json.loads(state_path(settings).read_text())["tansu"]
@@ -214,7 +214,7 @@ def test_services_up_status_down_with_embedded_tansu(
 
     # Then the same broker is reused
     assert second["kafka"] == "up"
-    assert second["topics"] == "created 0, 3 existed"
+    assert second["topics"] == f"created 0, {len(settings.topics)} existed"
     assert json.loads(state_path(settings).read_text())["tansu"]["pid"] == pid
 
     # When the services are brought down

@@ -99,7 +99,12 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.exchange == "govnotify.events"
     assert s.relay_queue == "govnotify.relay"
     assert s.dead_letter_queue == "govnotify.events.dead"
-    assert s.topics == ["govnotify.licenses", "govnotify.cases", "govnotify.evaluations"]
+    assert s.topics == [
+        "govnotify.licenses",
+        "govnotify.cases",
+        "govnotify.evaluations",
+        "govnotify.ratings",
+    ]
     assert s.queue("delivery") == "govnotify.delivery"
     assert s.resolved_database_url == f"sqlite:///{tmp_path.resolve() / '.govnotify/govnotify.db'}"
     assert s.kafka_embedded
@@ -146,7 +151,7 @@ def test_namespace_and_data_dir_drive_names_and_sqlite_path(
 
     # Then every name carries the namespace and SQLite lives under the data folder
     assert s.exchange == "t1.events"
-    assert s.topics == ["t1.licenses", "t1.cases", "t1.evaluations"]
+    assert s.topics == ["t1.licenses", "t1.cases", "t1.evaluations", "t1.ratings"]
     assert s.resolved_database_url == f"sqlite:///{tmp_path / 'd' / 'govnotify.db'}"
 
 

@@ -114,3 +114,87 @@ def test_shipped_templates_all_load() -> None:
     renewal = templates["renewal_reminder"]
     assert not renewal.text.endswith("\n")
     assert renewal.text.startswith("您的{category_name}（证号{license_id}）")
+
+
+# ---- the case-flow templates -----------------------------------------------------------------
+NEW_TEMPLATES = {
+    "survey_invitation": {"service_item", "service_point_name", "completed_on"},
+    "callback_notice": {"service_item", "steward_name", "callback_date"},
+    "rectification_closed": {"service_item", "department", "outcome"},
+}
+SURVEY_VALUES = {
+    "service_item": "食品经营许可证核发",
+    "service_point_name": "长安区政务服务中心",
+    "completed_on": "03月03日",
+}
+# The default of settings.opt_out_hint: no reply keyword, Twilio allows no replies to China.
+OPT_OUT_HINT = "退订请致电12345"
+
+
+@pytest.mark.parametrize(("name", "required"), sorted(NEW_TEMPLATES.items()))
+def test_case_flow_templates_load_with_their_placeholders(name: str, required: set[str]) -> None:
+    # When
+    templates = load_templates()
+
+    # Then
+    assert REQUIRED_PLACEHOLDERS[name] == required
+    assert templates[name].placeholders == required
+    assert not templates[name].text.endswith("\n")
+
+
+def test_survey_invitation_says_how_to_rate_without_a_link() -> None:
+    # Given
+    from notifiers.sms import contains_url, count_segments
+
+    template = load_templates()["survey_invitation"]
+
+    # When
+    text = template.render(SURVEY_VALUES, signature=SIGNATURE, opt_out_hint=OPT_OUT_HINT)
+
+    # Then
+    assert text.startswith("【长安政务】") and text.endswith(OPT_OUT_HINT)
+    assert not contains_url(text)
+    for channel in ("“秦务员”APP", "政务服务网", "大厅评价器"):
+        assert channel in text
+    for rating in ("5非常满意", "4满意", "3基本满意", "2不满意", "1非常不满意"):
+        assert rating in text
+    # UCS-2: over 70 units it is split in parts of 67
+    units = len(text)
+    expected = 1 if units <= 70 else -(-units // 67)
+    assert count_segments(text) == expected == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        (
+            "callback_notice",
+            {
+                "service_item": "秦岭生态产业园项目",
+                "steward_name": "王建国",
+                "callback_date": "03月06日",
+            },
+        ),
+        (
+            "rectification_closed",
+            {
+                "service_item": "社保卡补办",
+                "department": "人力资源和社会保障局",
+                "outcome": "x" * 60,
+            },
+        ),
+    ],
+)
+def test_case_flow_templates_render_without_a_link(name: str, values: dict[str, str]) -> None:
+    # Given
+    from notifiers.sms import contains_url, count_segments
+
+    template = load_templates()[name]
+
+    # When
+    text = template.render(values, signature=SIGNATURE, opt_out_hint=OPT_OUT_HINT)
+
+    # Then
+    assert not contains_url(text)
+    assert all(value in text for value in values.values())
+    assert count_segments(text) <= 3

@@ -1,0 +1,251 @@
+"""A loopback fake of a staff webhook receiver: a portal taking our JSON, or a WeCom/DingTalk robot.
+
+Every POST is recorded (path with query, headers, raw and parsed body, monotonic and wall-clock
+arrival time) whatever the fake answers, so a test can assert "no request at all" as well as
+"exactly one". By default it answers ``200 {"errcode": 0, "errmsg": "ok"}``, which every format
+takes as success. It can fail, answer a robot ``errcode`` or delay on cue. Everything it records
+is guarded by one condition variable, so tests wait on it with a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import threading
+import time
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+__all__ = ["FakeWebhook", "WebhookRequest"]
+
+_ERRMSG = {
+    0: "ok",
+    45009: "api freq out of limit",
+    93000: "invalid webhook url",
+    130101: "send too fast, exceed 20 times per minute",
+    310000: "sign not match",
+}
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One POST as the fake received it."""
+
+    #: Path and query string, as sent (``/hooks/hall?key=…``).
+    path: str
+    #: Header names as sent; look them up with :meth:`header` for case-insensitivity.
+    headers: dict[str, str]
+    #: The exact bytes of the body (signatures are computed over these).
+    raw: bytes
+    #: The body parsed as JSON, or ``None`` when it is not JSON.
+    body: Any
+    #: ``time.monotonic()`` at arrival, for ordering and intervals.
+    received_at: float
+    #: Wall-clock arrival time, UTC.
+    received_wall: dt.datetime
+    #: The HTTP status the fake answered (or will answer, for a delayed request).
+    answered: int
+    #: Query parameters, last value of each.
+    query: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
+
+    @property
+    def route(self) -> str:
+        """The path without the query string."""
+        return urllib.parse.urlsplit(self.path).path
+
+
+@dataclass
+class _Script:
+    status: int = 200
+    errcode: int = 0
+    delay: float = 0.0
+
+
+class FakeWebhook:
+    """A webhook receiver on ``127.0.0.1:<free port>``; use as a context manager."""
+
+    def __init__(self) -> None:
+        #: Every POST received, oldest first, failed and delayed ones included.
+        self.requests: list[WebhookRequest] = []
+        self._cond = threading.Condition()
+        self._fail_queue: deque[int] = deque()
+        self._errcode_queue: deque[int] = deque()
+        self._delay_queue: deque[float] = deque()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    # ---- life cycle ---------------------------------------------------------------------------
+    def start(self) -> FakeWebhook:
+        """Bind a free loopback port and serve in a background thread."""
+        if self._server is not None:
+            raise RuntimeError("FakeWebhook already started")
+        self._stopping.clear()
+        server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = server
+        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port; pending delays end at once."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeWebhook:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def url(self, path: str = "/hooks/staff") -> str:
+        """The full URL of ``path`` (which may carry a query, e.g. ``/robot?key=k``)."""
+        if not self.base_url:
+            raise RuntimeError("FakeWebhook is not started")
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    # ---- scripting ----------------------------------------------------------------------------
+    def fail_next(self, n: int, status: int) -> None:
+        """The next ``n`` POSTs are answered with HTTP ``status`` and a small JSON error."""
+        with self._cond:
+            self._fail_queue.extend([status] * n)
+
+    def errcode_next(self, n: int, errcode: int) -> None:
+        """The next ``n`` POSTs are answered HTTP 200 ``{"errcode": errcode, "errmsg": …}``."""
+        with self._cond:
+            self._errcode_queue.extend([errcode] * n)
+
+    def delay_next(self, n: int, seconds: float) -> None:
+        """The next ``n`` POSTs are recorded at once and answered after ``seconds``."""
+        with self._cond:
+            self._delay_queue.extend([seconds] * n)
+
+    def clear(self) -> None:
+        """Forget requests and every scripted failure, errcode and delay."""
+        with self._cond:
+            self.requests.clear()
+            self._fail_queue.clear()
+            self._errcode_queue.clear()
+            self._delay_queue.clear()
+
+    # ---- observing ----------------------------------------------------------------------------
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[WebhookRequest]:
+        """A copy of the requests once at least ``count`` arrived.
+
+        Raises:
+          TimeoutError: when fewer than ``count`` arrived within ``timeout`` seconds.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.requests) >= count, timeout=timeout):
+                raise TimeoutError(
+                    f"FakeWebhook got {len(self.requests)} requests, expected {count}"
+                )
+            return list(self.requests)
+
+    # ---- used by the handler ------------------------------------------------------------------
+    def _record(self, path: str, headers: dict[str, str], raw: bytes) -> _Script:
+        """Record one POST and take the next scripted answer."""
+        with self._cond:
+            script = _Script()
+            if self._fail_queue:
+                script.status = self._fail_queue.popleft()
+            elif self._errcode_queue:
+                script.errcode = self._errcode_queue.popleft()
+            if self._delay_queue:
+                script.delay = self._delay_queue.popleft()
+            try:
+                body = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                body = None
+            query = {
+                k: v[-1]
+                for k, v in urllib.parse.parse_qs(
+                    urllib.parse.urlsplit(path).query, keep_blank_values=True
+                ).items()
+            }
+            self.requests.append(
+                WebhookRequest(
+                    path=path,
+                    headers=headers,
+                    raw=raw,
+                    body=body,
+                    received_at=time.monotonic(),
+                    received_wall=dt.datetime.now(dt.UTC),
+                    answered=script.status,
+                    query=query,
+                )
+            )
+            self._cond.notify_all()
+            return script
+
+
+class _QuietServer(ThreadingHTTPServer):
+    # Daemon handler threads: a handler stuck in a scripted delay never blocks shutdown.
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up is part of the script, not a fault to print.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _make_handler(fake: FakeWebhook) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        # HTTP/1.0: one request per connection, so a delayed answer never leaves a half-used
+        # keep-alive connection in the client's pool.
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            # Silent: request lines carry robot keys, and test output should stay readable.
+            return
+
+        def _reply(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up (its timeout); nothing to tell it.
+                pass
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            script = fake._record(self.path, dict(self.headers.items()), raw)
+            if script.delay:
+                # An Event, not sleep: stop() ends every pending delay at once.
+                fake._stopping.wait(script.delay)
+            if script.status != 200:
+                self._reply(script.status, {"error": f"HTTP {script.status} from FakeWebhook"})
+                return
+            errmsg = _ERRMSG.get(script.errcode, f"errcode {script.errcode} from FakeWebhook")
+            self._reply(200, {"errcode": script.errcode, "errmsg": errmsg})
+
+    return Handler

@@ -1,0 +1,239 @@
+"""Green-channel alerts (绿色通道): special-group applicants reach on-duty staff at once.
+
+Alerts are critical: their own queue and the highest priority, so a backlog of surveys or
+reminders never delays them; no quiet hours, no caps. Not acknowledged within
+``green_escalate_after_s`` → escalated to the hall supervisor. Every alert keeps its timestamps
+(event, sent, acknowledged, escalated) for response times per service point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+import dramatiq
+from prometheus_client import Histogram
+from sqlalchemy import select, update
+
+from infra.db import session
+from notifiers.webhook import StaffMessage
+from schemas.commands import CaseJob, GreenChannelAckJob
+from schemas.models import StaffAlert, utcnow
+from workers import ledger
+from workers.broker import settings
+from workers.delivery import CLOCK, RETRY_OPTIONS
+from workers.jobs import parse_job
+from workers.scheduler import cancel, schedule
+from workers.staff import directory, notify_staff
+
+__all__ = [
+    "acknowledge_green_channel_alert",
+    "escalate_green_channel_alert",
+    "raise_green_channel_alert",
+]
+
+log = logging.getLogger("govnotify.green_channel")
+
+FLOW = "green_channel"
+QUEUE = settings.queue("alerts")
+#: dramatiq runs lower numbers first: alerts overtake every other job waiting in a worker.
+PRIORITY = 0
+
+GROUP_NAMES = {
+    "elderly": "高龄老人",
+    "disabled": "残障人士",
+    "active_serviceman": "在役军人",
+    "veteran": "退役军人",
+    "pregnant": "孕妇",
+}
+
+ALERT_LATENCY = Histogram(
+    "govnotify_green_channel_alert_seconds",
+    "Time from the case event to the alert reaching the staff webhook.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+RESPONSE_TIME = Histogram(
+    "govnotify_green_channel_response_seconds",
+    "Time from the case event to staff acknowledging the alert.",
+    ["service_point"],
+    buckets=(30, 60, 120, 300, 600, 900, 1800, 3600),
+)
+
+
+def _escalation_key(case_id: str) -> str:
+    return f"green-escalate:{case_id}"
+
+
+@dramatiq.actor(queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS)
+def raise_green_channel_alert(job: dict[str, Any]) -> None:
+    """Alert the service point's on-duty staff, once per case; schedule the escalation."""
+    case = parse_job(CaseJob, job, "raise_green_channel_alert")
+    if case is None:
+        return
+    groups = "、".join(GROUP_NAMES.get(g, g) for g in case.special_groups)
+    with session(settings) as s:
+        ledger.insert_ignore(
+            s,
+            StaffAlert.__table__,
+            {
+                "id": uuid.uuid4().hex,
+                "idempotency_key": f"green:{case.case_id}",
+                "case_id": case.case_id,
+                "service_point_id": case.service_point_id,
+                "special_groups": ",".join(case.special_groups),
+                "status": "created",
+                "event_at": case.submitted_at,
+                "created_at": utcnow(),
+            },
+            "idempotency_key",
+        )
+        alert = s.execute(
+            select(StaffAlert).where(StaffAlert.idempotency_key == f"green:{case.case_id}")
+        ).scalar_one()
+    if alert.sent_at is not None:
+        return  # already sent (a replay or a redelivery)
+    # An acknowledgement processed first (it raced us) only stops the escalation below: the
+    # staff still get the alert, which is also the record of the special-group applicant.
+    try:
+        point = directory().service_point(case.service_point_id)
+    except KeyError:
+        # Unknown service point: the centre's supervisors must still hear about the applicant.
+        point = directory().service_points[0]
+        log.error(
+            "green channel: service point %s is not in the staff directory; alerting %s",
+            case.service_point_id,
+            point.id,
+        )
+    message = StaffMessage(
+        message_id=alert.id,
+        kind="green_channel_alert",
+        title="绿色通道提醒",
+        text=(
+            f"{groups}申请人（{case.applicant_name[:1]}**）在{case.service_point_name}"
+            f"办理「{case.service_item}」，请立即优先接待：免取号、免排队，可帮办代办。"
+            f"处理后请确认。"
+        ),
+        data={
+            "case_id": case.case_id,
+            "service_point_id": case.service_point_id,
+            "special_groups": case.special_groups,
+            "alert_id": alert.id,
+        },
+    )
+    notify_staff(point.on_duty, message, flow=FLOW)
+    sent_at = CLOCK.utcnow()
+    with session(settings) as s:
+        # sent_at is a fact whatever happened meanwhile (staff may acknowledge within ms).
+        s.execute(
+            update(StaffAlert)
+            .where(StaffAlert.id == alert.id, StaffAlert.sent_at.is_(None))
+            .values(sent_at=sent_at)
+        )
+        s.execute(
+            update(StaffAlert)
+            .where(StaffAlert.id == alert.id, StaffAlert.status == "created")
+            .values(status="sent")
+        )
+        s.commit()
+        acknowledged = s.execute(
+            select(StaffAlert.acknowledged_at).where(StaffAlert.id == alert.id)
+        ).scalar_one()
+        # Acknowledged already: nothing to escalate (escalate re-checks anyway, for the race
+        # where the acknowledgement lands after this read).
+        if acknowledged is None:
+            schedule(
+                s,
+                _escalation_key(case.case_id),
+                case.submitted_at + dt.timedelta(seconds=settings.green_escalate_after_s),
+                "escalate_green_channel_alert",
+                case.case_id,
+            )
+    ALERT_LATENCY.observe(max(0.0, (sent_at - case.submitted_at).total_seconds()))
+
+
+@dramatiq.actor(queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS)
+def acknowledge_green_channel_alert(job: dict[str, Any]) -> None:
+    """Record the acknowledgement; the pending escalation never fires."""
+    ack = parse_job(GreenChannelAckJob, job, "acknowledge_green_channel_alert")
+    if ack is None:
+        return
+    with session(settings) as s:
+        cancel(s, _escalation_key(ack.case_id))
+        # The acknowledgement may be processed before the alert (two worker threads): leave a
+        # row saying so, and raise_green_channel_alert will find it and not alert again.
+        ledger.insert_ignore(
+            s,
+            StaffAlert.__table__,
+            {
+                "id": uuid.uuid4().hex,
+                "idempotency_key": f"green:{ack.case_id}",
+                "case_id": ack.case_id,
+                "service_point_id": ack.service_point_id,
+                "special_groups": "",
+                "status": "acknowledged",
+                "event_at": ack.acknowledged_at,
+                "acknowledged_at": ack.acknowledged_at,
+                "acknowledged_by": ack.staff_id,
+                "created_at": utcnow(),
+            },
+            "idempotency_key",
+        )
+        alert = s.execute(
+            select(StaffAlert).where(StaffAlert.idempotency_key == f"green:{ack.case_id}")
+        ).scalar_one()
+        set_now = s.execute(
+            update(StaffAlert)
+            .where(StaffAlert.id == alert.id, StaffAlert.acknowledged_at.is_(None))
+            .values(
+                acknowledged_at=ack.acknowledged_at,
+                acknowledged_by=ack.staff_id,
+                # An escalated alert keeps saying so; its acknowledgement is still recorded.
+                status="acknowledged" if alert.status != "escalated" else "escalated",
+            )
+        ).rowcount
+        s.commit()
+    if not set_now or alert.sent_at is None:
+        return
+    RESPONSE_TIME.labels(alert.service_point_id).observe(
+        max(0.0, (ack.acknowledged_at - ledger.as_utc(alert.event_at)).total_seconds())
+    )
+
+
+@dramatiq.actor(queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS)
+def escalate_green_channel_alert(case_id: str) -> None:
+    """Not acknowledged in time: tell the hall supervisor."""
+    with session(settings) as s:
+        alert = s.execute(
+            select(StaffAlert).where(StaffAlert.case_id == case_id)
+        ).scalar_one_or_none()
+    if alert is None or alert.acknowledged_at is not None or alert.escalated_at is not None:
+        return
+    try:
+        point = directory().service_point(alert.service_point_id)
+    except KeyError:
+        point = directory().service_points[0]
+    waited = int(settings.green_escalate_after_s / 60) or 1
+    notify_staff(
+        [point.hall_supervisor],
+        StaffMessage(
+            message_id=f"{alert.id}-escalation",
+            kind="green_channel_escalation",
+            title="绿色通道超时未响应",
+            text=f"{point.name}的绿色通道提醒已超过{waited}分钟未确认（办件{case_id}），请大厅主管立即协调。",
+            data={
+                "case_id": case_id,
+                "service_point_id": alert.service_point_id,
+                "alert_id": alert.id,
+            },
+        ),
+        flow=FLOW,
+    )
+    with session(settings) as s:
+        s.execute(
+            update(StaffAlert)
+            .where(StaffAlert.id == alert.id, StaffAlert.acknowledged_at.is_(None))
+            .values(status="escalated", escalated_at=CLOCK.utcnow())
+        )
+        s.commit()

@@ -1,0 +1,158 @@
+"""When a citizen message may go out: quiet hours, the daily cap and opt-out, as pure decisions.
+
+No I/O and no clock: the caller passes the local "now", what was already sent today (counted with
+:func:`local_day_bounds`) and the citizen's opt-out state, and gets a :class:`Decision` back. All
+datetimes are timezone-aware local times (Asia/Shanghai by default); a naive one is refused,
+because a naive UTC time would silently put quiet hours eight hours off.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Decision", "QuietHours", "decide", "local_day_bounds"]
+
+_QUIET_FORM = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
+_EXPECTED_FORM = "'HH:MM-HH:MM' (e.g. '21:00-08:00'), or 'off' / '' to disable"
+
+
+def _require_aware(value: dt.datetime, name: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware local datetime")
+
+
+def _at(day: dt.date, clock: dt.time, like: dt.datetime) -> dt.datetime:
+    """``day`` at wall-clock ``clock`` in ``like``'s zone (wall clock, not elapsed hours)."""
+    return dt.datetime.combine(day, clock, tzinfo=like.tzinfo)
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A daily window [start, end) of local time in which non-critical messages wait.
+
+    ``start > end`` is a window crossing midnight (21:00–08:00); ``start < end`` one that does not
+    (12:00–14:00). ``start == end`` is refused: it could mean "never" or "always", and "never" is
+    spelled ``None`` (see :meth:`parse`).
+    """
+
+    start: dt.time = dt.time(21, 0)
+    end: dt.time = dt.time(8, 0)
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise ValueError("quiet hours are local wall-clock times; give naive times")
+        if self.start == self.end:
+            raise ValueError("quiet hours start and end are equal; use None (or 'off') to disable")
+
+    @property
+    def crosses_midnight(self) -> bool:
+        return self.start > self.end
+
+    def contains(self, local: dt.datetime) -> bool:
+        """Whether ``local`` falls in the window: start inclusive, end exclusive."""
+        _require_aware(local, "local")
+        now = local.time()
+        if self.crosses_midnight:
+            return now >= self.start or now < self.end
+        return self.start <= now < self.end
+
+    def next_allowed(self, local: dt.datetime) -> dt.datetime:
+        """``local`` itself if outside the window, else the window's end (same day or next)."""
+        if not self.contains(local):
+            return local
+        day = local.date()
+        if self.crosses_midnight and local.time() >= self.start:
+            # The evening part of the window ends tomorrow morning.
+            day += dt.timedelta(days=1)
+        return _at(day, self.end, local)
+
+    @classmethod
+    def parse(cls, text: str) -> QuietHours | None:
+        """``"21:00-08:00"`` → a window; ``""`` or ``"off"`` → ``None`` (no quiet hours)."""
+        cleaned = text.strip()
+        if cleaned.lower() in ("", "off"):
+            return None
+        match = _QUIET_FORM.match(cleaned)
+        if match is None:
+            raise ValueError(f"quiet hours must look like {_EXPECTED_FORM}; got {text!r}")
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        try:
+            return cls(dt.time(h1, m1), dt.time(h2, m2))
+        except ValueError as exc:
+            raise ValueError(
+                f"quiet hours must look like {_EXPECTED_FORM}; got {text!r} ({exc})"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one message now: send it, defer it to ``not_before``, or drop it."""
+
+    #: "skip" is the ledger's answer when another worker claimed the message first.
+    action: Literal["send", "defer", "suppress", "skip"]
+    not_before: dt.datetime | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action == "defer" and self.not_before is None:
+            raise ValueError("a deferral needs not_before")
+
+
+def local_day_bounds(now_local: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[start of the local day, start of the next local day), for counting "sent today"."""
+    _require_aware(now_local, "now_local")
+    today = now_local.date()
+    return (
+        _at(today, dt.time(0), now_local),
+        _at(today + dt.timedelta(days=1), dt.time(0), now_local),
+    )
+
+
+def decide(
+    *,
+    now_local: dt.datetime,
+    critical: bool,
+    opted_out: bool,
+    sent_today: int,
+    daily_cap: int | None,
+    quiet: QuietHours | None,
+) -> Decision:
+    """Send, defer or suppress one message to one citizen.
+
+    Order: opt-out, then critical, then quiet hours and the daily cap.
+
+    - ``opted_out`` always suppresses, even a critical message. Categories a citizen cannot opt
+      out of (green-channel and other staff alerts) are the caller's to know: it passes
+      ``opted_out=False`` for them, so this function never has to guess.
+    - ``critical`` then sends at once, ignoring quiet hours and the cap.
+    - Otherwise, inside quiet hours the message waits for the window's end; with the cap reached
+      it waits for the next local day's first allowed instant (that day's quiet-hours end, or
+      midnight without quiet hours). When both apply it waits for the later instant, which is
+      always the cap's, so the reason is "daily cap".
+    """
+    _require_aware(now_local, "now_local")
+    if sent_today < 0:
+        raise ValueError("sent_today cannot be negative")
+    if daily_cap is not None and daily_cap < 0:
+        raise ValueError("daily_cap cannot be negative; use None for no cap")
+
+    if opted_out:
+        return Decision("suppress", reason="opted out")
+    if critical:
+        return Decision("send", reason="critical")
+
+    decision = Decision("send")
+    if quiet is not None and quiet.contains(now_local):
+        decision = Decision("defer", not_before=quiet.next_allowed(now_local), reason="quiet hours")
+    if daily_cap is not None and sent_today >= daily_cap:
+        _, tomorrow = local_day_bounds(now_local)
+        # Not simply "tomorrow at quiet.end": for a window that does not cross midnight the
+        # next day opens at 00:00.
+        first = quiet.next_allowed(tomorrow) if quiet is not None else tomorrow
+        # ">=": on a tie the cap is named, the constraint that would hold outside quiet hours.
+        if decision.not_before is None or first >= decision.not_before:
+            decision = Decision("defer", not_before=first, reason="daily cap")
+    return decision

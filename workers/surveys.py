@@ -1,0 +1,95 @@
+"""Satisfaction surveys (好差评): one invitation per completed case, none once it is rated.
+
+The invitation is scheduled ``survey_delay_s`` after completion and goes through the citizen
+rules (opt-out, quiet hours, daily cap); whether the case was rated is checked when scheduling
+and again right before sending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import dramatiq
+from sqlalchemy import select
+from sqlmodel import Session
+
+from infra.db import session
+from notifiers.templates import load_templates
+from schemas.commands import CaseJob
+from schemas.models import EvaluationRecord, Notification
+from workers.broker import settings
+from workers.delivery import RETRY_OPTIONS, attempt, create_notification, register_stale_check
+from workers.jobs import parse_job
+from workers.scheduler import schedule
+
+__all__ = ["schedule_survey", "send_survey", "survey_key"]
+
+FLOW = "survey"
+QUEUE = settings.queue("surveys")
+TEMPLATE = load_templates()["survey_invitation"]
+
+
+def survey_key(case_id: str) -> str:
+    return f"survey:{case_id}"
+
+
+def _rated(s: Session, case_id: str) -> bool:
+    return (
+        s.execute(
+            select(EvaluationRecord.evaluation_id).where(EvaluationRecord.case_id == case_id)
+        ).first()
+        is not None
+    )
+
+
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+def schedule_survey(job: dict[str, Any]) -> None:
+    """Plan the invitation for ``survey_delay_s`` after completion, unless already rated."""
+    case = parse_job(CaseJob, job, "schedule_survey")
+    if case is None or case.completed_at is None:
+        return
+    with session(settings) as s:
+        if _rated(s, case.case_id):
+            return
+        send_at = case.completed_at + dt.timedelta(seconds=settings.survey_delay_s)
+        schedule(s, survey_key(case.case_id), send_at, "send_survey", job)
+
+
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+def send_survey(job: dict[str, Any]) -> None:
+    """Persist and send the invitation (deferred out of quiet hours by the citizen rules)."""
+    case = parse_job(CaseJob, job, "send_survey")
+    if case is None or case.completed_at is None:
+        return
+    completed_local = case.completed_at.astimezone(settings.tz)
+    body = TEMPLATE.render(
+        {
+            "service_item": case.service_item,
+            "service_point_name": case.service_point_name,
+            "completed_on": f"{completed_local:%m月%d日}",
+        },
+        signature=settings.sms_signature,
+        opt_out_hint=settings.opt_out_hint,
+    )
+    with session(settings) as s:
+        if _rated(s, case.case_id):
+            return
+        row = create_notification(
+            s,
+            key=survey_key(case.case_id),
+            flow=FLOW,
+            subject_id=case.case_id,
+            recipient=case.applicant_mobile,
+            body=body,
+            category="surveys",
+            event_at=case.completed_at,
+        )
+    attempt(row)
+
+
+def _rated_since(s: Session, row: Notification) -> str | None:
+    return "already evaluated" if _rated(s, row.subject_id) else None
+
+
+register_stale_check(FLOW, _rated_since)
