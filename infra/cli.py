@@ -230,6 +230,39 @@ def cmd_rectification(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_green_channel(args: argparse.Namespace) -> int:
+    from statistics import median
+
+    from sqlalchemy import select
+
+    from infra.db import session
+    from schemas.models import StaffAlert
+    from workers.ledger import as_utc
+
+    with session(_settings()) as db:
+        alerts = db.execute(select(StaffAlert)).scalars().all()
+    by_point: dict[str, list[StaffAlert]] = {}
+    for alert in alerts:
+        by_point.setdefault(alert.service_point_id, []).append(alert)
+    print(
+        f"{'service point':<14}{'alerts':>7}{'acked':>7}{'escalated':>10}"
+        f"{'median response':>17}{'slowest':>10}"
+    )
+    for point, rows in sorted(by_point.items()):
+        waits = [
+            (as_utc(a.acknowledged_at) - as_utc(a.event_at)).total_seconds() / 60
+            for a in rows
+            if a.acknowledged_at and a.event_at
+        ]
+        med = f"{median(waits):.1f} min" if waits else "-"
+        worst = f"{max(waits):.1f} min" if waits else "-"
+        print(
+            f"{point:<14}{len(rows):>7}{len(waits):>7}"
+            f"{sum(a.escalated_at is not None for a in rows):>10}{med:>17}{worst:>10}"
+        )
+    return 0
+
+
 def cmd_satisfaction(args: argparse.Namespace) -> int:
     from infra.metrics import scrape
 
@@ -346,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outcome", help="what was done (sent to a real-name citizen)")
     p.add_argument("--department", help="only this department's tickets (for list)")
     p.set_defaults(func=cmd_rectification)
+
+    p = sub.add_parser(
+        "green-channel", help="green-channel response times per service point (from the records)"
+    )
+    p.set_defaults(func=cmd_green_channel)
 
     p = sub.add_parser("satisfaction", help="live satisfaction rates from the running stream")
     p.add_argument("--by", choices=["department", "service_point"], default="department")

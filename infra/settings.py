@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     #: The relay also sends green-channel alerts and acks straight to the alerts queue, so
     #: they do not wait behind the stream's backlog (the stream path stays as the fallback).
     green_fast_path: bool = True
+    #: Also text the on-duty staff (critical SMS: no quiet hours, no cap) besides the webhook.
+    green_channel_sms: bool = False
     #: Green-channel alerts not acknowledged within this escalate to the hall supervisor.
     green_escalate_after_s: int = Field(600, ge=1)
     #: Survey invitation this long after completion (then deferred out of quiet hours).

@@ -14,6 +14,9 @@ from schemas.commands import CallbackDoneJob, CaseJob, EvaluationJob, GreenChann
 
 __all__ = ["Job", "apply_case_event", "case_job", "special_groups"]
 
+#: ``source`` of the default ratings govnotify publishes (workers.surveys.record_default_rating).
+DEFAULT_RATING_SOURCE = "govnotify-default-rating"
+
 #: (actor name, JSON payload) for the workers.
 Job = tuple[str, dict[str, Any]]
 CaseState = dict[str, Any]
@@ -57,6 +60,7 @@ def apply_case_event(
     payload: dict[str, Any],
     *,
     elderly_age: int,
+    source: str = "",
 ) -> tuple[CaseState, list[Job]]:
     """The case's new state and the jobs this event starts."""
     state = dict(state or {"case_id": payload["case_id"]})
@@ -98,6 +102,7 @@ def apply_case_event(
                     service_point_id=payload["service_point_id"],
                     service_item=state.get("service_item", ""),
                     evaluated_at=payload["evaluated_at"],
+                    is_default=source == DEFAULT_RATING_SOURCE,
                 ).model_dump(mode="json"),
             )
         )

@@ -23,7 +23,7 @@ from schemas.commands import CaseJob, GreenChannelAckJob
 from schemas.models import StaffAlert, utcnow
 from workers import ledger
 from workers.broker import settings
-from workers.delivery import CLOCK, RETRY_OPTIONS
+from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_notification
 from workers.jobs import parse_job
 from workers.scheduler import cancel, schedule
 from workers.staff import directory, notify_staff
@@ -123,6 +123,8 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
         },
     )
     notify_staff(point.on_duty, message, flow=FLOW)
+    if settings.green_channel_sms:
+        _text_staff(point.on_duty, alert.id, case, groups)
     sent_at = CLOCK.utcnow()
     with session(settings) as s:
         # sent_at is a fact whatever happened meanwhile (staff may acknowledge within ms).
@@ -151,6 +153,29 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
                 case.case_id,
             )
     ALERT_LATENCY.observe(max(0.0, (sent_at - case.submitted_at).total_seconds()))
+
+
+def _text_staff(staff: Any, alert_id: str, case: CaseJob, groups: str) -> None:
+    """The alert as a critical SMS to each on-duty staff member (once per alert and person)."""
+    body = (
+        f"{settings.sms_signature}绿色通道：{groups}申请人在{case.service_point_name}"
+        f"办理「{case.service_item}」，请立即优先接待。"
+    )
+    for person in staff:
+        with session(settings) as s:
+            row = create_notification(
+                s,
+                key=f"green-sms:{alert_id}:{person.staff_id}",
+                flow=FLOW,
+                subject_id=case.case_id,
+                recipient=person.mobile,
+                body=body,
+                # Critical and staff-facing: no quiet hours, no cap, no citizen opt-out.
+                category="",
+                critical=True,
+                event_at=case.submitted_at,
+            )
+        attempt(row)
 
 
 @dramatiq.actor(queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS)

@@ -18,12 +18,25 @@ from infra.db import session
 from notifiers.templates import load_templates
 from schemas.commands import CaseJob
 from schemas.models import EvaluationRecord, Notification
+from streams.case_rules import DEFAULT_RATING_SOURCE
 from workers.broker import settings
-from workers.delivery import RETRY_OPTIONS, attempt, create_notification, register_stale_check
+from workers.delivery import (
+    CLOCK,
+    RETRY_OPTIONS,
+    attempt,
+    create_notification,
+    register_stale_check,
+)
 from workers.jobs import parse_job
 from workers.scheduler import schedule
 
-__all__ = ["schedule_survey", "send_survey", "survey_key"]
+__all__ = [
+    "DEFAULT_RATING_SOURCE",
+    "record_default_rating",
+    "schedule_survey",
+    "send_survey",
+    "survey_key",
+]
 
 FLOW = "survey"
 QUEUE = settings.queue("surveys")
@@ -54,6 +67,9 @@ def schedule_survey(job: dict[str, Any]) -> None:
             return
         send_at = case.completed_at + dt.timedelta(seconds=settings.survey_delay_s)
         schedule(s, survey_key(case.case_id), send_at, "send_survey", job)
+        if settings.default_rating_enabled:
+            default_at = case.completed_at + dt.timedelta(seconds=settings.default_rating_after_s)
+            schedule(s, f"default-rating:{case.case_id}", default_at, "record_default_rating", job)
 
 
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
@@ -93,3 +109,40 @@ def _rated_since(s: Session, row: Notification) -> str | None:
 
 
 register_stale_check(FLOW, _rated_since)
+
+
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+def record_default_rating(job: dict[str, Any]) -> None:
+    """Not rated in time: publish the default 基本满意 (3) as an evaluation, as some provinces do.
+
+    It goes through the normal path (relay, stream, satisfaction windows, evaluation record) as
+    an ``evaluation.submitted`` from ``DEFAULT_RATING_SOURCE``; a real rating that arrived first
+    makes this a no-op.
+    """
+    from producers.rabbitmq import Publisher
+    from schemas.events import make_event
+
+    case = parse_job(CaseJob, job, "record_default_rating")
+    if case is None or case.completed_at is None:
+        return
+    with session(settings) as s:
+        if _rated(s, case.case_id):
+            return
+    event = make_event(
+        "evaluation.submitted",
+        {
+            "evaluation_id": f"DEFAULT-{case.case_id}"[:64],
+            "case_id": case.case_id,
+            "rating": 3,
+            "real_name": False,
+            "citizen_mobile": None,
+            "comment": "逾期未评价，系统默认基本满意",
+            "department": case.department,
+            "service_point_id": case.service_point_id,
+            "evaluated_at": CLOCK.utcnow().isoformat(),
+        },
+        source=DEFAULT_RATING_SOURCE,
+        occurred_at=CLOCK.utcnow(),
+    )
+    with Publisher(settings.amqp_url, settings.exchange) as publisher:
+        publisher.publish(event)

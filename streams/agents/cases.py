@@ -101,7 +101,11 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                 payload: dict[str, Any] = event.payload.model_dump(mode="json")
                 previous = cases.get(event.key)
                 state, new_jobs = apply_case_event(
-                    previous, event.event_type, payload, elderly_age=settings.elderly_age
+                    previous,
+                    event.event_type,
+                    payload,
+                    elderly_age=settings.elderly_age,
+                    source=event.envelope.source,
                 )
                 cases[event.key] = state
                 if event.event_type == "evaluation.submitted" and payload["evaluation_id"] not in (

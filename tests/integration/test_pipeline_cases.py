@@ -166,7 +166,8 @@ def test_green_channel_alerts_on_duty_staff_and_escalates_only_the_unacknowledge
     # without the tag at the centre (never acknowledged) and an ordinary applicant
     webhooks, directory = hooks
     start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
-    pipeline.set_env(**env(fake_twilio, directory, start))
+    # 22:00-ish would not matter: alerts are critical. Staff also get them by SMS here.
+    pipeline.set_env(**env(fake_twilio, directory, start, GOVNOTIFY_GREEN_CHANNEL_SMS="true"))
     started = time.monotonic()
     pipeline.all()
     now = start + dt.timedelta(seconds=time.monotonic() - started)  # the pipeline's clock
@@ -223,7 +224,29 @@ def test_green_channel_alerts_on_duty_staff_and_escalates_only_the_unacknowledge
     assert jobs["green-escalate:G-2"] == "enqueued"
     # G-1's escalation was cancelled, or never planned because the ack came first
     assert jobs.get("green-escalate:G-1", "cancelled") == "cancelled"
-    assert fake_twilio.messages == []
+    # and the on-duty staff of both points were texted too (critical SMS), nobody else
+    staff = json.loads(directory.read_text())["service_points"]
+    on_duty = {p["id"]: {m["mobile"] for m in p["on_duty"]} for p in staff}
+    texted = [
+        m["to"]
+        for m in fake_twilio.wait_for(
+            len(on_duty["ST-01"]) + len(on_duty["SC-CHANGAN"]), timeout=30
+        )
+    ]
+    assert sorted(texted) == sorted(on_duty["ST-01"] | on_duty["SC-CHANGAN"])
+    assert all(m["body"].startswith("【长安政务】绿色通道") for m in fake_twilio.messages)
+    assert all(r.critical for r in rows(settings, Notification))
+    # and the response times per service point can be reported
+    report = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "green-channel"],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0, report.stderr
+    lines = {line.split()[0]: line.split()[1:4] for line in report.stdout.splitlines()[1:]}
+    assert lines == {"SC-CHANGAN": ["1", "0", "1"], "ST-01": ["1", "1", "0"]}
 
 
 def test_surveys_one_per_completed_case_none_once_rated_none_after_opt_out(
@@ -716,3 +739,58 @@ def test_a_simulated_day_at_the_centre_produces_exactly_the_expected_messages(
         r for r in webhooks.requests if (r.header("X-Govnotify-Id") or "") in {a.id for a in alerts}
     ]
     assert len(green_hooks) == expected["green_alerts"]
+
+
+def test_cases_not_rated_in_time_get_the_default_rating_when_enabled(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio, hooks
+) -> None:
+    # Given: default ratings on, after 3 s (7 days in production)
+    from schemas.models import EvaluationRecord
+
+    _webhooks, directory = hooks
+    start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
+    pipeline.set_env(
+        **env(
+            fake_twilio,
+            directory,
+            start,
+            GOVNOTIFY_SURVEY_DELAY_S="3600",
+            GOVNOTIFY_DEFAULT_RATING_ENABLED="true",
+            GOVNOTIFY_DEFAULT_RATING_AFTER_S="3",
+        )
+    )
+    started = time.monotonic()
+    pipeline.all()
+    now = start + dt.timedelta(seconds=time.monotonic() - started)
+
+    # When: one case is never rated, the other is rated at once
+    publish(
+        settings,
+        [
+            case_event("case.completed", "D-1", now, mobile="13900000601"),
+            case_event("case.completed", "D-2", now, mobile="13900000602"),
+            evaluation("D-2", 5, now, real_name=False),
+        ],
+    )
+    wait_until(lambda: count_rows(settings, EvaluationRecord) == 2, 60)
+
+    # Then: D-1 got 基本满意 (3), marked as a default; D-2 kept its own rating
+    records = {r.case_id: r for r in rows(settings, EvaluationRecord)}
+    assert (records["D-1"].rating, records["D-1"].is_default) == (3, True)
+    assert (records["D-2"].rating, records["D-2"].is_default) == (5, False)
+    jobs = {j.key: j.status for j in rows(settings, ScheduledJob)}
+    assert jobs["default-rating:D-1"] == "enqueued"
+    # and it counts in the live satisfaction rates like any rating
+    wait_until(
+        lambda: (
+            metric(
+                scrape(settings.stream_metrics_port),
+                "govnotify_satisfaction_ratings",
+                window="day",
+                dimension="department",
+                key="市场监督管理局",
+            )
+            == 2
+        ),
+        30,
+    )
