@@ -36,29 +36,8 @@ from infra.services import (
 from infra.settings import Settings, load_settings
 from producers.rabbitmq import delete_namespace
 
-try:  # the tests' helpers, when the repository's tests folder is importable
-    from tests.support import create_database, drop_database
-except ImportError:  # pragma: no cover - installed without the tests folder
-    import psycopg
-
-    from infra.db import get_engine, upgrade
-
-    def _libpq(url: str) -> str:
-        return url.replace("postgresql+psycopg://", "postgresql://")
-
-    def create_database(admin_url: str, name: str) -> str:
-        with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-        upgrade(url=url)
-        return url
-
-    def drop_database(admin_url: str, url: str) -> None:
-        get_engine(url).dispose()
-        name = url.rsplit("/", 1)[1]
-        with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
+# Benchmarks run from the repository (python -m benchmarks), beside the tests' helpers.
+from tests.support import create_database, drop_database
 
 __all__ = [
     "AMQP_URL",

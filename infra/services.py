@@ -25,6 +25,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -89,8 +90,38 @@ class ServiceError(Exception):
 
 
 # ---- small helpers -------------------------------------------------------------------------
+#: Ports this process handed out already (the servers may not have bound them yet).
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the ephemeral range.
+
+    bind(0) hands out ephemeral ports, which any outgoing connection may take between our
+    check and the server's bind: we saw a worker's metrics server fail with EADDRINUSE in the
+    test suite that way. Ports below the kernel's ephemeral range are only ever taken on
+    purpose.
+    """
+    low = min(_ephemeral_low(), 32768)
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(20000, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

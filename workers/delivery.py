@@ -170,6 +170,15 @@ def _retries_exhausted() -> bool:
     return message is None or message.options.get("retries", 0) >= MAX_RETRIES
 
 
+def _fail(
+    notification_id: str, flow: str, provider: str, status: NotificationStatus, reason: str
+) -> None:
+    """Move a notification to a final failure status with its reason, and count it."""
+    with session(settings) as s:
+        if ledger.advance(s, notification_id, status, status_reason=reason, provider=provider):
+            NOTIFICATIONS.labels(flow, "sms", provider, status.value).inc()
+
+
 def deliver_claimed(
     notification_id: str, flow: str, to: str, body: str, event_at: dt.datetime | None
 ) -> None:
@@ -182,15 +191,13 @@ def deliver_claimed(
         outcome = "ok"
     except PermanentDeliveryError as exc:
         outcome = "permanent"
-        with session(settings) as s:
-            ledger.advance(
-                s,
-                notification_id,
-                NotificationStatus.PERMANENT_FAILURE,
-                status_reason=f"{exc.reason} (code {exc.code})",
-                provider=notifier.name,
-            )
-        NOTIFICATIONS.labels(flow, "sms", notifier.name, "permanent-failure").inc()
+        _fail(
+            notification_id,
+            flow,
+            notifier.name,
+            NotificationStatus.PERMANENT_FAILURE,
+            f"{exc.reason} (code {exc.code})",
+        )
         log.warning(
             "notification %s to %s failed permanently: %s",
             notification_id,
@@ -213,31 +220,28 @@ def deliver_claimed(
         return
     except TransientDeliveryError as exc:
         outcome = "transient"
+        reason = f"{exc.reason} (code {exc.code})"
+        if _retries_exhausted():
+            _fail(
+                notification_id,
+                flow,
+                notifier.name,
+                NotificationStatus.TEMPORARY_FAILURE,
+                f"retries exhausted: {reason}",
+            )
+            return
         with session(settings) as s:
-            reason = f"{exc.reason} (code {exc.code})"
-            if _retries_exhausted():
-                ledger.advance(
-                    s,
-                    notification_id,
-                    NotificationStatus.TEMPORARY_FAILURE,
-                    status_reason=f"retries exhausted: {reason}",
-                    provider=notifier.name,
-                )
-                NOTIFICATIONS.labels(flow, "sms", notifier.name, "temporary-failure").inc()
-                return
             ledger.release_claim(s, notification_id, reason)
         raise
     except NotifierConfigError as exc:
         outcome = "misconfigured"
-        with session(settings) as s:
-            ledger.advance(
-                s,
-                notification_id,
-                NotificationStatus.TECHNICAL_FAILURE,
-                status_reason=f"notifier misconfigured: {exc.reason}",
-                provider=notifier.name,
-            )
-        NOTIFICATIONS.labels(flow, "sms", notifier.name, "technical-failure").inc()
+        _fail(
+            notification_id,
+            flow,
+            notifier.name,
+            NotificationStatus.TECHNICAL_FAILURE,
+            f"notifier misconfigured: {exc.reason}",
+        )
         log.error("notification %s: notifier misconfigured", notification_id)
         return
     finally:
