@@ -21,6 +21,20 @@ def _settings():  # type: ignore[no-untyped-def]
     return get_settings()
 
 
+def _print_table(title: str, headers: list[str], rows: list[list[object]]) -> None:
+    """A plain table on stdout; rich measures Chinese characters as two columns wide."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    Console(soft_wrap=True, width=120).print(table)
+
+
 def _print_dict(values: dict[str, str]) -> None:
     for key, value in values.items():
         print(f"  {key:<10} {value}")
@@ -223,10 +237,16 @@ def cmd_rectification(args: argparse.Namespace) -> int:
         if args.department:
             query = query.where(RectificationTicket.department == args.department)
         tickets = db.execute(query).scalars().all()
-    print(f"{'ticket':<34}{'department':<16}{'rating':>6}  {'deadline':<17}status")
+    rows: list[list[object]] = []
     for t in tickets:
         state = t.status + (" (overdue)" if t.overdue_at and t.status == "open" else "")
-        print(f"{t.id:<34}{t.department:<16}{t.rating:>6}  {t.deadline_at:%Y-%m-%d %H:%M}  {state}")
+        deadline = t.deadline_at.astimezone(s.tz)
+        rows.append([t.id, t.department, t.rating, f"{deadline:%Y-%m-%d %H:%M}", state])
+    _print_table(
+        "rectification tickets",
+        ["ticket", "department", "rating", "deadline (local)", "status"],
+        rows,
+    )
     return 0
 
 
@@ -244,22 +264,29 @@ def cmd_green_channel(args: argparse.Namespace) -> int:
     by_point: dict[str, list[StaffAlert]] = {}
     for alert in alerts:
         by_point.setdefault(alert.service_point_id, []).append(alert)
-    print(
-        f"{'service point':<14}{'alerts':>7}{'acked':>7}{'escalated':>10}"
-        f"{'median response':>17}{'slowest':>10}"
-    )
-    for point, rows in sorted(by_point.items()):
+    rows: list[list[object]] = []
+    for point, here in sorted(by_point.items()):
         waits = [
             (as_utc(a.acknowledged_at) - as_utc(a.event_at)).total_seconds() / 60
-            for a in rows
+            for a in here
             if a.acknowledged_at and a.event_at
         ]
-        med = f"{median(waits):.1f} min" if waits else "-"
-        worst = f"{max(waits):.1f} min" if waits else "-"
-        print(
-            f"{point:<14}{len(rows):>7}{len(waits):>7}"
-            f"{sum(a.escalated_at is not None for a in rows):>10}{med:>17}{worst:>10}"
+        escalated = sum(a.escalated_at is not None for a in here)
+        rows.append(
+            [
+                point,
+                len(here),
+                len(waits),
+                escalated,
+                f"{median(waits):.1f} min" if waits else "-",
+                f"{max(waits):.1f} min" if waits else "-",
+            ]
         )
+    _print_table(
+        "green-channel alerts",
+        ["service point", "alerts", "acknowledged", "escalated", "median response", "slowest"],
+        rows,
+    )
     return 0
 
 
@@ -285,12 +312,16 @@ def cmd_satisfaction(args: argparse.Namespace) -> int:
         if parts["window"] != args.window or parts["dimension"] != args.by:
             continue
         rows.setdefault((parts["dimension"], parts["key"]), {})[name] = value
-    print(f"satisfaction by {args.by}, current {args.window} window")
+    table: list[list[object]] = []
     for (_dim, key), values in sorted(rows.items()):
         n = int(values.get("govnotify_satisfaction_ratings", 0))
         rate = values.get("govnotify_satisfaction_rate")
-        shown = f"{rate:.2%}" if rate is not None and n else "-"
-        print(f"  {key:<30} {n:>6} ratings  {shown:>8} satisfied")
+        table.append([key, n, f"{rate:.2%}" if rate is not None and n else "-"])
+    _print_table(
+        f"satisfaction by {args.by}, current {args.window} window",
+        [args.by.replace("_", " "), "ratings", "satisfied"],
+        table,
+    )
     return 0
 
 
@@ -412,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error of ours. Point stdout at devnull
+        # so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         from infra.services import ServiceError
 
