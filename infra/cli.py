@@ -328,7 +328,7 @@ def cmd_satisfaction(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(_settings(), licenses=args.licenses, cases=args.cases, keep_running=False)
+    return run_demo(_settings(), licenses=args.licenses, cases=args.cases)
 
 
 def build_parser() -> argparse.ArgumentParser:

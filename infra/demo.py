@@ -144,9 +144,7 @@ def _jobs_done(settings: Settings) -> bool:
     return processed >= enqueued
 
 
-def run_demo(
-    settings: Settings, *, licenses: int = 5000, cases: int = 1500, keep_running: bool = False
-) -> int:
+def run_demo(settings: Settings, *, licenses: int = 5000, cases: int = 1500) -> int:
     """Run the demo; returns the process exit code."""
     if licenses < 100:
         raise ValueError("--licenses must be at least 100")

@@ -7,7 +7,6 @@ replayed event changes nothing; the state only saves work and answers "was it ra
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from schemas.commands import CallbackDoneJob, CaseJob, EvaluationJob, GreenChannelAckJob
@@ -134,7 +133,3 @@ def apply_case_event(
     else:
         raise ValueError(f"not a case event: {event_type}")
     return state, jobs
-
-
-def utc_iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat()
