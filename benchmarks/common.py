@@ -34,7 +34,7 @@ from infra.services import (
     stop_pid,
 )
 from infra.settings import Settings, load_settings
-from producers.rabbitmq import delete_namespace
+from producers.rabbitmq import delete_namespace, queue_depth
 
 # Benchmarks run from the repository (python -m benchmarks), beside the tests' helpers.
 from tests.support import create_database, drop_database
@@ -174,20 +174,6 @@ def deadline_loop(timeout: float, what: str) -> Callable[[], None]:
             raise BenchError(f"{what} did not finish within {timeout:g} s")
 
     return check
-
-
-def queue_depth(settings: Settings, queue: str) -> int:
-    """Ready messages on ``queue`` (0 if it does not exist)."""
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return 0
-        raise
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 def purge_queue(settings: Settings, queue: str) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "Publisher",
     "declare_topology",
     "delete_namespace",
+    "queue_depth",
 ]
 
 log = logging.getLogger("govnotify.publisher")
@@ -70,6 +71,20 @@ def delete_namespace(settings: Settings) -> None:
         channel.exchange_delete(settings.exchange)
     finally:
         connection.close()
+
+
+def queue_depth(settings: Settings, queue: str) -> int:
+    """Messages ready on ``queue`` (not those being processed); 0 while it does not exist."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return 0
+        raise
+    finally:
+        if connection.is_open:
+            connection.close()
 
 
 class Publisher:

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pika
 import psycopg
 from sqlalchemy import func, select
 
@@ -16,6 +15,7 @@ from infra.metrics import sample_sum as metric
 from infra.metrics import scrape
 from infra.processes import Child, ProcessGroup, wait_until
 from producers.rabbitmq import delete_namespace as purge_namespace
+from producers.rabbitmq import queue_depth
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -55,20 +55,6 @@ def drop_database(admin_url: str, url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def queue_depth(settings: Settings, queue: str) -> int:
-    """Ready messages on ``queue``; 0 while it does not exist yet."""
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return 0
-        raise
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 def count_rows(settings: Settings, model, *where) -> int:  # type: ignore[no-untyped-def]
