@@ -265,7 +265,7 @@ def _start_and_warm_up(p: Pipeline) -> None:
         expires_on=s.today + dt.timedelta(days=300),
         occurred_at=dt.datetime.combine(s.today, dt.time(1), tzinfo=dt.UTC),
     )
-    with Publisher(s.amqp_url, s.exchange, topology=(s.relay_queue, s.dead_letter_queue)) as pub:
+    with Publisher.from_settings(s) as pub:
         pub.publish(warm_license)
         pub.publish(probe_event("WARMUP-PROBE", p.now(), 0))
     _wait("warm-up through the stream", lambda: stream_events(s) >= 2, deadline, p.children)

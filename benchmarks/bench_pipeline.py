@@ -179,7 +179,7 @@ def start_pipeline(env: BenchEnv, group: ProcessGroup) -> list[Child]:
         expires_on=s.today + dt.timedelta(days=300),
         occurred_at=dt.datetime.combine(s.today, dt.time(1), tzinfo=dt.UTC),
     )
-    with Publisher(s.amqp_url, s.exchange, topology=(s.relay_queue, s.dead_letter_queue)) as p:
+    with Publisher.from_settings(s) as p:
         p.publish(warm)
     _wait("warm-up event through the stream", lambda: stream_events(s) >= 1, deadline, children)
     _wait("warm-up settled", lambda: settled(s, 1), deadline, children)

@@ -95,7 +95,7 @@ def run(env: BenchEnv, n: int = N_EVENTS) -> list[Row]:
     s = env.settings
     msgs = messages(env, n, prefix="LICPUB")
     # The exchange, the relay queue bound to it and the DLQ, as upstream systems find them.
-    Publisher(s.amqp_url, s.exchange, topology=(s.relay_queue, s.dead_letter_queue)).close()
+    Publisher.from_settings(s).close()
 
     plain_s = publish_plain(env, msgs)
     _expect_depth(env, n, "pika without confirms")

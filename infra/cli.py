@@ -76,7 +76,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     source = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")
     with (
         source,
-        Publisher(s.amqp_url, s.exchange, topology=(s.relay_queue, s.dead_letter_queue)) as p,
+        Publisher.from_settings(s) as p,
     ):
         results = p.publish_lines(source, validate=not args.no_validate)
     rejected = [r for r in results if not r.accepted]

@@ -165,7 +165,7 @@ def run_demo(settings: Settings, *, licenses: int = 5000, cases: int = 1500) -> 
         registry = generate_registry(licenses, s.today, prefix=f"LIC{run_id[:4].upper()}")
         bad = bad_events(s.today)
         t0 = time.monotonic()
-        with Publisher(s.amqp_url, s.exchange, topology=(s.relay_queue, s.dead_letter_queue)) as p:
+        with Publisher.from_settings(s) as p:
             for event in registry.events:
                 p.publish(event)
             for _reason, raw in bad:

@@ -101,6 +101,15 @@ class Publisher:
             self._channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
         self._channel.confirm_delivery()
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Publisher:
+        """A publisher to ``settings``' exchange, declaring the relay's queue and the DLQ too."""
+        return cls(
+            settings.amqp_url,
+            settings.exchange,
+            topology=(settings.relay_queue, settings.dead_letter_queue),
+        )
+
     def publish_raw(self, body: bytes, routing_key: str, *, message_id: str | None = None) -> None:
         """Publish bytes as they are (persistent, mandatory) and wait for the confirm."""
         try:

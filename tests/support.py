@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,11 +16,14 @@ from infra.db import session, upgrade
 from infra.metrics import sample_sum as metric
 from infra.metrics import scrape
 from infra.processes import Child, ProcessGroup, wait_until
+from producers.rabbitmq import Publisher, queue_depth
 from producers.rabbitmq import delete_namespace as purge_namespace
-from producers.rabbitmq import queue_depth
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from infra.settings import Settings
+    from schemas.events import Event
 
 __all__ = [
     "Pipeline",
@@ -27,6 +32,7 @@ __all__ = [
     "drop_database",
     "env_for",
     "metric",
+    "publish",
     "purge_namespace",
     "queue_depth",
     "scrape",
@@ -55,6 +61,13 @@ def drop_database(admin_url: str, url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def publish(settings: Settings, events: list[Event]) -> None:
+    """Publish ``events`` to ``settings``' exchange, each confirmed."""
+    with Publisher.from_settings(settings) as p:
+        for event in events:
+            p.publish(event)
 
 
 def count_rows(settings: Settings, model, *where) -> int:  # type: ignore[no-untyped-def]
@@ -96,6 +109,10 @@ class Pipeline(ProcessGroup):
         assert child.alive(), child.log_tail()
         return child
 
+    def now(self, start: dt.datetime) -> dt.datetime:
+        """The pipeline's clock, pinned at ``start`` by GOVNOTIFY_NOW and running since all()."""
+        return start + timedelta(seconds=time.monotonic() - self.started)
+
     def scheduler(self) -> Child:
         child = self.start("scheduler", "scheduler")
         wait_until(lambda: _answers(self.settings.scheduler_metrics_port) or not child.alive(), 30)
@@ -103,6 +120,7 @@ class Pipeline(ProcessGroup):
         return child
 
     def all(self) -> None:
+        self.started = time.monotonic()
         self.relay()
         self.stream()
         self.worker()

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from sqlalchemy import select
 
 from infra.db import session
 from infra.settings import Settings
-from producers.rabbitmq import Publisher
 from schemas.events import Event, make_event
 from schemas.models import (
     CallbackTask,
@@ -30,7 +28,7 @@ from schemas.models import (
 )
 from tests.fakes.twilio_server import FakeTwilio
 from tests.fakes.webhook_server import FakeWebhook
-from tests.support import Pipeline, count_rows, metric, scrape, wait_until
+from tests.support import Pipeline, count_rows, metric, publish, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -139,16 +137,6 @@ def evaluation(
     )
 
 
-def publish(settings: Settings, events: list[Event]) -> None:
-    with Publisher(
-        settings.amqp_url,
-        settings.exchange,
-        topology=(settings.relay_queue, settings.dead_letter_queue),
-    ) as p:
-        for event in events:
-            p.publish(event)
-
-
 def rows(settings: Settings, model, *where) -> list:  # type: ignore[no-untyped-def]
     with session(settings) as s:
         return list(s.execute(select(model).where(*where)).scalars())
@@ -168,9 +156,8 @@ def test_green_channel_alerts_on_duty_staff_and_escalates_only_the_unacknowledge
     start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
     # 22:00-ish would not matter: alerts are critical. Staff also get them by SMS here.
     pipeline.set_env(**env(fake_twilio, directory, start, GOVNOTIFY_GREEN_CHANNEL_SMS="true"))
-    started = time.monotonic()
     pipeline.all()
-    now = start + dt.timedelta(seconds=time.monotonic() - started)  # the pipeline's clock
+    now = pipeline.now(start)
     station = ("ST-01", "长安区韦曲街道便民服务站", "street_station")
 
     # When
@@ -664,10 +651,8 @@ def test_a_simulated_day_at_the_centre_produces_exactly_the_expected_messages(
             GOVNOTIFY_CALLBACK_DUE_AFTER_S="10",
         )
     )
-    started = time.monotonic()
     pipeline.all()
-    # The pipeline's clock started at `now` and has been running since.
-    at = now + dt.timedelta(seconds=time.monotonic() - started)
+    at = pipeline.now(now)
     day = generate_case_day(2000, at, seed=11)
     expected = day.expected
     assert 20 <= expected["green_alerts"] <= 80 and expected["rectification_tickets"] >= 10
@@ -763,9 +748,8 @@ def test_cases_not_rated_in_time_get_the_default_rating_when_enabled(
             GOVNOTIFY_DEFAULT_RATING_AFTER_S="3",
         )
     )
-    started = time.monotonic()
     pipeline.all()
-    now = start + dt.timedelta(seconds=time.monotonic() - started)
+    now = pipeline.now(start)
 
     # When: one case is never rated, the other is rated at once
     publish(

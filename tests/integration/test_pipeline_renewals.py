@@ -20,7 +20,16 @@ from producers.rabbitmq import Publisher
 from schemas.events import Event, make_event
 from schemas.models import CallListEntry, DeadLetter, LicenseRecord, Notification
 from tests.fakes.twilio_server import FakeTwilio
-from tests.support import Pipeline, count_rows, env_for, metric, queue_depth, scrape, wait_until
+from tests.support import (
+    Pipeline,
+    count_rows,
+    env_for,
+    metric,
+    publish,
+    queue_depth,
+    scrape,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,16 +94,6 @@ def revoked(license_id: str, at: dt.datetime) -> Event:
         source="license-registry",
         occurred_at=at,
     )
-
-
-def publish(settings: Settings, events: list[Event]) -> None:
-    with Publisher(
-        settings.amqp_url,
-        settings.exchange,
-        topology=(settings.relay_queue, settings.dead_letter_queue),
-    ) as p:
-        for event in events:
-            p.publish(event)
 
 
 def stream_processed(settings: Settings) -> float:
@@ -288,11 +287,7 @@ def test_each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_the_relay_k
     bad = bad_events(TODAY)
 
     # When: every kind of bad input arrives, then a good event
-    with Publisher(
-        settings.amqp_url,
-        settings.exchange,
-        topology=(settings.relay_queue, settings.dead_letter_queue),
-    ) as p:
+    with Publisher.from_settings(settings) as p:
         for _reason, raw in bad:
             p.publish_raw(raw, "license.issued")
         p.publish(issued("LIC-OK-1", 20, "13500000001"))
