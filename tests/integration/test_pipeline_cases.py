@@ -245,10 +245,11 @@ def test_surveys_one_per_completed_case_none_once_rated_none_after_opt_out(
 ) -> None:
     # Given
     _webhooks, directory = hooks
-    now = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
-    # 20 s: the pipeline starts and the opt-out is recorded while the invitations wait
-    pipeline.set_env(**env(fake_twilio, directory, now, GOVNOTIFY_SURVEY_DELAY_S="20"))
+    start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
+    # 20 s after completion: the opt-out is recorded while the invitations wait
+    pipeline.set_env(**env(fake_twilio, directory, start, GOVNOTIFY_SURVEY_DELAY_S="20"))
     pipeline.all()
+    now = pipeline.now(start)
 
     # When: S-1 is completed; S-2 is rated before its completion arrives; S-3 is rated
     # right after completion; S-4's citizen refuses surveys while the invitation waits
@@ -334,9 +335,20 @@ def test_key_projects_get_a_steward_callback_that_closes_or_escalates(
 ) -> None:
     # Given
     webhooks, directory = hooks
-    now = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
-    pipeline.set_env(**env(fake_twilio, directory, now, GOVNOTIFY_SURVEY_DELAY_S="3600"))
+    start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
+    # Due 10 s after completion: time for the steward's completion to be applied first, even
+    # when it overtakes the job opening its task and waits for a retry.
+    pipeline.set_env(
+        **env(
+            fake_twilio,
+            directory,
+            start,
+            GOVNOTIFY_SURVEY_DELAY_S="3600",
+            GOVNOTIFY_CALLBACK_DUE_AFTER_S="10",
+        )
+    )
     pipeline.all()
+    now = pipeline.now(start)
 
     # When: two key projects complete; the steward calls back on the first only
     publish(
@@ -358,10 +370,16 @@ def test_key_projects_get_a_steward_callback_that_closes_or_escalates(
             ),
         ],
     )
+
+    def outcome() -> dict[str, tuple[str, bool]]:
+        return {
+            t.case_id: (t.status, t.escalated_at is not None) for t in rows(settings, CallbackTask)
+        }
+
     wait_until(
-        lambda: any(t.escalated_at for t in rows(settings, CallbackTask)),
+        lambda: outcome() == {"K-1": ("done", False), "K-2": ("open", True)},
         60,
-        message="the overdue callback did not escalate",
+        message="the callbacks did not close and escalate as expected",
     )
 
     # Then: the enterprises were told who calls and by when
