@@ -98,13 +98,14 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
+    from infra.health import component_checks
     from infra.logging import configure_logging
     from infra.metrics import serve_metrics
     from producers.relay import Relay
 
     s = _settings()
     configure_logging(args.log_level, "relay")
-    serve_metrics(s.relay_metrics_port, s.metrics_host)
+    serve_metrics(s.relay_metrics_port, s.metrics_host, ready_checks=component_checks(s, "relay"))
     Relay(s).run(_stop_on_signals())
     return 0
 
@@ -112,9 +113,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     import faust
 
+    from infra.health import component_checks
     from infra.logging import install_masking
     from infra.metrics import serve_metrics
-    from streams.app import create_app
+    from streams.app import create_app, ready_check
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -123,10 +125,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
             install_masking(logger)
 
     s = _settings()
-    serve_metrics(s.stream_metrics_port, s.metrics_host)
-    Worker(
-        create_app(s), loglevel=args.log_level, redirect_stdouts=False
-    ).execute_from_commandline()
+    app = create_app(s)
+    checks = {**component_checks(s, "stream"), "stream": ready_check(app)}
+    serve_metrics(s.stream_metrics_port, s.metrics_host, ready_checks=checks)
+    Worker(app, loglevel=args.log_level, redirect_stdouts=False).execute_from_commandline()
     return 0
 
 
@@ -172,13 +174,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
+    from infra.dbgauges import register_database_gauges
+    from infra.health import component_checks
     from infra.logging import configure_logging
     from infra.metrics import serve_metrics
     from workers.scheduler import run_scheduler
 
     s = _settings()
     configure_logging(args.log_level, "scheduler")
-    serve_metrics(s.scheduler_metrics_port, s.metrics_host)
+    # The scheduler is the one singleton with the database at hand: it serves the gauges read
+    # from the tables (oldest pending, open tickets, unacknowledged alerts, open dead letters).
+    register_database_gauges(s)
+    serve_metrics(
+        s.scheduler_metrics_port, s.metrics_host, ready_checks=component_checks(s, "scheduler")
+    )
     run_scheduler(s, _stop_on_signals())
     return 0
 
@@ -325,10 +334,57 @@ def cmd_satisfaction(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delegate(module: str) -> object:
+    """A handler that imports ``module`` on use and calls its ``cli(args)``."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).cli(args) or 0)
+
+    return handler
+
+
+def cmd_suppression(args: argparse.Namespace) -> int:
+    from infra.db import session
+    from infra.logging import mask_mobile
+    from schemas.phone import normalize_mobile
+    from workers import suppression
+
+    s = _settings()
+    mobile = normalize_mobile(args.mobile) if args.mobile else None
+    with session(s) as db:
+        if args.action == "lift":
+            if not mobile:
+                print("govnotify: suppression lift needs a mobile number", file=sys.stderr)
+                return 2
+            n = suppression.lift(db, recipient=mobile, category=args.category, by="cli")
+            print(f"{mask_mobile(mobile)}: {n} suppression(s) lifted")
+            return 0
+        rows = suppression.active(db, mobile)
+    _print_table(
+        f"active suppressions ({len(rows)})",
+        ["number", "category", "reason", "provider", "code", "since"],
+        [
+            [
+                mask_mobile(r.recipient),
+                r.category,
+                r.reason,
+                r.provider or "",
+                r.error_code or "",
+                f"{r.created_at.astimezone(s.tz):%Y-%m-%d %H:%M}",
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(_settings(), licenses=args.licenses, cases=args.cases)
+    keep = _stop_on_signals() if args.keep_running else None
+    return run_demo(_settings(), licenses=args.licenses, cases=args.cases, keep_running=keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,9 +477,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", choices=["day", "short"], default="day")
     p.set_defaults(func=cmd_satisfaction)
 
+    p = sub.add_parser(
+        "api", help="serve provider status callbacks (signed), with /metrics, /healthz, /readyz"
+    )
+    p.set_defaults(func=_delegate("infra.api"))
+
+    p = sub.add_parser("dead-letters", help="list, show, replay or purge dead letters")
+    p.add_argument("action", choices=["list", "show", "replay", "purge"])
+    p.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (or unique prefixes)")
+    p.add_argument("--stage", help="only this stage: ingest, delivery, job, callback")
+    p.add_argument("--reason", help="only this reason")
+    p.add_argument("--status", choices=["open", "replayed"], help="only this status")
+    p.add_argument("--all", action="store_true", help="every matching letter (replay, purge)")
+    p.add_argument("--older-than-days", type=float, help="purge: only letters last seen before")
+    p.add_argument("--limit", type=int, default=50, help="list: at most this many rows")
+    p.set_defaults(func=_delegate("infra.deadletters"))
+
+    p = sub.add_parser("retention", help="purge message bodies and recipients past retention")
+    p.add_argument("action", choices=["purge"])
+    p.add_argument("--days", type=int, default=None, help="default GOVNOTIFY_RETENTION_DAYS (30)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be purged")
+    p.set_defaults(func=_delegate("infra.retention"))
+
+    p = sub.add_parser("suppression", help="list suppressed numbers or lift a suppression")
+    p.add_argument("action", choices=["list", "lift"])
+    p.add_argument("mobile", nargs="?", help="mainland mobile number")
+    p.add_argument("category", nargs="?", default=None, help="one category (default: all)")
+    p.set_defaults(func=cmd_suppression)
+
+    p = sub.add_parser("top", help="live terminal view of the running pipeline, from its metrics")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(func=_delegate("infra.top"))
+
     p = sub.add_parser("demo", help="run the whole pipeline on a generated license registry")
     p.add_argument("--licenses", type=int, default=5000, help="licenses to generate (>= 100)")
     p.add_argument("--cases", type=int, default=1500, help="cases in the centre's day")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the pipeline up after the summary (for govnotify top), until Ctrl-C",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

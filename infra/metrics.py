@@ -8,21 +8,39 @@ write to the shared multi-process files that dramatiq's exposition server reads.
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Callable, Mapping
+from threading import Thread
+from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.registry import CollectorRegistry
 
 __all__ = [
+    "CALLBACK_REQUESTS",
     "CALL_LIST_ENTRIES",
+    "CONSUMER_LAG",
+    "CONSUMER_LAG_TRUSTWORTHY",
     "DEAD_LETTERS",
     "DEFERRED",
     "EVENTS_RECEIVED",
     "EVENTS_REJECTED",
     "EVENTS_RELAYED",
     "EVENT_TO_SEND",
+    "FAILOVERS",
     "JOBS_ENQUEUED",
     "NOTIFICATIONS",
+    "PROVIDER_CIRCUIT_OPEN",
     "PROVIDER_DURATION",
+    "RELAY_LAG",
+    "RELAY_QUEUE_DEPTH",
+    "RETENTION_PURGED",
+    "STATUS_CALLBACKS_APPLIED",
     "STREAM_EVENTS",
+    "SUPPRESSIONS",
     "sample_sum",
     "scrape",
     "serve_metrics",
@@ -80,6 +98,67 @@ DEAD_LETTERS = Counter(
     ["stage", "reason"],
 )
 
+# ---- issue 4: delivery you can trust ---------------------------------------------------------
+CALLBACK_REQUESTS = Counter(
+    "govnotify_callback_requests_total",
+    "Provider status callbacks received by the api, by provider and outcome "
+    "(accepted, unsigned, forged, malformed, unconfigured, error).",
+    ["provider", "outcome"],
+)
+STATUS_CALLBACKS_APPLIED = Counter(
+    "govnotify_status_callbacks_total",
+    "Provider statuses applied to notifications, by provider and result "
+    "(advanced, ignored: not forward, duplicate: seen before).",
+    ["provider", "result"],
+)
+FAILOVERS = Counter(
+    "govnotify_provider_failovers_total",
+    "Sends moved from one provider to the next after a transient failure or an open circuit.",
+    ["flow", "from_provider", "to_provider", "reason"],
+)
+PROVIDER_CIRCUIT_OPEN = Gauge(
+    "govnotify_provider_circuit_open",
+    "1 while a provider is out of rotation (error rate over the threshold), else 0.",
+    ["provider"],
+    multiprocess_mode="max",
+)
+SUPPRESSIONS = Counter(
+    "govnotify_suppressions_total",
+    "Numbers suppressed for a category after a permanent failure, by category and reason.",
+    ["category", "reason"],
+)
+RETENTION_PURGED = Counter(
+    "govnotify_retention_purged_total",
+    "Rows whose personal data the retention purge removed, by table.",
+    ["table"],
+)
+
+# ---- issue 5: the SRE's view ------------------------------------------------------------------
+RELAY_LAG = Gauge(
+    "govnotify_relay_lag_seconds",
+    "Age of the oldest event in the relay's last batch when Kafka acknowledged it: from the "
+    "publish time (AMQP header timestamp_in_ms, else the timestamp property) or, for messages "
+    "published without one, from when the relay took it off the queue. Kept until the next batch.",
+)
+RELAY_QUEUE_DEPTH = Gauge(
+    "govnotify_relay_queue_messages",
+    "Events waiting in the relay's ingest queue (ready, not yet delivered to the relay); "
+    "read every 5 s.",
+)
+CONSUMER_LAG = Gauge(
+    "govnotify_kafka_consumer_lag_messages",
+    "Messages between the stream's committed offset and the partition's end offset, "
+    "measured every 5 s by each stream process for the whole group (aggregate with max). "
+    "Tansu reports the end offset low by up to one record batch, so there the lag is too small "
+    "while the stream is behind and right once it caught up: trust the number only when "
+    "govnotify_kafka_consumer_lag_trustworthy is 1.",
+    ["topic", "partition"],
+)
+CONSUMER_LAG_TRUSTWORTHY = Gauge(
+    "govnotify_kafka_consumer_lag_trustworthy",
+    "1 when the broker reports end offsets correctly (real Kafka), 0 on Tansu.",
+)
+
 
 def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
     """Read a component's /metrics over HTTP as ``{'name{labels}': value}``."""
@@ -104,7 +183,22 @@ def sample_sum(samples: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
-    """Serve the default registry on ``http://host:port/metrics`` from a daemon thread."""
-    server, thread = start_http_server(port, addr=host)
+def serve_metrics(
+    port: int,
+    host: str = "127.0.0.1",
+    *,
+    ready_checks: Mapping[str, Callable[[], None]] | None = None,
+    registry: CollectorRegistry = REGISTRY,
+) -> tuple[WSGIServer, Thread]:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` from a daemon thread.
+
+    ``ready_checks`` name the process's dependencies (see :mod:`infra.health` for factories and
+    :func:`infra.health.component_checks` for each component's set); a check raises to say "not
+    ready". Without checks ``/readyz`` answers 200 as soon as the process serves.
+    """
+    from infra.health import Readiness, health_app, serve_http
+
+    app = health_app(make_wsgi_app(registry), Readiness(ready_checks))
+    server, thread = serve_http(port, host, app)
+    assert thread is not None  # background=True
     return server, thread

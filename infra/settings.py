@@ -54,6 +54,40 @@ class Settings(BaseSettings):
     #: Overrides https://api.twilio.com, for a sandbox or a test fake.
     twilio_api_base: str = ""
 
+    #: The second SMS provider: a mainland-style HTTP gateway (template id + parameters + an
+    #: HMAC-SHA256 signature). Enabled when its URL is set; key id and secret are then required.
+    gateway_url: str = ""
+    gateway_key_id: str = ""
+    gateway_secret: str = ""
+    #: The registered signature (签名) the gateway puts in front of every message.
+    gateway_sign_name: str = "长安政务"
+    #: Our template name → the gateway's approved template id.
+    gateway_templates: dict[str, str] = {}
+    #: Template id for a message without a mapped template; its one parameter is ``content``.
+    gateway_generic_template: str = ""
+
+    #: Provider order per flow, e.g. {"default": ["twilio", "gateway"], "green_channel":
+    #: ["gateway", "twilio"]}: the first is primary, the rest take over on transient failure.
+    #: Empty: every configured provider, Twilio first; the sandbox when none is configured.
+    sms_routes: dict[str, list[str]] = {}
+    #: A provider whose error rate over this window passes the threshold leaves the rotation.
+    circuit_window_s: float = Field(60.0, gt=0)
+    circuit_min_requests: int = Field(10, ge=1)
+    circuit_error_rate: float = Field(0.5, gt=0, le=1)
+    #: … for this long, then one trial request decides whether it is back.
+    circuit_cooldown_s: float = Field(30.0, gt=0)
+
+    #: `govnotify api`: receives provider status callbacks (public) on this address.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8400, ge=0, le=65535)
+    #: The URL providers reach the api at (behind the city's proxy), e.g.
+    #: https://notify.example.gov.cn. Twilio signs the full public URL, so validation needs it.
+    #: Empty: http://api_host:api_port.
+    public_base_url: str = ""
+
+    #: Message bodies and recipients are purged after this many days; statistics are kept.
+    retention_days: int = Field(30, ge=1, le=3650)
+
     timezone: str = "Asia/Shanghai"
     #: The settable clock: run "as of" this date (YYYY-MM-DD) instead of today.
     today: dt.date | None = None
@@ -103,6 +137,9 @@ class Settings(BaseSettings):
     stream_metrics_port: int = Field(9302, ge=0, le=65535)
     scheduler_metrics_port: int = Field(9303, ge=0, le=65535)
     worker_metrics_port: int = Field(9191, ge=0, le=65535)
+    api_metrics_port: int = Field(9304, ge=0, le=65535)
+    #: RabbitMQ's own Prometheus endpoint (rabbitmq_prometheus plugin).
+    rabbitmq_prometheus_port: int = Field(15692, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 
     worker_processes: int = Field(1, ge=1, le=64)
@@ -119,6 +156,9 @@ class Settings(BaseSettings):
     sweep_sending_after_s: int = Field(300, ge=1)
     #: Rows in `created` longer than this are re-queued by the sweep.
     sweep_created_after_s: int = Field(120, ge=1)
+    #: Rows in `sent` with no final status from the provider after this are resolved by the
+    #: sweep (asked of the provider, else `unknown-failure`). Twilio reports within hours.
+    sweep_sent_after_s: int = Field(72 * 3600, ge=1)
 
     @field_validator("timezone")
     @classmethod
@@ -172,6 +212,23 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("gateway_url", "public_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("sms_routes")
+    @classmethod
+    def _routes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for flow, providers in value.items():
+            if not providers:
+                raise ValueError(f"route {flow!r} names no provider")
+            if len(set(providers)) != len(providers):
+                raise ValueError(f"route {flow!r} names a provider twice")
+        return value
+
     @field_validator("renewal_sms_offsets", "renewal_call_offsets")
     @classmethod
     def _offsets(cls, value: list[int]) -> list[int]:
@@ -201,6 +258,15 @@ class Settings(BaseSettings):
                 if not ok
             ]
             raise ValueError(f"Twilio needs all three credentials; missing {', '.join(missing)}")
+        if self.gateway_url and not (self.gateway_key_id and self.gateway_secret):
+            raise ValueError(
+                "the SMS gateway needs GOVNOTIFY_GATEWAY_KEY_ID and GOVNOTIFY_GATEWAY_SECRET"
+            )
+        known = {"twilio", "gateway", "sandbox"}
+        for flow, providers in self.sms_routes.items():
+            unknown = [p for p in providers if p not in known]
+            if unknown:
+                raise ValueError(f"route {flow!r}: unknown provider {unknown[0]!r}")
         return self
 
     # ---- derived values -------------------------------------------------------------------
@@ -233,6 +299,28 @@ class Settings(BaseSettings):
     @property
     def twilio_enabled(self) -> bool:
         return bool(self.twilio_account_sid)
+
+    @property
+    def gateway_enabled(self) -> bool:
+        return bool(self.gateway_url)
+
+    @property
+    def api_public_url(self) -> str:
+        """Base URL providers use to reach the api (what Twilio signs)."""
+        return self.public_base_url or f"http://{self.api_host}:{self.api_port}"
+
+    def route(self, flow: str) -> list[str]:
+        """Providers for ``flow``, primary first."""
+        if flow in self.sms_routes:
+            return list(self.sms_routes[flow])
+        if "default" in self.sms_routes:
+            return list(self.sms_routes["default"])
+        configured = [
+            name
+            for name, on in (("twilio", self.twilio_enabled), ("gateway", self.gateway_enabled))
+            if on
+        ]
+        return configured or ["sandbox"]
 
     # ---- names ----------------------------------------------------------------------------
     @property
@@ -270,6 +358,7 @@ class Settings(BaseSettings):
                 "registry",
                 "reminders",
                 "delivery",
+                "delivery-retry",
                 "surveys",
                 "callbacks",
                 "evaluations",
@@ -283,8 +372,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None or value == "":
                 continue
-            if isinstance(value, list):
-                value = json.dumps(value)
+            if isinstance(value, list | dict):
+                value = json.dumps(value, ensure_ascii=False)
             out[f"GOVNOTIFY_{name.upper()}"] = str(value)
         return out
 

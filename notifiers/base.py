@@ -12,7 +12,8 @@ import abc
 import datetime as dt
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import ClassVar, final
 
@@ -40,6 +41,13 @@ class OutboundMessage:
     body: str
     #: Where the provider should POST delivery status, when we want callbacks.
     status_callback: str | None = None
+    #: The flow it belongs to (routing picks providers per flow); "" outside a flow.
+    flow: str = ""
+    #: Opt-out category; a permanent failure suppresses the number for it.
+    category: str = ""
+    #: Template name and parameters, for providers that send by approved template id.
+    template: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

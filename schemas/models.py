@@ -10,7 +10,7 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, String, Text, TypeDecorator
+from sqlalchemy import Column, DateTime, Index, LargeBinary, String, Text, TypeDecorator, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -22,10 +22,12 @@ __all__ = [
     "LicenseRecord",
     "Notification",
     "NotificationStatus",
+    "NotificationStatusEvent",
     "OptOut",
     "RectificationTicket",
     "ScheduledJob",
     "StaffAlert",
+    "Suppression",
     "utcnow",
 ]
 
@@ -83,8 +85,11 @@ class NotificationStatus(enum.StrEnum):
     TEMPORARY_FAILURE = "temporary-failure"
     #: Our side failed (misconfiguration, a bug); the reason column says what.
     TECHNICAL_FAILURE = "technical-failure"
-    #: Not sent because the recipient opted out of the category (checked right before sending).
+    #: Not sent: the recipient opted out of the category, or the number is suppressed for it
+    #: after a permanent failure (checked right before sending).
     SUPPRESSED = "suppressed"
+    #: The provider took the message but never told us its fate, and cannot be asked (sweep).
+    UNKNOWN_FAILURE = "unknown-failure"
 
 
 #: Forward-only order. A status may only be replaced by one of higher rank; the final ones share
@@ -99,7 +104,11 @@ STATUS_RANK: dict[str, int] = {
     NotificationStatus.TEMPORARY_FAILURE: 3,
     NotificationStatus.TECHNICAL_FAILURE: 3,
     NotificationStatus.SUPPRESSED: 3,
+    NotificationStatus.UNKNOWN_FAILURE: 3,
 }
+
+#: Final statuses: nothing moves a notification out of these.
+FINAL_STATUSES = frozenset(s for s, rank in STATUS_RANK.items() if rank == 3)
 
 
 class Notification(SQLModel, table=True):
@@ -128,7 +137,12 @@ class Notification(SQLModel, table=True):
     status: str = Field(default=NotificationStatus.CREATED, max_length=24)
     status_reason: str | None = Field(default=None, max_length=500)
     provider: str | None = Field(default=None, max_length=32)
-    provider_ref: str | None = Field(default=None, max_length=64)
+    provider_ref: str | None = Field(default=None, max_length=64, index=True)
+    #: The provider's error code of the last failure (Twilio 30005, a gateway's code).
+    error_code: str | None = Field(default=None, max_length=40)
+    #: Template name and its parameters (JSON), for providers that send by template id.
+    template: str | None = Field(default=None, max_length=40)
+    template_params: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     attempts: int = 0
     #: The local date the message was due on (the reminder's send date).
     due_on: dt.date | None = None
@@ -144,6 +158,60 @@ class Notification(SQLModel, table=True):
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     claimed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     sent_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+
+
+class NotificationStatusEvent(SQLModel, table=True):
+    """One status a provider (or our sweep) reported for a message, with its time and error.
+
+    Keyed by the provider's reference, not our id: a callback may arrive before the worker has
+    written the reference on the notification; it is applied when the reference lands.
+    ``dedupe_key`` makes a repeated callback (or one per SMS segment) a single row.
+    """
+
+    __tablename__ = "notification_status_event"
+    __table_args__ = (
+        Index("ix_status_event_provider_ref", "provider", "provider_ref"),
+        # The sweep looks for reports still waiting for their reference: keep that scan small.
+        Index(
+            "ix_status_event_waiting",
+            "received_at",
+            postgresql_where=text("NOT applied"),
+            sqlite_where=text("NOT applied"),
+        ),
+    )
+
+    id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
+    dedupe_key: str = Field(sa_column=Column(String(200), unique=True, nullable=False))
+    notification_id: str | None = Field(default=None, max_length=32, index=True)
+    provider: str = Field(max_length=32)
+    provider_ref: str = Field(max_length=64)
+    #: The provider's own word (Twilio MessageStatus: queued, sent, delivered, undelivered…).
+    provider_status: str = Field(max_length=32)
+    #: What it maps to in our status machine.
+    status: str = Field(max_length=24)
+    error_code: str | None = Field(default=None, max_length=40)
+    #: callback | sweep | send
+    source: str = Field(default="callback", max_length=16)
+    #: True once applied to the notification (or found not to move it forward).
+    applied: bool = False
+    received_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class Suppression(SQLModel, table=True):
+    """A number that failed permanently for a category; no more sends until changed or lifted."""
+
+    __tablename__ = "suppression"
+
+    recipient: str = Field(primary_key=True, max_length=20)
+    category: str = Field(primary_key=True, max_length=24)
+    reason: str = Field(max_length=200)
+    provider: str | None = Field(default=None, max_length=32)
+    error_code: str | None = Field(default=None, max_length=40)
+    #: active | lifted
+    status: str = Field(default="active", max_length=16)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    lifted_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    lifted_by: str | None = Field(default=None, max_length=64)
 
 
 class LicenseRecord(SQLModel, table=True):
@@ -199,6 +267,10 @@ class DeadLetter(SQLModel, table=True):
     count: int = 1
     first_seen: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     last_seen: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    #: open | replayed (sent back through the normal path; kept for the record)
+    status: str = Field(default="open", max_length=16)
+    replay_count: int = 0
+    replayed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
 
 
 class ScheduledJob(SQLModel, table=True):

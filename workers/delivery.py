@@ -10,9 +10,9 @@ asking the provider, because sending again could send twice.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -23,7 +23,7 @@ from sqlmodel import Session
 from infra.clock import Clock
 from infra.db import session
 from infra.logging import mask_mobile
-from infra.metrics import DEFERRED, EVENT_TO_SEND, NOTIFICATIONS, PROVIDER_DURATION
+from infra.metrics import DEFERRED, EVENT_TO_SEND, NOTIFICATIONS
 from notifiers.base import Notifier, OutboundMessage
 from notifiers.errors import (
     DeliveryTimeoutError,
@@ -48,6 +48,7 @@ __all__ = [
     "deliver_notification",
     "get_notifier",
     "register_stale_check",
+    "retry_delivery",
 ]
 
 log = logging.getLogger("govnotify.delivery")
@@ -88,8 +89,14 @@ def create_notification(
     event_at: dt.datetime | None = None,
     due_on: dt.date | None = None,
     channel: str = "sms",
+    template: str | None = None,
+    template_params: dict[str, object] | None = None,
 ) -> Notification:
-    """Persist a notification once per ``key`` (replays return the existing row)."""
+    """Persist a notification once per ``key`` (replays return the existing row).
+
+    ``template`` and ``template_params`` are what ``body`` was rendered from; providers that
+    send by approved template id (the mainland gateway) use them instead of the body.
+    """
     now = utcnow()
     ledger.insert_ignore(
         s,
@@ -109,6 +116,12 @@ def create_notification(
             "critical": critical,
             "due_on": due_on,
             "event_at": event_at,
+            "template": template,
+            "template_params": (
+                None
+                if template_params is None
+                else json.dumps({k: str(v) for k, v in template_params.items()}, ensure_ascii=False)
+            ),
             "created_at": now,
             "updated_at": now,
         },
@@ -152,9 +165,7 @@ def attempt(row: Notification) -> None:
             if ledger.advance(s, row.id, NotificationStatus.CANCELLED, status_reason=reason):
                 NOTIFICATIONS.labels(row.flow, row.channel, "none", "cancelled").inc()
             return
-    deliver_claimed(
-        row.id, row.flow, row.recipient or "", row.body or "", ledger.as_utc(row.event_at)
-    )
+    deliver_claimed(row)
 
 
 def get_notifier() -> Notifier:
@@ -165,87 +176,143 @@ def get_notifier() -> Notifier:
     return notifier
 
 
-def _retries_exhausted() -> bool:
+def _in_retry_actor() -> bool:
     message = CurrentMessage.get_current_message()
-    return message is None or message.options.get("retries", 0) >= MAX_RETRIES
+    return message is not None and message.actor_name == "retry_delivery"
+
+
+def _retries_exhausted() -> bool:
+    """True when this attempt was the last allowed: 1 first attempt + ``MAX_RETRIES`` retries.
+
+    The first retry is the retry actor's first run (dramatiq ``retries`` 0), so the retry
+    actor's ``retries`` option counts the retries after it.
+    """
+    if MAX_RETRIES == 0:
+        return True
+    message = CurrentMessage.get_current_message()
+    if message is None or message.actor_name != "retry_delivery":
+        return False
+    return message.options.get("retries", 0) >= MAX_RETRIES - 1
 
 
 def _fail(
-    notification_id: str, flow: str, provider: str, status: NotificationStatus, reason: str
+    row: Notification,
+    provider: str,
+    status: NotificationStatus,
+    reason: str,
+    error_code: str | None = None,
 ) -> None:
     """Move a notification to a final failure status with its reason, and count it."""
     with session(settings) as s:
-        if ledger.advance(s, notification_id, status, status_reason=reason, provider=provider):
-            NOTIFICATIONS.labels(flow, "sms", provider, status.value).inc()
+        moved = ledger.advance(
+            s, row.id, status, status_reason=reason, provider=provider, error_code=error_code
+        )
+    if not moved:
+        return
+    NOTIFICATIONS.labels(row.flow, row.channel, provider, status.value).inc()
+    if status in (NotificationStatus.TEMPORARY_FAILURE, NotificationStatus.TECHNICAL_FAILURE):
+        # Delivery gave up although the provider never took the message: one place to see it,
+        # and `govnotify dead-letters replay` to try once more.
+        from infra.deadletters import record_delivery_failure
+
+        record_delivery_failure(settings, row.id, reason)
 
 
-def deliver_claimed(
-    notification_id: str, flow: str, to: str, body: str, event_at: dt.datetime | None
-) -> None:
-    """Send a claimed notification and record the outcome; raises to have dramatiq retry."""
+def outbound(row: Notification) -> OutboundMessage:
+    """The provider-facing message of a notification row."""
+    return OutboundMessage(
+        notification_id=row.id,
+        to=row.recipient or "",
+        body=row.body or "",
+        flow=row.flow,
+        category=row.category,
+        template=row.template,
+        params=json.loads(row.template_params) if row.template_params else {},
+    )
+
+
+def deliver_claimed(row: Notification) -> None:
+    """Send a claimed notification and record the outcome.
+
+    A transient failure releases the claim and hands the notification to the retry queue
+    (``delivery-retry``), so a provider outage's retries never queue in front of first
+    deliveries; inside the retry actor it raises for dramatiq's backoff instead.
+    """
     notifier = get_notifier()
-    started = time.perf_counter()
-    outcome = "error"
+    notification_id, flow = row.id, row.flow
+    event_at = ledger.as_utc(row.event_at)
     try:
-        receipt = notifier.send(OutboundMessage(notification_id=notification_id, to=to, body=body))
-        outcome = "ok"
+        receipt = notifier.send(outbound(row))
     except PermanentDeliveryError as exc:
-        outcome = "permanent"
+        provider = exc.provider or notifier.name
         _fail(
-            notification_id,
-            flow,
-            notifier.name,
+            row,
+            provider,
             NotificationStatus.PERMANENT_FAILURE,
             f"{exc.reason} (code {exc.code})",
+            exc.code,
         )
+        from workers.suppression import suppress_after
+
+        with session(settings) as s:
+            suppress_after(s, recipient=row.recipient or "", category=row.category, error=exc)
         log.warning(
             "notification %s to %s failed permanently: %s",
             notification_id,
-            mask_mobile(to),
+            mask_mobile(row.recipient or ""),
             exc.reason,
         )
-        raise
-    except DeliveryTimeoutError:
-        outcome = "timeout"
+        # Recorded on the row (and the number suppressed): finished, not a failed job. Raising
+        # would park the job on the queue's .XQ, where it reads as work left undone.
+        return
+    except DeliveryTimeoutError as exc:
         # Ambiguous: the provider may have taken it. Leave it `sending` for the sweep, which asks
         # the provider; resending now could send twice.
         with session(settings) as s:
             s.execute(
                 Notification.__table__.update()
                 .where(Notification.id == notification_id)
-                .values(status_reason="provider timeout: outcome unknown")
+                .values(
+                    status_reason="provider timeout: outcome unknown",
+                    # The sweep asks this provider (only) whether it took the message.
+                    provider=exc.provider or notifier.name,
+                )
             )
             s.commit()
         log.warning("notification %s: provider timeout, left for the sweep", notification_id)
         return
     except TransientDeliveryError as exc:
-        outcome = "transient"
         reason = f"{exc.reason} (code {exc.code})"
+        provider = exc.provider or notifier.name
         if _retries_exhausted():
             _fail(
-                notification_id,
-                flow,
-                notifier.name,
+                row,
+                provider,
                 NotificationStatus.TEMPORARY_FAILURE,
                 f"retries exhausted: {reason}",
+                exc.code,
             )
             return
+        if _in_retry_actor():
+            with session(settings) as s:
+                ledger.release_claim(s, notification_id, reason)
+            raise
         with session(settings) as s:
             ledger.release_claim(s, notification_id, reason)
-        raise
+        retry_delivery.send_with_options(
+            args=(notification_id,), delay=settings.delivery_min_backoff_ms
+        )
+        log.info("notification %s: %s; handed to the retry queue", notification_id, exc.reason)
+        return
     except NotifierConfigError as exc:
-        outcome = "misconfigured"
         _fail(
-            notification_id,
-            flow,
-            notifier.name,
+            row,
+            exc.provider or notifier.name,
             NotificationStatus.TECHNICAL_FAILURE,
             f"notifier misconfigured: {exc.reason}",
         )
         log.error("notification %s: notifier misconfigured", notification_id)
         return
-    finally:
-        PROVIDER_DURATION.labels(notifier.name, outcome).observe(time.perf_counter() - started)
     status = (
         NotificationStatus.DELIVERED if receipt.status == "delivered" else NotificationStatus.SENT
     )
@@ -258,7 +325,12 @@ def deliver_claimed(
             provider_ref=receipt.provider_ref,
             segments=receipt.segments,
         )
-    NOTIFICATIONS.labels(flow, "sms", receipt.provider, status.value).inc()
+        # A status callback can beat this write (the provider calls back as it answers us);
+        # the api kept it waiting for the reference, so apply it now.
+        from workers.status import apply_pending
+
+        apply_pending(s, receipt.provider, receipt.provider_ref)
+    NOTIFICATIONS.labels(flow, row.channel, receipt.provider, status.value).inc()
     if event_at is not None:
         EVENT_TO_SEND.labels(flow).observe(max(0.0, (utcnow() - event_at).total_seconds()))
     log.info(
@@ -272,7 +344,23 @@ def deliver_claimed(
     throws=(PermanentDeliveryError,),
 )
 def deliver_notification(notification_id: str) -> None:
-    """Deliver a persisted notification by id (the sweep and the scheduler re-queue with this)."""
+    """Deliver a persisted notification by id (the sweep, scheduler and replay use this)."""
+    _attempt_by_id(notification_id)
+
+
+@dramatiq.actor(
+    queue_name=settings.queue("delivery-retry"),
+    # Below every first delivery: workers take retries only when nothing fresher waits.
+    priority=100,
+    **RETRY_OPTIONS,
+    throws=(PermanentDeliveryError,),
+)
+def retry_delivery(notification_id: str) -> None:
+    """Deliver again after a transient failure; dramatiq's backoff spaces the attempts."""
+    _attempt_by_id(notification_id)
+
+
+def _attempt_by_id(notification_id: str) -> None:
     with session(settings) as s:
         row = s.get(Notification, notification_id)
     if row is None:

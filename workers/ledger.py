@@ -13,7 +13,14 @@ from sqlalchemy import Table, and_, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from schemas.models import STATUS_RANK, Notification, NotificationStatus, OptOut, utcnow
+from schemas.models import (
+    STATUS_RANK,
+    Notification,
+    NotificationStatus,
+    OptOut,
+    Suppression,
+    utcnow,
+)
 
 __all__ = [
     "advance",
@@ -151,6 +158,12 @@ def claim_for_send(
     opted_out = (
         bool(row.category) and session.get(OptOut, (row.recipient, row.category)) is not None
     )
+    suppression = (
+        session.get(Suppression, (row.recipient, row.category))
+        if row.category and row.recipient
+        else None
+    )
+    suppressed = suppression.reason if suppression and suppression.status == "active" else None
     day_start, day_end = local_day_bounds(now_local)
     sent_today = 0
     if not row.critical and daily_cap:
@@ -176,6 +189,7 @@ def claim_for_send(
         now_local=now_local,
         critical=row.critical,
         opted_out=opted_out,
+        suppressed=suppressed,
         sent_today=sent_today,
         daily_cap=daily_cap,
         quiet=quiet,

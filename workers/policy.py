@@ -117,6 +117,7 @@ def decide(
     critical: bool,
     opted_out: bool,
     sent_today: int,
+    suppressed: str | None = None,
     daily_cap: int | None,
     quiet: QuietHours | None,
 ) -> Decision:
@@ -127,6 +128,8 @@ def decide(
     - ``opted_out`` always suppresses, even a critical message. Categories a citizen cannot opt
       out of (green-channel and other staff alerts) are the caller's to know: it passes
       ``opted_out=False`` for them, so this function never has to guess.
+    - ``suppressed`` (why the number failed permanently for this category) suppresses likewise:
+      the same send would fail the same way.
     - ``critical`` then sends at once, ignoring quiet hours and the cap.
     - Otherwise, inside quiet hours the message waits for the window's end; with the cap reached
       it waits for the next local day's first allowed instant (that day's quiet-hours end, or
@@ -141,6 +144,8 @@ def decide(
 
     if opted_out:
         return Decision("suppress", reason="opted out")
+    if suppressed:
+        return Decision("suppress", reason=f"number suppressed: {suppressed}")
     if critical:
         return Decision("send", reason="critical")
 
