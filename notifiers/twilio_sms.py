@@ -4,7 +4,8 @@ Errors are classified by Twilio's error code first (:data:`TWILIO_ERROR_CODES`),
 status, into the typed errors of :mod:`notifiers.errors`. Message create has no idempotency key,
 so a timeout after the request went out is ambiguous: it is raised as
 :class:`DeliveryTimeoutError` and :meth:`TwilioSMSNotifier.lookup` lets a sweep find out whether
-the message exists before anything is sent again.
+the message exists before anything is sent again. :meth:`TwilioSMSNotifier.fetch_status` asks
+for the fate of a message by sid, for a sweep of messages whose status callback never came.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ from notifiers.errors import (
 )
 from notifiers.sms import count_segments
 
-__all__ = ["TWILIO_ERROR_CODES", "TwilioSMSNotifier", "classify_twilio_error"]
+__all__ = [
+    "TWILIO_ERROR_CODES",
+    "ProviderStatus",
+    "TwilioSMSNotifier",
+    "classify_twilio_error",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -104,6 +110,24 @@ def classify_twilio_error(status: int | None, code: int | None) -> type[Delivery
     return ProviderUnavailableError
 
 
+class ProviderStatus(str):
+    """A provider's own status word for one message (``"delivered"``), with its error code.
+
+    A ``str``, so code that only wants the word can compare it directly; ``error_code`` carries
+    what decides permanent against temporary failure (Twilio ``ErrorCode``, e.g. ``"30005"``).
+    """
+
+    error_code: str | None
+
+    def __new__(cls, status: str, error_code: str | int | None = None) -> ProviderStatus:
+        word = super().__new__(cls, status)
+        word.error_code = None if error_code in (None, "") else str(error_code)
+        return word
+
+    def __repr__(self) -> str:
+        return f"ProviderStatus({str(self)!r}, error_code={self.error_code!r})"
+
+
 def _twilio_exception_details(exc: TwilioException) -> tuple[int | None, int | None, str]:
     """(HTTP status, Twilio code, message) from any of the client's exception shapes."""
     # TwilioRestException (legacy JSON errors) and TwilioServiceException (RFC 9457 errors)
@@ -157,7 +181,7 @@ def _classify_exception(exc: BaseException, action: str) -> DeliveryError:
         return ProviderUnavailableError(f"{action}: cannot connect", provider=PROVIDER)
     if isinstance(exc, requests.exceptions.RequestException):
         return ProviderUnavailableError(f"{action}: {type(exc).__name__}", provider=PROVIDER)
-    raise TypeError(f"not a provider error: {exc!r}")
+    raise TypeError(mask_pii(f"not a provider error: {exc!r}"))
 
 
 class _RoutingHttpClient(TwilioHttpClient):
@@ -205,6 +229,8 @@ class TwilioSMSNotifier(Notifier):
       from_: sender: an E.164 number or an alphanumeric sender id.
       api_base: replaces ``https://*.twilio.com`` (a sandbox or a test fake).
       timeout: seconds for connect and for each read.
+      status_callback_url: where Twilio should POST status callbacks for every message that
+        does not name its own (``<api_public_url>/callbacks/twilio/status``); ``None``: none.
 
     Raises:
       NotifierConfigError: when a parameter is missing or malformed.
@@ -223,6 +249,7 @@ class TwilioSMSNotifier(Notifier):
         *,
         api_base: str | None = None,
         timeout: float = 10.0,
+        status_callback_url: str | None = None,
     ) -> None:
         problems = []
         if not (account_sid.startswith("AC") and len(account_sid) == 34):
@@ -235,6 +262,8 @@ class TwilioSMSNotifier(Notifier):
             problems.append("api_base must be an http(s) URL")
         if not timeout > 0:
             problems.append("timeout must be positive")
+        if status_callback_url and urlsplit(status_callback_url).scheme not in ("http", "https"):
+            problems.append("status_callback_url must be an http(s) URL")
         if problems:
             raise NotifierConfigError(
                 "Twilio notifier misconfigured: " + "; ".join(problems), provider=PROVIDER
@@ -244,6 +273,7 @@ class TwilioSMSNotifier(Notifier):
         self.from_ = from_
         self.api_base = api_base or None
         self.timeout = float(timeout)
+        self.status_callback_url = status_callback_url or None
         # requests.Session is not documented as thread-safe and workers run many threads:
         # one client (and connection pool) per thread.
         self._local = threading.local()
@@ -265,8 +295,9 @@ class TwilioSMSNotifier(Notifier):
 
     def _send(self, message: OutboundMessage) -> Receipt:
         kwargs: dict[str, Any] = {"to": message.to, "from_": self.from_, "body": message.body}
-        if message.status_callback:
-            kwargs["status_callback"] = message.status_callback
+        callback = message.status_callback or self.status_callback_url
+        if callback:
+            kwargs["status_callback"] = callback
         try:
             created = self._client().messages.create(**kwargs)
         except (TwilioException, requests.exceptions.RequestException) as exc:
@@ -313,6 +344,23 @@ class TwilioSMSNotifier(Notifier):
             if candidate.body == body:
                 return str(candidate.sid)
         return None
+
+    def fetch_status(self, provider_ref: str) -> ProviderStatus | None:
+        """Twilio's current status of message ``provider_ref`` (its sid), with its error code.
+
+        Used by the sweep for messages left ``sent`` with no final status callback. ``None``
+        when Twilio has no such message (HTTP 404).
+
+        Raises:
+          DeliveryError: when Twilio cannot be asked, classified like a send.
+        """
+        try:
+            message = self._client().messages(provider_ref).fetch()
+        except (TwilioException, requests.exceptions.RequestException) as exc:
+            if isinstance(exc, TwilioException) and _twilio_exception_details(exc)[0] == 404:
+                return None
+            raise _classify_exception(exc, "fetch message") from exc
+        return ProviderStatus(str(message.status or ""), message.error_code)
 
     def close(self) -> None:
         with self._clients_lock:

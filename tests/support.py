@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "count_rows",
     "create_database",
     "drop_database",
+    "enqueue",
     "env_for",
     "metric",
     "publish",
@@ -68,6 +70,26 @@ def publish(settings: Settings, events: list[Event]) -> None:
     with Publisher.from_settings(settings) as p:
         for event in events:
             p.publish(event)
+
+
+def enqueue(settings: Settings, queue: str, actor_name: str, *args: object) -> None:
+    """Put one dramatiq job on ``settings``' queue ``queue``, as the stream or sweep would."""
+    import dramatiq
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=settings.amqp_url, confirm_delivery=True)
+    try:
+        broker.enqueue(
+            dramatiq.Message(
+                queue_name=settings.queue(queue),
+                actor_name=actor_name,
+                args=args,
+                kwargs={},
+                options={},
+            )
+        )
+    finally:
+        broker.close()
 
 
 def count_rows(settings: Settings, model, *where) -> int:  # type: ignore[no-untyped-def]
@@ -109,6 +131,20 @@ class Pipeline(ProcessGroup):
         assert child.alive(), child.log_tail()
         return child
 
+    def api(self) -> Child:
+        """``govnotify api``, once both its ports answer (callbacks, and /metrics).
+
+        The ports come from the children's environment (``set_env`` may have changed them).
+        """
+        port = int(self.env.get("GOVNOTIFY_API_PORT", self.settings.api_port))
+        metrics_port = int(
+            self.env.get("GOVNOTIFY_API_METRICS_PORT", self.settings.api_metrics_port)
+        )
+        child = self.start("api", "api")
+        wait_until(lambda: (_answers(metrics_port) and _listens(port)) or not child.alive(), 30)
+        assert child.alive(), child.log_tail()
+        return child
+
     def now(self, start: dt.datetime) -> dt.datetime:
         """The pipeline's clock, pinned at ``start`` by GOVNOTIFY_NOW and running since all()."""
         return start + timedelta(seconds=time.monotonic() - self.started)
@@ -139,6 +175,14 @@ def unmasked_mobiles(log_dir: Path) -> list[str]:
             if _FULL_MOBILE.search(line):
                 leaks.append(f"{path.name}: {line[:300]}")
     return leaks
+
+
+def _listens(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _answers(port: int) -> bool:

@@ -3,9 +3,12 @@
 Point a notifier at it with ``api_base=fake.base_url``. It speaks the 2010-04-01 Messages
 resource closely enough for the client's create, fetch and list (page JSON with
 ``next_page_uri``), answers errors in Twilio's legacy JSON shape (``code``, ``message``,
-``more_info``, ``status``) so the client raises ``TwilioRestException``, and can fail, delay or
-drop requests on cue. Everything it records is guarded by one condition variable, so tests wait
-on it with a deadline instead of sleeping.
+``more_info``, ``status``) so the client raises ``TwilioRestException``, and can fail, delay,
+drop or hold requests on cue. A held create lets a test kill the sending worker at an exact
+point: before Twilio took the message, or after it took it but before the answer got back.
+Tests can also move a message's status (what a fetch by sid answers) and post signed, unsigned,
+forged or tampered status callbacks like Twilio's. Everything it records is guarded by one
+condition variable, so tests wait on it with a deadline instead of sleeping.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import base64
 import datetime as dt
 import email.utils
 import json
+import select
+import socket
 import sys
 import threading
 import urllib.error
@@ -55,6 +60,11 @@ class _Failure:
     code: int | None
 
 
+#: Hold points of a create (see :meth:`FakeTwilio.hold_next`).
+_HOLD_BEFORE = "before"
+_HOLD_AFTER = "after"
+
+
 class FakeTwilio:
     """A Twilio Messages API on ``127.0.0.1:<free port>``; use as a context manager."""
 
@@ -74,6 +84,12 @@ class FakeTwilio:
         self._fail_queue: deque[_Failure] = deque()
         self._delay_queue: deque[float] = deque()
         self._drop_queue: deque[bool] = deque()
+        self._hold_queue: deque[str] = deque()
+        self._release = threading.Event()
+        #: Creates being held right now; requests held before being taken that were dropped
+        #: because the client hung up.
+        self.held = 0
+        self.abandoned = 0
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -137,15 +153,50 @@ class FakeTwilio:
         with self._cond:
             self._drop_queue.extend([True] * n)
 
+    def hold_next(self, n: int, *, taken: bool) -> None:
+        """Hold the next ``n`` creates until :meth:`release_held` or the client hangs up.
+
+        ``taken=True``: the message is recorded (Twilio took it) and only the answer is held,
+        so a worker killed meanwhile never learns the sid. ``taken=False``: the request is held
+        before it is taken; if the client hangs up first it is never recorded, as if the
+        request had not arrived.
+        """
+        with self._cond:
+            self._release = threading.Event()
+            self._hold_queue.extend([_HOLD_AFTER if taken else _HOLD_BEFORE] * n)
+
+    def release_held(self) -> None:
+        """Let every held create go on (taken ones are answered, untaken ones recorded)."""
+        with self._cond:
+            self._release.set()
+            self._cond.notify_all()
+
+    def wait_held(self, count: int, timeout: float = 10.0) -> None:
+        """Return once ``count`` creates are being held; TimeoutError after ``timeout``."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.held >= count, timeout=timeout):
+                raise TimeoutError(f"FakeTwilio holds {self.held} creates, expected {count}")
+
+    def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
+        """Move message ``sid`` to ``status`` (what a fetch by sid answers from now on)."""
+        with self._cond:
+            message = next(m for m in self.messages if m["sid"] == sid)
+            message["json"]["status"] = status
+            message["json"]["error_code"] = error_code
+            message["json"]["error_message"] = None if error_code is None else "scripted"
+
     def clear(self) -> None:
-        """Forget messages, attempts and every scripted failure, delay and drop."""
+        """Forget messages, attempts and every scripted failure, delay, drop and hold."""
         with self._cond:
             self.messages.clear()
             self.attempts = 0
+            self.abandoned = 0
             self._failing_numbers.clear()
             self._fail_queue.clear()
             self._delay_queue.clear()
             self._drop_queue.clear()
+            self._hold_queue.clear()
+            self._release.set()
 
     # ---- observing ----------------------------------------------------------------------------
     def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -170,11 +221,15 @@ class FakeTwilio:
         *,
         sign: bool = True,
         error_code: int | None = None,
+        auth_token: str | None = None,
+        tamper: dict[str, str] | None = None,
         timeout: float = 5.0,
     ) -> int:
         """POST a status callback like Twilio's to ``url``; return the HTTP status received.
 
         With ``sign`` the request carries a valid ``X-Twilio-Signature``; without, none.
+        ``auth_token`` signs with another token (a forgery); ``tamper`` changes parameters
+        after signing (a captured callback replayed with edits).
         """
         with self._cond:
             known = next((m for m in self.messages if m["sid"] == message_sid), None)
@@ -193,8 +248,9 @@ class FakeTwilio:
             params["ErrorCode"] = str(error_code)
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if sign:
-            validator = RequestValidator(self.auth_token)
+            validator = RequestValidator(auth_token or self.auth_token)
             headers["X-Twilio-Signature"] = validator.compute_signature(url, params)
+        params.update(tamper or {})
         request = urllib.request.Request(  # noqa: S310 - tests post to their own loopback URL
             url, data=urllib.parse.urlencode(params).encode(), headers=headers, method="POST"
         )
@@ -300,7 +356,27 @@ class FakeTwilio:
 
     def _fetch(self, sid: str) -> dict[str, Any] | None:
         with self._cond:
-            return next((m["json"] for m in self.messages if m["sid"] == sid), None)
+            found = next((m["json"] for m in self.messages if m["sid"] == sid), None)
+            return None if found is None else dict(found)
+
+    def _next_hold(self) -> tuple[str | None, threading.Event]:
+        with self._cond:
+            return (self._hold_queue.popleft() if self._hold_queue else None), self._release
+
+    def _wait_released(self, release: threading.Event, conn: socket.socket) -> bool:
+        """Block a held create; False when the client hung up or the fake is stopping."""
+        with self._cond:
+            self.held += 1
+            self._cond.notify_all()
+        try:
+            while not release.wait(0.05):
+                if self._stopping.is_set() or _hung_up(conn):
+                    return False
+            return True
+        finally:
+            with self._cond:
+                self.held -= 1
+                self._cond.notify_all()
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -312,6 +388,15 @@ class _QuietServer(ThreadingHTTPServer):
         # Anything else still goes to stderr.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """True when the peer closed the connection (a killed client's kernel sends FIN/RST)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _error(status: int, code: int | None) -> dict[str, Any]:
@@ -381,7 +466,23 @@ def _make_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 self._reply(404, _error(404, 20404))
                 return
             form = {k: v[-1] for k, v in urllib.parse.parse_qs(raw, keep_blank_values=True).items()}
+            hold, release = fake._next_hold()
+            if hold == _HOLD_BEFORE and not fake._wait_released(release, self.connection):
+                # The client died before Twilio took the request: nothing was created.
+                with fake._cond:
+                    fake.abandoned += 1
+                    fake._cond.notify_all()
+                self.close_connection = True
+                return
             status, payload, delay, drop = fake._create(form)
+            if (
+                hold == _HOLD_AFTER
+                and status == 201
+                and not fake._wait_released(release, self.connection)
+            ):
+                # Taken, but the client is gone before the answer: it never learns the sid.
+                self.close_connection = True
+                return
             if delay:
                 # An Event, not sleep: stop() ends every pending delay at once.
                 fake._stopping.wait(delay)

@@ -230,4 +230,12 @@ def test_sweep_resolves_stuck_rows(settings: Settings) -> None:
     # and the released row and the idle created row are back on the delivery queue
     assert _message_count(settings, settings.queue("delivery")) == 2
     counts = dict(re.findall(r"^\s+(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
-    assert counts == {"requeued": "1", "confirmed_sent": "1", "released": "1", "unresolved": "0"}
+    assert counts == {
+        "requeued": "1",
+        "confirmed_sent": "1",
+        "released": "1",
+        "unresolved": "0",
+        "fetched": "0",
+        "unknown": "0",
+        "dead_letters": "0",
+    }
