@@ -5,7 +5,8 @@ number is suppressed or the content fixed); a :class:`TransientDeliveryError` is
 backoff; a :class:`NotifierConfigError` means our side is broken (credentials, settings) and
 needs an operator, not a different recipient. :class:`DeliveryTimeoutError` is the one
 ambiguous case: the provider may have accepted the message, so a sweep must look it up before
-anything is sent again.
+anything is sent again. :class:`CallbackSignatureError` is not about delivery at all: it refuses
+a status report that cannot be proven to come from the provider.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "CallbackSignatureError",
     "DeliveryError",
     "DeliveryTimeoutError",
     "InvalidRecipientError",
@@ -140,3 +142,22 @@ class LookupUnsupportedError(DeliveryError):
     """Raised when a notifier cannot be asked whether a message was sent."""
 
     default_reason = "lookup_unsupported"
+
+
+# ---- the receiving side ----------------------------------------------------------------------
+class CallbackSignatureError(Exception):
+    """Raised when a provider status callback is unsigned, forged, stale or malformed."""
+
+    def __init__(self, message: str, *, reason: str = "forged") -> None:
+        #: "unsigned" (no signature), "forged" (wrong key or signature), "stale" (timestamp
+        #: outside the allowed skew) or "malformed" (signed but not the agreed JSON): the
+        #: api's metric label.
+        self.reason = reason
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_callback_error, (str(self.args[0]) if self.args else "", self.reason))
+
+
+def _rebuild_callback_error(message: str, reason: str) -> CallbackSignatureError:
+    return CallbackSignatureError(message, reason=reason)

@@ -132,13 +132,14 @@ def open_key_project_callback(job: dict[str, Any]) -> None:
         service_item=case.service_item,
         due_at=due_at,
     )
+    params = {
+        "service_item": case.service_item,
+        # The template reads 项目管家{steward_name}: no name gives 项目管家将于…
+        "steward_name": case.steward_name or "",
+        "callback_date": f"{due_at.astimezone(settings.tz):%m月%d日}",
+    }
     body = NOTICE.render(
-        {
-            "service_item": case.service_item,
-            # The template reads 项目管家{steward_name}: no name gives 项目管家将于…
-            "steward_name": case.steward_name or "",
-            "callback_date": f"{due_at.astimezone(settings.tz):%m月%d日}",
-        },
+        params,
         signature=settings.sms_signature,
         opt_out_hint=settings.opt_out_hint,
     )
@@ -152,6 +153,8 @@ def open_key_project_callback(job: dict[str, Any]) -> None:
             body=body,
             category="callbacks",
             event_at=case.completed_at,
+            template=NOTICE.name,
+            template_params=params,
         )
     attempt(row)
 

@@ -264,12 +264,13 @@ def close_rectification(job: dict[str, Any]) -> None:
         TICKETS.labels(ticket.department, "closed").inc()
     if not ticket.citizen_mobile:
         return
+    params = {
+        "service_item": ticket.service_item or ticket.case_id,
+        "department": ticket.department,
+        "outcome": (ticket.outcome or close.outcome)[:60],
+    }
     body = CLOSED.render(
-        {
-            "service_item": ticket.service_item or ticket.case_id,
-            "department": ticket.department,
-            "outcome": (ticket.outcome or close.outcome)[:60],
-        },
+        params,
         signature=settings.sms_signature,
         opt_out_hint=settings.opt_out_hint,
     )
@@ -283,5 +284,7 @@ def close_rectification(job: dict[str, Any]) -> None:
             body=body,
             category="rectification",
             event_at=close.closed_at,
+            template=CLOSED.name,
+            template_params=params,
         )
     attempt(row)

@@ -169,15 +169,16 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
     if reminder is None:
         return
     category = CATEGORIES.get(reminder.category)
+    params = {
+        "category_name": category.name_zh if category else reminder.category,
+        "license_id": reminder.license_id,
+        "expires_on": f"{reminder.expires_on:%Y年%m月%d日}",
+        # Days left on the day it is sent (a late reminder must not claim 30 when 20 are left).
+        "days_left": (reminder.expires_on - CLOCK.today()).days,
+        "issuing_department": reminder.issuing_department,
+    }
     body = TEMPLATE.render(
-        {
-            "category_name": category.name_zh if category else reminder.category,
-            "license_id": reminder.license_id,
-            "expires_on": f"{reminder.expires_on:%Y年%m月%d日}",
-            # Days left on the day it is sent (a late reminder must not claim 30 when 20 are left).
-            "days_left": (reminder.expires_on - CLOCK.today()).days,
-            "issuing_department": reminder.issuing_department,
-        },
+        params,
         signature=settings.sms_signature,
         opt_out_hint=settings.opt_out_hint,
     )
@@ -192,6 +193,8 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             category="reminders",
             event_at=reminder.state_at,
             due_on=reminder.due_on,
+            template=TEMPLATE.name,
+            template_params=params,
         )
         if row.status != NotificationStatus.CREATED:
             log.info("notification %s already %s; nothing to do", row.id, row.status)

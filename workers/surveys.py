@@ -79,12 +79,13 @@ def send_survey(job: dict[str, Any]) -> None:
     if case is None or case.completed_at is None:
         return
     completed_local = case.completed_at.astimezone(settings.tz)
+    params = {
+        "service_item": case.service_item,
+        "service_point_name": case.service_point_name,
+        "completed_on": f"{completed_local:%m月%d日}",
+    }
     body = TEMPLATE.render(
-        {
-            "service_item": case.service_item,
-            "service_point_name": case.service_point_name,
-            "completed_on": f"{completed_local:%m月%d日}",
-        },
+        params,
         signature=settings.sms_signature,
         opt_out_hint=settings.opt_out_hint,
     )
@@ -100,6 +101,8 @@ def send_survey(job: dict[str, Any]) -> None:
             body=body,
             category="surveys",
             event_at=case.completed_at,
+            template=TEMPLATE.name,
+            template_params=params,
         )
     attempt(row)
 

@@ -22,6 +22,7 @@ from infra.settings import load_settings
 from notifiers.base import OutboundMessage
 from notifiers.errors import MessageRejectedError
 from notifiers.registry import get_factory, names, notifier_from_settings
+from notifiers.routing import RoutingNotifier
 from notifiers.sandbox import SandboxNotifier, read_outbox
 from notifiers.sms import count_segments
 from notifiers.twilio_sms import TwilioSMSNotifier
@@ -305,9 +306,12 @@ def test_settings_without_twilio_give_the_sandbox(tmp_path: Path) -> None:
     # When
     notifier = notifier_from_settings(settings)
 
-    # Then
-    assert isinstance(notifier, SandboxNotifier)
-    assert notifier.outbox == tmp_path / "sandbox-outbox.jsonl"
+    # Then: a route over the sandbox alone
+    assert isinstance(notifier, RoutingNotifier)
+    assert notifier.route("renewal") == ["sandbox"]
+    sandbox = notifier.providers["sandbox"]
+    assert isinstance(sandbox, SandboxNotifier)
+    assert sandbox.outbox == tmp_path / "sandbox-outbox.jsonl"
 
 
 def test_settings_with_twilio_give_twilio(fake: FakeTwilio, tmp_path: Path) -> None:
@@ -327,5 +331,7 @@ def test_settings_with_twilio_give_twilio(fake: FakeTwilio, tmp_path: Path) -> N
     notifier.close()
 
     # Then
-    assert isinstance(notifier, TwilioSMSNotifier)
+    assert isinstance(notifier, RoutingNotifier)
+    assert isinstance(notifier.providers["twilio"], TwilioSMSNotifier)
+    assert receipt.provider == "twilio"
     assert fake.wait_for(1)[0]["sid"] == receipt.provider_ref
