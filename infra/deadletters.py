@@ -1,20 +1,90 @@
-"""Dead-letter records: one row per distinct bad message, with its reason, raw bytes and count."""
+"""Dead letters: one place for everything that could not be processed, and the way back.
+
+Four stages write here, one row per distinct message (fingerprint = stage + raw bytes), with
+its reason, count and first/last sighting:
+
+========== ============================================ =========================================
+stage      written by                                   ``raw``
+========== ============================================ =========================================
+ingest     the relay (bad JSON, unknown type, schema)   the event bytes as published
+job        :class:`workers.middleware.DeadLetters`      the dramatiq message, retries reset
+delivery   :func:`record_delivery_failure` (delivery    the notification id
+           gave up: temporary or technical failure)
+callback   the status-callback worker and the sweep     the callback as received
+========== ============================================ =========================================
+
+``govnotify dead-letters list|show|replay|purge`` works on them. A replay sends a letter back
+through the normal path, never around it, so every guard that stops a duplicate send still
+applies: an event is validated again by the relay and made into jobs with deterministic
+idempotency keys; a job finds its notification row already sent; a notification is re-opened
+only from ``temporary-failure`` / ``technical-failure`` (the provider certainly did not take
+it), by a guarded update only one replay can win. If the letter fails again it is the same
+fingerprint: the row's count goes up and it is ``open`` again.
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import hashlib
+import json
+import sys
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from infra.logging import mask_pii
 from infra.metrics import DEAD_LETTERS
-from schemas.models import DeadLetter, utcnow
+from schemas.models import DeadLetter, Notification, NotificationStatus, utcnow
 
-__all__ = ["record_dead_letter"]
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+__all__ = [
+    "REPLAYABLE_DELIVERY_STATUSES",
+    "STAGES",
+    "DeadLetterError",
+    "ReplayOutcome",
+    "cli",
+    "find_letters",
+    "list_letters",
+    "purge_letters",
+    "record_dead_letter",
+    "record_delivery_failure",
+    "replay_letter",
+]
+
+#: Every stage that writes dead letters.
+STAGES = ("ingest", "job", "delivery", "callback")
+
+#: A notification is re-opened for one more delivery only from these: the provider said, for
+#: certain, that it did not take the message. Never from sent, delivered or unknown-failure
+#: (the provider may have it: a resend could reach the citizen twice).
+REPLAYABLE_DELIVERY_STATUSES = (
+    NotificationStatus.TEMPORARY_FAILURE,
+    NotificationStatus.TECHNICAL_FAILURE,
+)
+
+#: The delivery actor a re-opened notification is handed to (workers.delivery); named, not
+#: imported: importing the workers declares every actor against the process's own settings.
+DELIVERY_ACTOR = "deliver_notification"
+
+#: Column widths of the table (schemas.models.DeadLetter).
+_REASON_MAX = 40
+_DETAIL_MAX = 2000
+_RAW_SHOWN = 4000
 
 
+class DeadLetterError(Exception):
+    """Raised when a dead-letter command cannot do what was asked (unknown id, bad replay)."""
+
+
+# ---- recording --------------------------------------------------------------------------------
 def record_dead_letter(
     session: Session,
     *,
@@ -25,9 +95,13 @@ def record_dead_letter(
     event_type: str | None = None,
     event_id: str | None = None,
 ) -> None:
-    """Keep ``raw`` with its reason; the same bytes seen again bump ``count`` and ``last_seen``."""
+    """Keep ``raw`` with its reason; the same bytes seen again bump ``count`` and ``last_seen``.
+
+    Seen again after a replay, the letter is ``open`` again: the replay did not cure it.
+    """
     fingerprint = hashlib.sha256(stage.encode() + b"\0" + raw).hexdigest()
     now = utcnow()
+    reason = reason[:_REASON_MAX]
     table = DeadLetter.__table__
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = insert(table).values(
@@ -36,18 +110,487 @@ def record_dead_letter(
         stage=stage,
         reason=reason,
         # The detail may quote library errors; personal data never reaches the table in clear.
-        detail=mask_pii(detail)[:2000],
+        detail=mask_pii(detail)[:_DETAIL_MAX],
         event_type=(event_type or None) and event_type[:64],
         event_id=(event_id or None) and event_id[:64],
         raw=raw,
         count=1,
         first_seen=now,
         last_seen=now,
+        status="open",
+        replay_count=0,
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["fingerprint"],
-        set_={"count": table.c.count + 1, "last_seen": now},
+        set_={"count": table.c.count + 1, "last_seen": now, "status": "open"},
     )
     session.execute(stmt)
     session.commit()
     DEAD_LETTERS.labels(stage=stage, reason=reason).inc()
+
+
+def record_delivery_failure(settings: Settings, notification_id: str, reason: str) -> None:
+    """Make a notification that delivery gave up on visible as a dead letter (stage delivery).
+
+    Called by the delivery worker right after it moved the row to ``temporary-failure`` or
+    ``technical-failure``. The row's status is read back: a notification that is anything else
+    by now (a race with a callback, a sweep) is not a dead letter and is not recorded.
+    """
+    from infra.db import session
+
+    with session(settings) as s:
+        row = s.get(Notification, notification_id)
+        if row is None or row.status not in REPLAYABLE_DELIVERY_STATUSES:
+            return
+        record_dead_letter(
+            s,
+            stage="delivery",
+            # The status is the bounded label; the free text goes to detail.
+            reason=row.status,
+            detail=f"{row.flow} notification {row.id} via {row.provider or '-'}: {reason}",
+            raw=notification_id.encode(),
+            event_type=row.flow,
+            event_id=notification_id,
+        )
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def _filtered(
+    query,  # type: ignore[no-untyped-def]
+    *,
+    stage: str | None = None,
+    reason: str | None = None,
+    status: str | None = None,
+    older_than: dt.datetime | None = None,
+):
+    if stage:
+        query = query.where(DeadLetter.stage == stage)
+    if reason:
+        query = query.where(DeadLetter.reason == reason)
+    if status:
+        query = query.where(DeadLetter.status == status)
+    if older_than is not None:
+        query = query.where(DeadLetter.last_seen < older_than)
+    return query
+
+
+def list_letters(
+    settings: Settings,
+    *,
+    stage: str | None = None,
+    reason: str | None = None,
+    status: str | None = None,
+    limit: int | None = 50,
+) -> list[DeadLetter]:
+    """Dead letters, most recently seen first."""
+    from infra.db import session
+
+    query = _filtered(select(DeadLetter), stage=stage, reason=reason, status=status).order_by(
+        DeadLetter.last_seen.desc(), DeadLetter.id
+    )
+    if limit:
+        query = query.limit(limit)
+    with session(settings) as s:
+        return list(s.execute(query).scalars())
+
+
+def find_letters(settings: Settings, ids: Sequence[str]) -> list[DeadLetter]:
+    """The letters named by ``ids`` (full ids or unique prefixes), in that order.
+
+    Raises:
+      DeadLetterError: an id matches no letter, or a prefix matches more than one.
+    """
+    from infra.db import session
+
+    found: list[DeadLetter] = []
+    with session(settings) as s:
+        for prefix in ids:
+            prefix = prefix.strip().lower()
+            if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+                raise DeadLetterError(f"not a dead-letter id: {prefix!r}")
+            rows = list(
+                s.execute(select(DeadLetter).where(DeadLetter.id.startswith(prefix)).limit(2))
+                .scalars()
+                .all()
+            )
+            if not rows:
+                raise DeadLetterError(f"no dead letter {prefix}")
+            if len(rows) > 1:
+                raise DeadLetterError(f"dead-letter id {prefix} is ambiguous: give more of it")
+            if rows[0] not in found:
+                found.append(rows[0])
+    return found
+
+
+# ---- replay -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """What one replay did: ``replayed``, ``skipped`` (already replayed), ``refused`` (not
+    replayable, e.g. a notification that was sent meanwhile) or ``failed`` (an error)."""
+
+    letter_id: str
+    stage: str
+    result: str
+    detail: str
+
+
+def _claim(settings: Settings, letter_id: str) -> bool:
+    """``open → replayed``, counted; only one replay of a letter can win it."""
+    from infra.db import session
+
+    with session(settings) as s:
+        won = (
+            s.execute(
+                update(DeadLetter)
+                .where(DeadLetter.id == letter_id, DeadLetter.status == "open")
+                .values(
+                    status="replayed",
+                    replay_count=DeadLetter.replay_count + 1,
+                    replayed_at=utcnow(),
+                )
+            ).rowcount
+            == 1
+        )
+        s.commit()
+    return won
+
+
+def _unclaim(settings: Settings, letter: DeadLetter) -> None:
+    """The replay did not happen: the letter is open again, as it was."""
+    from infra.db import session
+
+    with session(settings) as s:
+        s.execute(
+            update(DeadLetter)
+            .where(DeadLetter.id == letter.id, DeadLetter.status == "replayed")
+            .values(
+                status="open",
+                replay_count=DeadLetter.replay_count - 1,
+                replayed_at=letter.replayed_at,
+            )
+        )
+        s.commit()
+
+
+def _replay_ingest(settings: Settings, letter: DeadLetter) -> str:
+    """Publish the event bytes again, as they were, for the relay to validate once more."""
+    from producers.rabbitmq import Publisher, _routing_key_of
+
+    routing_key = letter.event_type or _routing_key_of(letter.raw)
+    with Publisher.from_settings(settings) as publisher:
+        publisher.publish_raw(bytes(letter.raw), routing_key, message_id=letter.event_id)
+    return f"event republished to {settings.exchange} as {routing_key}"
+
+
+def _enqueue(settings: Settings, message) -> None:  # type: ignore[no-untyped-def]
+    from workers.broker import make_broker
+
+    broker = make_broker(settings.amqp_url)
+    try:
+        broker.enqueue(message)
+    finally:
+        broker.close()
+
+
+def _replay_job(settings: Settings, letter: DeadLetter) -> str:
+    """Enqueue the dramatiq message again on its queue, retries reset.
+
+    The job runs again from the start; its own idempotency (notification keys, the ``sent_at``
+    of an alert) makes a job that had in fact done its work a no-op.
+    """
+    from dramatiq.errors import DecodeError
+    from dramatiq.message import Message
+
+    from workers.middleware import JOB_OPTIONS_DROPPED
+
+    try:
+        message = Message.decode(bytes(letter.raw))
+    except DecodeError as exc:
+        raise DeadLetterError("the job is not a dramatiq message; it cannot be replayed") from exc
+    if not message.queue_name.startswith(settings.namespace + "."):
+        raise DeadLetterError(
+            f"the job belongs to queue {message.queue_name}, not to namespace {settings.namespace}"
+        )
+    # Recorded without them already; stripped again for letters written by older versions.
+    message = message.copy(options={})
+    for option in JOB_OPTIONS_DROPPED:
+        message.options.pop(option, None)
+    _enqueue(settings, message)
+    return f"{message.actor_name} re-enqueued on {message.queue_name}"
+
+
+def _replay_delivery(settings: Settings, letter: DeadLetter) -> str:
+    """Re-open the notification for one more delivery, only from a certain non-delivery."""
+    from dramatiq.message import Message
+
+    from infra.db import session
+
+    try:
+        notification_id = bytes(letter.raw).decode("ascii")
+    except UnicodeDecodeError:
+        notification_id = ""
+    if len(notification_id) != 32 or any(c not in "0123456789abcdef" for c in notification_id):
+        # e.g. an invalid job payload (reason invalid_job): the sender has to fix it.
+        raise DeadLetterError("this delivery letter names no notification; it cannot be replayed")
+    with session(settings) as s:
+        reopened = (
+            s.execute(
+                update(Notification)
+                .where(
+                    Notification.id == notification_id,
+                    Notification.status.in_(list(REPLAYABLE_DELIVERY_STATUSES)),
+                )
+                .values(
+                    status=NotificationStatus.CREATED,
+                    status_reason=f"re-opened by dead-letter replay {letter.id}",
+                    updated_at=utcnow(),
+                )
+            ).rowcount
+            == 1
+        )
+        s.commit()
+        if not reopened:
+            row = s.get(Notification, notification_id)
+            state = row.status if row is not None else "gone"
+            raise DeadLetterError(
+                f"notification {notification_id} is {state}: only "
+                f"{' or '.join(REPLAYABLE_DELIVERY_STATUSES)} is delivered again"
+            )
+    message = Message(
+        queue_name=settings.queue("delivery"),
+        actor_name=DELIVERY_ACTOR,
+        args=(notification_id,),
+        kwargs={},
+        options={},
+    )
+    try:
+        _enqueue(settings, message)
+    except Exception as exc:
+        # The row is `created` now, where the sweep re-queues it: replayed all the same.
+        return (
+            f"notification {notification_id} re-opened; queueing failed "
+            f"({type(exc).__name__}), the sweep will queue it"
+        )
+    return f"notification {notification_id} re-opened and queued for delivery"
+
+
+def _replay_callback(settings: Settings, letter: DeadLetter) -> str:
+    """Apply the provider's status report again (forward-only, so a late one changes nothing)."""
+    try:
+        from workers.status import MalformedCallbackError, replay_callback
+    except ImportError as exc:
+        raise DeadLetterError("callback replay is not available in this version") from exc
+    try:
+        results = replay_callback(settings, bytes(letter.raw))
+    except MalformedCallbackError as exc:
+        raise DeadLetterError(f"the callback cannot be read: {exc}") from exc
+    return f"callback applied again: {results}"
+
+
+_REPLAYERS = {
+    "ingest": _replay_ingest,
+    "job": _replay_job,
+    "delivery": _replay_delivery,
+    "callback": _replay_callback,
+}
+
+
+def replay_letter(settings: Settings, letter: DeadLetter) -> ReplayOutcome:
+    """Send one letter back through the normal path and mark it ``replayed``.
+
+    The letter is claimed (``open → replayed``) before anything is sent, so two replays at once
+    send once, and a failure seen again after the replay re-opens it. A replay that could not
+    be done (refused, or the broker unreachable) leaves the letter open, as it was.
+    """
+    replayer = _REPLAYERS.get(letter.stage)
+    if replayer is None:
+        return ReplayOutcome(letter.id, letter.stage, "refused", f"unknown stage {letter.stage}")
+    if not _claim(settings, letter.id):
+        return ReplayOutcome(letter.id, letter.stage, "skipped", "already replayed")
+    try:
+        detail = replayer(settings, letter)
+    except DeadLetterError as exc:
+        _unclaim(settings, letter)
+        return ReplayOutcome(letter.id, letter.stage, "refused", str(exc))
+    except Exception:
+        _unclaim(settings, letter)
+        raise
+    return ReplayOutcome(letter.id, letter.stage, "replayed", detail)
+
+
+# ---- purge ------------------------------------------------------------------------------------
+def purge_letters(
+    settings: Settings,
+    *,
+    ids: Sequence[str] = (),
+    stage: str | None = None,
+    reason: str | None = None,
+    status: str | None = None,
+    older_than_days: float | None = None,
+    now: dt.datetime | None = None,
+) -> int:
+    """Delete the letters named by ``ids``, or else every letter matching the filters."""
+    from infra.db import session
+
+    if ids:
+        letter_ids = [letter.id for letter in find_letters(settings, ids)]
+        stmt = delete(DeadLetter).where(DeadLetter.id.in_(letter_ids))
+    else:
+        older_than = None
+        if older_than_days is not None:
+            older_than = (now or utcnow()) - dt.timedelta(days=older_than_days)
+        stmt = _filtered(
+            delete(DeadLetter), stage=stage, reason=reason, status=status, older_than=older_than
+        )
+    with session(settings) as s:
+        count = s.execute(stmt).rowcount
+        s.commit()
+    return int(count or 0)
+
+
+# ---- the command ------------------------------------------------------------------------------
+def _local(settings: Settings, value: dt.datetime | None) -> str:
+    if value is None:
+        return "-"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return f"{value.astimezone(settings.tz):%Y-%m-%d %H:%M:%S}"
+
+
+def _shown_raw(letter: DeadLetter) -> str:
+    """The raw payload for a person to read: decoded, pretty if JSON, masked, bounded."""
+    raw = bytes(letter.raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = repr(raw)
+    else:
+        try:
+            text = json.dumps(json.loads(text), ensure_ascii=False, indent=2)
+        except ValueError:
+            pass
+    if len(text) > _RAW_SHOWN:
+        text = text[:_RAW_SHOWN] + f"\n… ({len(raw)} bytes in all)"
+    return mask_pii(text)
+
+
+def _cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.cli import _print_table
+
+    letters = list_letters(
+        settings, stage=args.stage, reason=args.reason, status=args.status, limit=args.limit
+    )
+    _print_table(
+        f"dead letters ({len(letters)} shown, most recent first)",
+        ["id", "stage", "reason", "event type", "count", "first seen", "last seen", "status"],
+        [
+            [
+                letter.id[:12],
+                letter.stage,
+                letter.reason,
+                letter.event_type or "-",
+                letter.count,
+                _local(settings, letter.first_seen),
+                _local(settings, letter.last_seen),
+                letter.status + (f" ×{letter.replay_count}" if letter.replay_count > 1 else ""),
+            ]
+            for letter in letters
+        ],
+    )
+    return 0
+
+
+def _cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.ids:
+        raise DeadLetterError("show needs the id of a dead letter")
+    for letter in find_letters(settings, args.ids):
+        fields = {
+            "id": letter.id,
+            "stage": letter.stage,
+            "reason": letter.reason,
+            "event type": letter.event_type or "-",
+            "event id": letter.event_id or "-",
+            "count": str(letter.count),
+            "first seen": _local(settings, letter.first_seen),
+            "last seen": _local(settings, letter.last_seen),
+            "status": letter.status,
+            "replays": str(letter.replay_count),
+            "replayed": _local(settings, letter.replayed_at),
+        }
+        for key, value in fields.items():
+            print(f"{key:<11} {value}")
+        print("detail")
+        print("  " + mask_pii(letter.detail).replace("\n", "\n  "))
+        print(f"raw ({len(bytes(letter.raw))} bytes, personal data masked)")
+        print("  " + _shown_raw(letter).replace("\n", "\n  "))
+        print()
+    return 0
+
+
+def _selected(settings: Settings, args: argparse.Namespace, verb: str) -> list[DeadLetter]:
+    if args.ids:
+        return find_letters(settings, args.ids)
+    if not args.all:
+        raise DeadLetterError(f"{verb} needs dead-letter ids, or --all (with filters) for many")
+    return list_letters(
+        settings,
+        stage=args.stage,
+        reason=args.reason,
+        status=args.status or "open",
+        limit=None,
+    )
+
+
+def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    outcomes = []
+    for letter in _selected(settings, args, "replay"):
+        try:
+            outcome = replay_letter(settings, letter)
+        except Exception as exc:
+            # The broker or the database is unreachable: this letter stays open; go on.
+            outcome = ReplayOutcome(
+                letter.id, letter.stage, "failed", mask_pii(f"{type(exc).__name__}: {exc}")
+            )
+        outcomes.append(outcome)
+        print(f"{outcome.letter_id[:12]} {outcome.stage}: {outcome.result}: {outcome.detail}")
+    results = ("replayed", "skipped", "refused", "failed")
+    counts = {r: sum(o.result == r for o in outcomes) for r in results}
+    print(", ".join(f"{n} {r}" for r, n in counts.items() if n or r == "replayed"))
+    return 1 if counts["refused"] or counts["failed"] else 0
+
+
+def _cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise DeadLetterError(
+            "purge needs dead-letter ids, or --all with --stage/--reason/--older-than-days"
+        )
+    n = purge_letters(
+        settings,
+        ids=args.ids,
+        stage=args.stage,
+        reason=args.reason,
+        status=args.status,
+        older_than_days=args.older_than_days,
+    )
+    print(f"{n} dead letter{'' if n == 1 else 's'} purged")
+    return 0
+
+
+_COMMANDS = {"list": _cmd_list, "show": _cmd_show, "replay": _cmd_replay, "purge": _cmd_purge}
+
+
+def cli(args: argparse.Namespace) -> int:
+    """``govnotify dead-letters list|show|replay|purge`` (arguments: infra.cli build_parser)."""
+    from infra.settings import get_settings
+
+    if args.stage and args.stage not in STAGES:
+        print(
+            f"govnotify: unknown stage {args.stage!r} (one of {', '.join(STAGES)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return _COMMANDS[args.action](get_settings(), args)
+    except DeadLetterError as exc:
+        print(f"govnotify: {exc}", file=sys.stderr)
+        return 2

@@ -27,8 +27,9 @@ def parse_job(model: type[M], job: Any, actor: str) -> M | None:
         with session(settings) as s:
             record_dead_letter(
                 s,
-                stage="delivery",
+                stage="job",
                 reason="invalid_job",
+                event_type=actor,
                 detail=f"{actor}: {exc.errors(include_input=False)}",
                 raw=json.dumps(job, default=str, ensure_ascii=False).encode(),
             )

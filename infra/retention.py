@@ -1,0 +1,230 @@
+"""Retention: personal data is removed once its purpose is served; the statistics stay.
+
+``govnotify retention purge [--days N] [--dry-run]`` (default ``GOVNOTIFY_RETENTION_DAYS``, 30)
+scrubs, in rows older than the cut-off, every column that holds a person's data, and keeps what
+the anonymous statistics need (flow, status, timestamps, segments, provider, error code,
+department, rating). Rows are updated, never deleted: counts per flow and status are the same
+before and after. Each table is done in batches (one short transaction each), and a second run
+finds nothing left to do.
+
+What is scrubbed, table by table (every table of ``schemas.models`` was checked):
+
+==================== ========================================== ===============================
+table                columns                                    which rows
+==================== ========================================== ===============================
+notification         recipient, body, template_params → NULL   created before the cut-off, no
+                                                                longer waiting to be sent
+call_list_entry      holder_name, holder_mobile → NULL          created before the cut-off
+rectification_ticket citizen_mobile → NULL, comment → ''        closed before the cut-off (an
+                                                                open ticket still has to tell
+                                                                the citizen its outcome)
+callback_task        outcome → NULL (notes of the call)         completed before the cut-off
+scheduled_job        payload (the job, with the applicant's)    handed over or cancelled before
+                     → a marker                                 the cut-off (pending jobs run)
+dead_letter          raw → b'', detail → marker                 last seen before the cut-off
+==================== ========================================== ===============================
+
+Kept on purpose:
+
+* ``opt_out`` and ``suppression`` are the citizen's own standing instructions (a refusal, a
+  number that must not be texted): deleting them would make us text people who said no. They
+  end when the citizen lifts them, not by age.
+* ``license_record``, ``evaluation_record``, ``staff_alert``, ``notification_status_event``
+  hold no personal data (license and case ids, departments, ratings, provider references).
+* ``callback_task.owner_name`` is the staff member's name as the owner of a work item, a
+  business record of the centre, not a citizen's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+
+from infra.metrics import RETENTION_PURGED
+from schemas.models import (
+    CallbackTask,
+    CallListEntry,
+    DeadLetter,
+    Notification,
+    NotificationStatus,
+    RectificationTicket,
+    ScheduledJob,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+__all__ = ["BATCH_SIZE", "DETAIL_MARKER", "PAYLOAD_MARKER", "TABLES", "cli", "purge"]
+
+#: Rows per transaction: short locks on a busy ledger, bounded memory for the id list.
+BATCH_SIZE = 1000
+#: What a purged dead letter's detail and a purged job's payload say instead.
+DETAIL_MARKER = "[purged by retention]"
+PAYLOAD_MARKER = '"[purged by retention]"'
+
+#: Notifications still waiting to go out keep their recipient and body.
+_NOT_YET_SENT = (NotificationStatus.CREATED, NotificationStatus.SENDING)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One table's purge: which rows (older than ``cutoff``, still holding data) and how."""
+
+    table: str
+    model: Any
+    key: Any
+    due: Callable[[dt.datetime], ColumnElement[bool]]
+    scrub: dict[str, Any]
+
+
+def _rules() -> list[_Rule]:
+    return [
+        _Rule(
+            "notification",
+            Notification,
+            Notification.id,
+            lambda cutoff: and_(
+                Notification.created_at < cutoff,
+                Notification.status.not_in(list(_NOT_YET_SENT)),
+                or_(
+                    Notification.recipient.is_not(None),
+                    Notification.body.is_not(None),
+                    Notification.template_params.is_not(None),
+                ),
+            ),
+            {"recipient": None, "body": None, "template_params": None},
+        ),
+        _Rule(
+            "call_list_entry",
+            CallListEntry,
+            CallListEntry.id,
+            lambda cutoff: and_(
+                CallListEntry.created_at < cutoff,
+                or_(
+                    CallListEntry.holder_name.is_not(None), CallListEntry.holder_mobile.is_not(None)
+                ),
+            ),
+            {"holder_name": None, "holder_mobile": None},
+        ),
+        _Rule(
+            "rectification_ticket",
+            RectificationTicket,
+            RectificationTicket.id,
+            lambda cutoff: and_(
+                RectificationTicket.closed_at < cutoff,
+                or_(
+                    RectificationTicket.citizen_mobile.is_not(None),
+                    RectificationTicket.comment != "",
+                ),
+            ),
+            {"citizen_mobile": None, "comment": ""},
+        ),
+        _Rule(
+            "callback_task",
+            CallbackTask,
+            CallbackTask.id,
+            lambda cutoff: and_(
+                CallbackTask.completed_at < cutoff, CallbackTask.outcome.is_not(None)
+            ),
+            {"outcome": None},
+        ),
+        _Rule(
+            "scheduled_job",
+            ScheduledJob,
+            ScheduledJob.id,
+            lambda cutoff: and_(
+                ScheduledJob.status != "pending",
+                func.coalesce(ScheduledJob.enqueued_at, ScheduledJob.created_at) < cutoff,
+                ScheduledJob.payload != PAYLOAD_MARKER,
+            ),
+            {"payload": PAYLOAD_MARKER},
+        ),
+        _Rule(
+            "dead_letter",
+            DeadLetter,
+            DeadLetter.id,
+            lambda cutoff: and_(
+                DeadLetter.last_seen < cutoff,
+                or_(func.length(DeadLetter.raw) > 0, DeadLetter.detail != DETAIL_MARKER),
+            ),
+            {"raw": b"", "detail": DETAIL_MARKER},
+        ),
+    ]
+
+
+#: The tables the purge touches, in the order it does them.
+TABLES = tuple(rule.table for rule in _rules())
+
+
+def purge(
+    settings: Settings,
+    *,
+    days: int | None = None,
+    now: dt.datetime | None = None,
+    dry_run: bool = False,
+    batch_size: int = BATCH_SIZE,
+) -> dict[str, int]:
+    """Scrub personal data from rows older than ``days`` (default ``settings.retention_days``).
+
+    Returns the rows scrubbed per table (with ``dry_run``: the rows that would be, and nothing
+    is changed). Running it again returns zeros.
+    """
+    from infra.db import session
+
+    days = settings.retention_days if days is None else days
+    if days < 1:
+        raise ValueError("retention must be at least one day")
+    cutoff = (now or utcnow()) - dt.timedelta(days=days)
+    counts: dict[str, int] = {}
+    with session(settings) as s:
+        for rule in _rules():
+            due = rule.due(cutoff)
+            if dry_run:
+                counts[rule.table] = int(
+                    s.execute(select(func.count()).select_from(rule.model).where(due)).scalar_one()
+                )
+                continue
+            done = 0
+            while True:
+                ids = list(s.execute(select(rule.key).where(due).limit(batch_size)).scalars())
+                if not ids:
+                    break
+                s.execute(update(rule.model).where(rule.key.in_(ids), due).values(**rule.scrub))
+                s.commit()
+                done += len(ids)
+                RETENTION_PURGED.labels(table=rule.table).inc(len(ids))
+                if len(ids) < batch_size:
+                    break
+            counts[rule.table] = done
+    return counts
+
+
+def cli(args: argparse.Namespace) -> int:
+    """``govnotify retention purge [--days N] [--dry-run]``."""
+    from infra.cli import _print_table
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    days = settings.retention_days if args.days is None else args.days
+    if days < 1:
+        print("govnotify: --days must be at least 1", file=sys.stderr)
+        return 2
+    counts = purge(settings, days=days, dry_run=args.dry_run)
+    verb = "would be purged" if args.dry_run else "purged"
+    _print_table(
+        f"personal data older than {days} days: rows {verb}",
+        ["table", "rows"],
+        [[table, n] for table, n in counts.items()],
+    )
+    print(
+        f"{sum(counts.values())} rows {verb}"
+        + (" (dry run: nothing changed)" if args.dry_run else "")
+    )
+    return 0

@@ -1,0 +1,124 @@
+"""dramatiq middleware of every govnotify worker: jobs dramatiq gave up on become dead letters.
+
+dramatiq's :class:`~dramatiq.middleware.Retries` marks a message failed (``message.fail()``) in
+its ``after_process_message`` when the retries ran out, or at once when the actor ``throws`` the
+exception; AgeLimit fails a message and raises ``SkipMessage`` (``after_skip_message``). A
+failed message is nacked onto ``<queue>.XQ``, where RabbitMQ keeps it for 7 days and nobody
+looks. :class:`DeadLetters` runs right after Retries' verdict and records such a job in the
+``dead_letter`` table (stage ``job``), next to ingest rejections and delivery failures, where
+``govnotify dead-letters`` lists and replays it.
+
+An exception the actor declares in ``throws`` (a :class:`~notifiers.errors.PermanentDeliveryError`)
+is not a dead letter: the job did its work, the notification row keeps the permanent failure
+and the number is suppressed; replaying it could only fail the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dramatiq.common import q_name
+from dramatiq.errors import ActorNotFound
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+
+if TYPE_CHECKING:
+    from dramatiq.broker import Broker, MessageProxy
+
+    from infra.settings import Settings
+
+__all__ = ["JOB_OPTIONS_DROPPED", "DeadLetters", "job_raw"]
+
+log = logging.getLogger("govnotify.deadletters")
+
+#: Options dramatiq adds while handling a message; none is part of the job. Dropping them
+#: resets the retries for a replay, keeps the (unmasked) traceback out of the table, and makes
+#: the same job failing again after a replay the same fingerprint: one row, count 2.
+JOB_OPTIONS_DROPPED = frozenset({"retries", "traceback", "requeue_timestamp", "eta"})
+
+
+def job_raw(message: Message[Any] | MessageProxy) -> bytes:
+    """The message as it was first enqueued, encoded: what a replay sends again."""
+    original = Message(
+        # A retried message comes back from its delay queue (``.DQ``); it belongs on the queue.
+        queue_name=q_name(message.queue_name),
+        actor_name=message.actor_name,
+        args=tuple(message.args),
+        kwargs=dict(message.kwargs),
+        options={k: v for k, v in message.options.items() if k not in JOB_OPTIONS_DROPPED},
+        message_id=message.message_id,
+        message_timestamp=message.message_timestamp,
+    )
+    return original.encode()
+
+
+class DeadLetters(Middleware):
+    """Records every job dramatiq gives up on as a dead letter (stage ``job``).
+
+    Its hooks must run after those of :class:`~dramatiq.middleware.Retries`, whose verdict
+    (``message.failed``) they read: dramatiq calls ``after_*`` hooks in reverse order of the
+    middleware list, so add it ``before=Retries``. It never raises: if the database is down,
+    the message is still on ``<queue>.XQ``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None or not message.failed:
+            return  # done, or handed back to the queue for another try
+        try:
+            actor_options = broker.get_actor(message.actor_name).options
+        except ActorNotFound:
+            actor_options = {}
+        throws = message.options.get("throws") or actor_options.get("throws")
+        if throws and isinstance(exception, throws):
+            return  # a declared permanent outcome, recorded by the job itself
+        retries = message.options.get("retries", 0)
+        self._record(
+            message,
+            reason=type(exception).__name__,
+            detail=(
+                f"{message.actor_name} on {q_name(message.queue_name)} gave up after "
+                f"{retries} attempt(s): {type(exception).__name__}: {exception}"
+            ),
+        )
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        if not message.failed:
+            return
+        self._record(
+            message,
+            reason="skipped",
+            detail=f"{message.actor_name} on {q_name(message.queue_name)} was skipped "
+            f"(age limit) and rejected",
+        )
+
+    def _record(self, message: MessageProxy, *, reason: str, detail: str) -> None:
+        from infra.db import session
+        from infra.deadletters import record_dead_letter
+
+        try:
+            with session(self.settings) as s:
+                record_dead_letter(
+                    s,
+                    stage="job",
+                    reason=reason,
+                    detail=detail,
+                    raw=job_raw(message),
+                    event_type=message.actor_name,
+                    event_id=message.message_id,
+                )
+        except Exception:
+            # The message is still rejected onto <queue>.XQ: kept, only not in the table.
+            log.exception("could not record dead letter for job %s", message.message_id)
+            return
+        log.warning("job %s (%s) dead-lettered: %s", message.message_id, message.actor_name, reason)
