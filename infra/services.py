@@ -50,9 +50,11 @@ __all__ = [
     "check_postgres",
     "check_rabbitmq",
     "create_topics",
+    "enable_rabbitmq_prometheus",
     "free_port",
     "kafka_answers",
     "port_open",
+    "rabbitmq_prometheus_answers",
     "services_down",
     "services_status",
     "services_up",
@@ -620,6 +622,61 @@ def check_rabbitmq(amqp_url: str, *, start: bool = True) -> str:
     )
 
 
+#: How long the rabbitmq_prometheus listener may take to open after the plugin is enabled.
+PROMETHEUS_PLUGIN_TIMEOUT_S = 15.0
+
+
+def rabbitmq_prometheus_answers(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True if RabbitMQ's Prometheus endpoint answers ``GET /metrics`` with 200."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def enable_rabbitmq_prometheus(settings: Settings) -> str:
+    """Make RabbitMQ's own metrics answer on ``rabbitmq_prometheus_port``; never raises.
+
+    Idempotent: when the endpoint answers already nothing is run. Otherwise, for a broker on
+    this machine, ``rabbitmq-plugins enable rabbitmq_prometheus`` (works on a running node, no
+    restart). A missing CLI or a remote broker is reported, not an error: govnotify runs
+    without RabbitMQ's metrics, only the SRE's view is poorer.
+    """
+    host = urlsplit(settings.amqp_url).hostname or "127.0.0.1"
+    port = settings.rabbitmq_prometheus_port
+    where = f"{host}:{port}"
+    if rabbitmq_prometheus_answers(host, port):
+        return f"up ({where})"
+    if not _is_loopback(host):
+        return f"down ({where}); enable the rabbitmq_prometheus plugin on that broker"
+    cli = shutil.which("rabbitmq-plugins")
+    if cli is None:
+        return f"down ({where}); rabbitmq-plugins not found, enable rabbitmq_prometheus by hand"
+    try:
+        result = subprocess.run(
+            [cli, "enable", "rabbitmq_prometheus"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"down ({where}); rabbitmq-plugins failed: {type(exc).__name__}"
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"down ({where}); rabbitmq-plugins failed (status {result.returncode}): {detail[0]}"
+    deadline = time.monotonic() + PROMETHEUS_PLUGIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if rabbitmq_prometheus_answers(host, port):
+            return f"enabled ({where})"
+        time.sleep(0.5)
+    return f"enabled, but {where} did not answer within {PROMETHEUS_PLUGIN_TIMEOUT_S:g} s"
+
+
 # ---- PostgreSQL ----------------------------------------------------------------------------
 def _libpq_url(database_url: str) -> str:
     """``postgresql+psycopg://…`` (SQLAlchemy) → ``postgresql://…`` (libpq)."""
@@ -817,6 +874,7 @@ def services_up(settings: Settings) -> dict[str, str]:
     result: dict[str, str] = {}
 
     result["rabbitmq"] = check_rabbitmq(settings.amqp_url)
+    result["rabbitmq_prometheus"] = enable_rabbitmq_prometheus(settings)
     result["postgres"] = check_postgres(settings.resolved_database_url)
     for name in ("rabbitmq", "postgres"):
         if result[name] == "started":
@@ -868,6 +926,10 @@ def services_status(settings: Settings) -> dict[str, str]:
         result["rabbitmq"] = f"up ({host}:{port})"
     except ServiceError as exc:
         result["rabbitmq"] = f"down ({exc})"
+    prom_host = amqp.hostname or "127.0.0.1"
+    prom = f"{prom_host}:{settings.rabbitmq_prometheus_port}"
+    answers = rabbitmq_prometheus_answers(prom_host, settings.rabbitmq_prometheus_port)
+    result["rabbitmq_prometheus"] = f"up ({prom})" if answers else f"down ({prom})"
 
     db_url = settings.resolved_database_url
     if db_url.startswith("sqlite"):

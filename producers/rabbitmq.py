@@ -8,6 +8,7 @@ an unroutable message raises :class:`PublishError`, never a silent drop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -111,7 +112,12 @@ class Publisher:
         )
 
     def publish_raw(self, body: bytes, routing_key: str, *, message_id: str | None = None) -> None:
-        """Publish bytes as they are (persistent, mandatory) and wait for the confirm."""
+        """Publish bytes as they are (persistent, mandatory) and wait for the confirm.
+
+        The publish time rides along (AMQP ``timestamp`` in seconds, and milliseconds in a
+        header) so the relay can report how long events waited in the queue.
+        """
+        now = time.time()
         try:
             self._channel.basic_publish(
                 exchange=self.exchange,
@@ -121,6 +127,8 @@ class Publisher:
                     delivery_mode=pika.DeliveryMode.Persistent,
                     content_type="application/json",
                     message_id=message_id,
+                    timestamp=int(now),
+                    headers={"timestamp_in_ms": int(now * 1000)},
                 ),
                 mandatory=True,
             )

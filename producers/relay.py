@@ -19,7 +19,13 @@ from prometheus_client import Counter
 
 from infra.db import session
 from infra.deadletters import record_dead_letter
-from infra.metrics import EVENTS_RECEIVED, EVENTS_REJECTED, EVENTS_RELAYED
+from infra.metrics import (
+    EVENTS_RECEIVED,
+    EVENTS_REJECTED,
+    EVENTS_RELAYED,
+    RELAY_LAG,
+    RELAY_QUEUE_DEPTH,
+)
 from producers.kafka import KafkaSink
 from producers.rabbitmq import declare_topology
 from schemas.errors import EventRejected
@@ -28,7 +34,7 @@ from schemas.events import Event, event_types, parse_event
 if TYPE_CHECKING:
     from infra.settings import Settings
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "published_at"]
 
 log = logging.getLogger("govnotify.relay")
 
@@ -52,6 +58,23 @@ def green_channel_job(event: Event, elderly_age: int) -> tuple[str, dict[str, ob
     return jobs[0] if jobs else None
 
 
+def published_at(properties: pika.BasicProperties | None, received: float) -> float:
+    """When a message was published (epoch seconds), for the relay lag.
+
+    The ``timestamp_in_ms`` header (milliseconds, as RabbitMQ's message-timestamp plugin and
+    our Publisher set it) is preferred, then the AMQP ``timestamp`` property (whole seconds);
+    a message with neither counts from ``received``, when the relay took it from the queue.
+    """
+    if properties is not None:
+        headers = properties.headers or {}
+        millis = headers.get("timestamp_in_ms")
+        if isinstance(millis, int | float) and not isinstance(millis, bool) and millis > 0:
+            return float(millis) / 1000
+        if isinstance(properties.timestamp, int) and properties.timestamp > 0:
+            return float(properties.timestamp)
+    return received
+
+
 class Relay:
     """Moves events from the ingest queue into Kafka; run() until ``stop`` is set."""
 
@@ -59,6 +82,8 @@ class Relay:
     batch_size = 500
     #: How long to wait for more messages before flushing a partial batch.
     linger_s = 0.05
+    #: How often the ingest queue's depth is read (its own connection and thread).
+    depth_interval_s = 5.0
 
     def __init__(self, settings: Settings, sink: KafkaSink | None = None) -> None:
         self.settings = settings
@@ -72,6 +97,10 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         connection = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
+        done = threading.Event()
+        depth = threading.Thread(
+            target=self._watch_depth, args=(stop, done), name="relay-queue-depth", daemon=True
+        )
         try:
             channel = connection.channel()
             declare_topology(channel, s.exchange, s.relay_queue, s.dead_letter_queue)
@@ -79,12 +108,21 @@ class Relay:
             dlq = connection.channel()
             dlq.confirm_delivery()
             log.info("relay consuming %s into Kafka at %s", s.relay_queue, s.kafka_bootstrap)
-            pending: list[tuple[int, str, bytes]] = []
-            for method, _props, body in channel.consume(
+            # Started once the queue is declared, so the first reading finds it.
+            depth.start()
+            pending: list[tuple[int, str, bytes, float]] = []
+            for method, props, body in channel.consume(
                 s.relay_queue, inactivity_timeout=self.linger_s
             ):
                 if method is not None:
-                    pending.append((method.delivery_tag, method.routing_key, body))
+                    pending.append(
+                        (
+                            method.delivery_tag,
+                            method.routing_key,
+                            body,
+                            published_at(props, time.time()),
+                        )
+                    )
                 if pending and (method is None or len(pending) >= self.batch_size):
                     self._flush(channel, dlq, pending)
                     pending = []
@@ -92,17 +130,46 @@ class Relay:
                     break
             channel.cancel()
         finally:
+            done.set()
             try:
                 connection.close()
             except AMQPError:
                 pass
             self.sink.close()
+            if depth.is_alive():
+                depth.join(5)
 
-    def _flush(self, channel, dlq, pending: list[tuple[int, str, bytes]]) -> None:  # type: ignore[no-untyped-def]
+    def _watch_depth(self, stop: threading.Event, done: threading.Event) -> None:
+        """Set ``govnotify_relay_queue_messages`` every ``depth_interval_s``, off the hot path.
+
+        A passive declare on a connection of its own (pika connections are not thread-safe);
+        a failure is logged and retried at the next interval, never stops the relay.
+        """
+        s = self.settings
+        connection = None
+        while not (stop.is_set() or done.is_set()):
+            try:
+                if connection is None or not connection.is_open:
+                    connection = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
+                    channel = connection.channel()
+                ok = channel.queue_declare(s.relay_queue, passive=True)
+                RELAY_QUEUE_DEPTH.set(ok.method.message_count)
+            except Exception:
+                log.warning("reading the depth of %s failed", s.relay_queue, exc_info=True)
+                connection = None
+            # Wakes at once on shutdown: wait() on the event, not a sleep.
+            done.wait(self.depth_interval_s)
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except AMQPError:
+                pass
+
+    def _flush(self, channel, dlq, pending: list[tuple[int, str, bytes, float]]) -> None:  # type: ignore[no-untyped-def]
         records = []
         alerts: list[tuple[str, dict[str, object]]] = []
         rejected: list[tuple[bytes, str, EventRejected]] = []
-        for _tag, routing_key, body in pending:
+        for _tag, routing_key, body, _published in pending:
             label = self._type_label(routing_key)
             EVENTS_RECEIVED.labels(event_type=label).inc()
             try:
@@ -130,6 +197,9 @@ class Relay:
             time.sleep(1.0)
             return
         channel.basic_ack(delivery_tag=last_tag, multiple=True)
+        # The oldest message of the batch, from publish (or receipt) to Kafka's ack.
+        oldest = min(published for _tag, _key, _body, published in pending)
+        RELAY_LAG.set(max(0.0, time.time() - oldest))
         for topic, _key, _value in records:
             EVENTS_RELAYED.labels(topic=topic).inc()
         if alerts:

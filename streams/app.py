@@ -8,6 +8,7 @@ leaving the stream carries a deterministic idempotency key and the workers make 
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -18,9 +19,10 @@ from faust.streams import _current_event
 from infra.clock import Clock
 
 if TYPE_CHECKING:
+    from infra.health import ReadyCheck
     from infra.settings import Settings
 
-__all__ = ["StreamContext", "create_app", "use_event"]
+__all__ = ["StreamContext", "create_app", "ready_check", "use_event"]
 
 log = logging.getLogger("govnotify.streams")
 
@@ -83,4 +85,45 @@ def create_app(settings: Settings) -> faust.App:
     licenses.attach(app, ctx)
     cases.attach(app, ctx)
     ratings.attach(app, ctx)
+
+    from streams import lag
+
+    lag.attach(app, settings)
+    _track_first_recovery(app)
     return app
+
+
+#: Set once an app has had its first partitions assigned and its tables recovered.
+_RECOVERED: weakref.WeakKeyDictionary[faust.App, threading.Event] = weakref.WeakKeyDictionary()
+
+
+def _track_first_recovery(app: faust.App) -> None:
+    recovered = _RECOVERED.setdefault(app, threading.Event())
+
+    @app.task
+    async def note_first_recovery() -> None:
+        # Faust sets this after the first assignment's table recovery, and never clears it.
+        await app.tables.recovery.completed.wait()
+        recovered.set()
+
+
+def ready_check(app: faust.App) -> ReadyCheck:
+    """Readiness of the stream itself, for ``/readyz`` next to the Kafka and RabbitMQ checks.
+
+    Not ready until the group gave this process its partitions and the tables are recovered
+    (~8 s after start on Tansu), nor while a rebalance or a recovery is under way: the stream
+    does not process events then. Called from the HTTP thread: it only reads flags.
+    """
+    from infra.health import NotReady
+
+    recovered = _RECOVERED.setdefault(app, threading.Event())
+
+    def check() -> None:
+        if not recovered.is_set():
+            raise NotReady("waiting for partitions and table recovery")
+        if app.rebalancing:
+            raise NotReady("rebalancing")
+        if app.in_recovery:
+            raise NotReady("recovering tables")
+
+    return check
