@@ -10,6 +10,7 @@ Each run uses its own namespace, so runs never see each other's queues, topics o
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 import uuid
 from collections import Counter
@@ -144,8 +145,18 @@ def _jobs_done(settings: Settings) -> bool:
     return processed >= enqueued
 
 
-def run_demo(settings: Settings, *, licenses: int = 5000, cases: int = 1500) -> int:
-    """Run the demo; returns the process exit code."""
+def run_demo(
+    settings: Settings,
+    *,
+    licenses: int = 5000,
+    cases: int = 1500,
+    keep_running: threading.Event | None = None,
+) -> int:
+    """Run the demo; returns the process exit code.
+
+    With ``keep_running``, the pipeline stays up after the summary until that event is set (the
+    CLI sets it on Ctrl-C or SIGTERM), for ``govnotify top`` and a Prometheus to look at.
+    """
     if licenses < 100:
         raise ValueError("--licenses must be at least 100")
     run_id = uuid.uuid4().hex[:8]
@@ -161,6 +172,7 @@ def run_demo(settings: Settings, *, licenses: int = 5000, cases: int = 1500) -> 
         group.start("stream", "stream")
         group.start("worker", "worker")
         group.start("scheduler", "scheduler")
+        group.start("api", "api")
 
         registry = generate_registry(licenses, s.today, prefix=f"LIC{run_id[:4].upper()}")
         bad = bad_events(s.today)
@@ -212,6 +224,17 @@ def run_demo(settings: Settings, *, licenses: int = 5000, cases: int = 1500) -> 
         )
         _summary(s, expected, registry, elapsed, len(registry.events))
         _case_summary(s, day)
+        if keep_running is not None:
+            print(
+                f"  finished in {time.monotonic() - started_at:.1f}s; the pipeline keeps running "
+                "(Ctrl-C stops it). In another terminal:\n"
+                f"    GOVNOTIFY_NAMESPACE={s.namespace} "
+                f"GOVNOTIFY_DATABASE_URL={s.resolved_database_url} .venv/bin/govnotify top\n"
+                "    prometheus --config.file=infra/prometheus/prometheus.yml "
+                "--storage.tsdb.path=/tmp/govnotify-tsdb   # then http://127.0.0.1:9090/alerts",
+                flush=True,
+            )
+            keep_running.wait()
         print(f"  finished in {time.monotonic() - started_at:.1f}s; stopping everything")
         return 0
     finally:
@@ -290,8 +313,10 @@ def _summary(s: Settings, expected, registry, elapsed: float, n_events: int) -> 
         f"{s.resolved_database_url.split('@')[-1]}"
     )
     print(
-        f"  Metrics while running: relay :{s.relay_metrics_port}/metrics, "
-        f"stream :{s.stream_metrics_port}/metrics, worker :{s.worker_metrics_port}/metrics"
+        f"  Metrics (and /healthz, /readyz) while running: relay :{s.relay_metrics_port}, "
+        f"stream :{s.stream_metrics_port}, worker :{s.worker_metrics_port}, "
+        f"scheduler :{s.scheduler_metrics_port}, api :{s.api_metrics_port}; "
+        "`govnotify demo --keep-running` leaves them up for `govnotify top`"
     )
 
 
