@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sys
 import threading
 import time
 import urllib.error
@@ -24,8 +23,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from notifiers.http_gateway import (
@@ -36,6 +34,7 @@ from notifiers.http_gateway import (
     sign,
     signed_headers,
 )
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["FakeSmsGateway"]
 
@@ -60,7 +59,7 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MAINLAND_MOBILE = re.compile(r"\+861[3-9][0-9]{9}")
 
 
-class FakeSmsGateway:
+class FakeSmsGateway(LoopbackServer):
     """The gateway on ``127.0.0.1:<free port>``; use as a context manager.
 
     Parameters:
@@ -80,6 +79,7 @@ class FakeSmsGateway:
         hold_s: float = 30.0,
         max_skew_s: float = 300.0,
     ) -> None:
+        super().__init__()
         self.key_id = key_id
         self.secret = secret
         self.templates = {"SMS_GENERIC": "${content}", **(templates or {})}
@@ -99,47 +99,9 @@ class FakeSmsGateway:
         self._fail_queue: deque[Failure] = deque()
         self._fail_all: Failure | None = None
         self._failing_numbers: dict[str, str] = {}
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.base_url = ""
 
-    # ---- life cycle ---------------------------------------------------------------------------
-    def start(self) -> FakeSmsGateway:
-        """Bind a free loopback port and serve in a background thread."""
-        if self._server is not None:
-            raise RuntimeError("FakeSmsGateway already started")
-        self._stopping.clear()
-        server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
-        self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port; held answers end at once."""
-        self._stopping.set()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeSmsGateway:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     # ---- scripting ----------------------------------------------------------------------------
     def fail_next(self, n: int, status: Failure = 503) -> None:
@@ -334,16 +296,6 @@ class FakeSmsGateway:
             "status": found["status"],
             "error_code": found["error_code"],
         }
-
-
-class _QuietServer(ThreadingHTTPServer):
-    # Daemon handler threads: a handler holding its answer never blocks shutdown.
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out and hung up is part of the script, not a fault to print.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 def _answer(code: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import email.utils
 import json
 import select
 import socket
-import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -27,13 +26,13 @@ import urllib.request
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from twilio.request_validator import RequestValidator
 
 from notifiers.sms import count_segments
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["FakeTwilio"]
 
@@ -65,7 +64,7 @@ _HOLD_BEFORE = "before"
 _HOLD_AFTER = "after"
 
 
-class FakeTwilio:
+class FakeTwilio(LoopbackServer):
     """A Twilio Messages API on ``127.0.0.1:<free port>``; use as a context manager."""
 
     def __init__(
@@ -73,6 +72,7 @@ class FakeTwilio:
         account_sid: str = "AC" + "0" * 31 + "1",
         auth_token: str = "fake-auth-token-0123456789abcdef",  # noqa: S107 - a fake, not a secret
     ) -> None:
+        super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         #: Every accepted message, oldest first: to, from, body, sid, status_callback, ….
@@ -90,47 +90,9 @@ class FakeTwilio:
         #: because the client hung up.
         self.held = 0
         self.abandoned = 0
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.base_url = ""
 
-    # ---- life cycle ---------------------------------------------------------------------------
-    def start(self) -> FakeTwilio:
-        """Bind a free loopback port and serve in a background thread."""
-        if self._server is not None:
-            raise RuntimeError("FakeTwilio already started")
-        self._stopping.clear()
-        server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
-        self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port; pending delays end at once."""
-        self._stopping.set()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeTwilio:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     # ---- scripting ----------------------------------------------------------------------------
     def fail_number(self, to: str, status: int, code: int) -> None:
@@ -377,17 +339,6 @@ class FakeTwilio:
             with self._cond:
                 self.held -= 1
                 self._cond.notify_all()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    # Daemon handler threads: a handler stuck in a scripted delay never blocks shutdown.
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out and hung up is part of the script, not a fault to print.
-        # Anything else still goes to stderr.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 def _hung_up(conn: socket.socket) -> bool:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import threading
 import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["FakeWebhook", "WebhookRequest"]
 
@@ -70,57 +70,20 @@ class _Script:
     delay: float = 0.0
 
 
-class FakeWebhook:
+class FakeWebhook(LoopbackServer):
     """A webhook receiver on ``127.0.0.1:<free port>``; use as a context manager."""
 
     def __init__(self) -> None:
+        super().__init__()
         #: Every POST received, oldest first, failed and delayed ones included.
         self.requests: list[WebhookRequest] = []
         self._cond = threading.Condition()
         self._fail_queue: deque[int] = deque()
         self._errcode_queue: deque[int] = deque()
         self._delay_queue: deque[float] = deque()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.base_url = ""
 
-    # ---- life cycle ---------------------------------------------------------------------------
-    def start(self) -> FakeWebhook:
-        """Bind a free loopback port and serve in a background thread."""
-        if self._server is not None:
-            raise RuntimeError("FakeWebhook already started")
-        self._stopping.clear()
-        server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
-        self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port; pending delays end at once."""
-        self._stopping.set()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeWebhook:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     def url(self, path: str = "/hooks/staff") -> str:
         """The full URL of ``path`` (which may carry a query, e.g. ``/robot?key=k``)."""
@@ -201,16 +164,6 @@ class FakeWebhook:
             )
             self._cond.notify_all()
             return script
-
-
-class _QuietServer(ThreadingHTTPServer):
-    # Daemon handler threads: a handler stuck in a scripted delay never blocks shutdown.
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out and hung up is part of the script, not a fault to print.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 def _make_handler(fake: FakeWebhook) -> type[BaseHTTPRequestHandler]:

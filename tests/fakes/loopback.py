@@ -1,0 +1,76 @@
+"""The life cycle every loopback fake shares: a free port, a background thread, a clean stop."""
+
+from __future__ import annotations
+
+import abc
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = ["LoopbackServer"]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    # Daemon handler threads: a handler stuck in a scripted delay or hold never blocks shutdown.
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up is part of the script, not a fault to print.
+        # Anything else still goes to stderr.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class LoopbackServer(abc.ABC):
+    """An HTTP fake on ``127.0.0.1:<free port>``; subclasses give the request handler.
+
+    ``_stopping`` is set by :meth:`stop` so scripted delays and holds end at once.
+    """
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    @abc.abstractmethod
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler class, bound to this fake."""
+
+    def start(self) -> Self:
+        """Bind a free loopback port and serve in a background thread."""
+        if self._server is not None:
+            raise RuntimeError(f"{type(self).__name__} already started")
+        self._stopping.clear()
+        server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self._server = server
+        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port; pending delays and held answers end at once."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
