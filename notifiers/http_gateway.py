@@ -42,7 +42,6 @@ from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 import requests
-import urllib3.exceptions
 
 from infra.logging import mask_mobile, mask_pii
 from notifiers.base import Notifier, OutboundMessage, Receipt
@@ -60,6 +59,7 @@ from notifiers.errors import (
     RecipientUnsubscribedError,
     UnsupportedRecipientError,
 )
+from notifiers.http import transport_error
 from notifiers.sms import count_segments
 
 __all__ = [
@@ -417,7 +417,7 @@ class HttpGatewayNotifier(Notifier):
                 timeout=(self.connect_timeout, self.timeout),
             )
         except requests.exceptions.RequestException as exc:
-            raise _transport_error(exc, action) from exc
+            raise transport_error(exc, action, provider=PROVIDER) from exc
         try:
             answer = response.json()
         except ValueError:
@@ -574,24 +574,3 @@ class HttpGatewayNotifier(Notifier):
         for http in sessions:
             http.close()
         self._local = threading.local()
-
-
-def _transport_error(exc: requests.exceptions.RequestException, action: str) -> DeliveryError:
-    """Our typed error for a transport failure: was the request possibly taken, or surely not?"""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        # Before Timeout and ConnectionError (it is both): no connection, nothing sent.
-        return ProviderUnavailableError(f"{action}: connect timeout", provider=PROVIDER)
-    if isinstance(exc, requests.exceptions.Timeout):
-        return DeliveryTimeoutError(
-            f"{action}: no answer in time; the request may have been accepted", provider=PROVIDER
-        )
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        if exc.args and isinstance(exc.args[0], urllib3.exceptions.ProtocolError):
-            # "Connection aborted" after the request was written: as ambiguous as a timeout.
-            return DeliveryTimeoutError(
-                f"{action}: connection dropped before the answer; the request may have been "
-                "accepted",
-                provider=PROVIDER,
-            )
-        return ProviderUnavailableError(f"{action}: cannot connect", provider=PROVIDER)
-    return ProviderUnavailableError(f"{action}: {type(exc).__name__}", provider=PROVIDER)

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-import urllib3.exceptions
 from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
@@ -27,7 +26,6 @@ from infra.logging import mask_mobile, mask_pii
 from notifiers.base import Notifier, OutboundMessage, Receipt
 from notifiers.errors import (
     DeliveryError,
-    DeliveryTimeoutError,
     InvalidRecipientError,
     MessageRejectedError,
     NotifierConfigError,
@@ -38,6 +36,7 @@ from notifiers.errors import (
     TransientDeliveryError,
     UnsupportedRecipientError,
 )
+from notifiers.http import transport_error
 from notifiers.sms import count_segments
 
 __all__ = [
@@ -162,25 +161,8 @@ def _classify_exception(exc: BaseException, action: str) -> DeliveryError:
             code=code,
             provider=PROVIDER,
         )
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        # Checked before Timeout and ConnectionError (it is both): no connection, nothing sent.
-        return ProviderUnavailableError(f"{action}: connect timeout", provider=PROVIDER)
-    if isinstance(exc, requests.exceptions.Timeout):
-        return DeliveryTimeoutError(
-            f"{action}: no answer in time; the request may have been accepted", provider=PROVIDER
-        )
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        if exc.args and isinstance(exc.args[0], urllib3.exceptions.ProtocolError):
-            # "Connection aborted": the connection dropped after the request was written, so
-            # Twilio may have created the message. As ambiguous as a read timeout.
-            return DeliveryTimeoutError(
-                f"{action}: connection dropped before the answer; the request may have been "
-                "accepted",
-                provider=PROVIDER,
-            )
-        return ProviderUnavailableError(f"{action}: cannot connect", provider=PROVIDER)
     if isinstance(exc, requests.exceptions.RequestException):
-        return ProviderUnavailableError(f"{action}: {type(exc).__name__}", provider=PROVIDER)
+        return transport_error(exc, action, provider=PROVIDER)
     raise TypeError(mask_pii(f"not a provider error: {exc!r}"))
 
 

@@ -35,13 +35,11 @@ from typing import Any, ClassVar, Literal, get_args
 from urllib.parse import quote_plus, urlsplit
 
 import requests
-import urllib3.exceptions
 
 from infra.logging import mask_mobile, mask_numbers, mask_pii
 from notifiers.base import E164_PATTERN
 from notifiers.errors import (
     DeliveryError,
-    DeliveryTimeoutError,
     InvalidRecipientError,
     MessageRejectedError,
     NotifierConfigError,
@@ -50,6 +48,7 @@ from notifiers.errors import (
     RateLimitedError,
     TransientDeliveryError,
 )
+from notifiers.http import transport_error
 
 __all__ = [
     "ROBOT_ERRCODES",
@@ -380,24 +379,7 @@ class WebhookNotifier:
 
     def _transport_error(self, exc: requests.exceptions.RequestException) -> DeliveryError:
         """Our typed error for a requests exception; the text never holds the URL."""
-        where = f"POST {self.endpoint}"
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            # Checked before Timeout and ConnectionError (it is both): no connection, nothing sent.
-            return ProviderUnavailableError(f"{where}: connect timeout", provider=PROVIDER)
-        if isinstance(exc, requests.exceptions.Timeout):
-            return DeliveryTimeoutError(
-                f"{where}: no answer within {self.timeout_s:g}s; the message may have arrived",
-                provider=PROVIDER,
-            )
-        if isinstance(exc, requests.exceptions.ConnectionError):
-            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ProtocolError):
-                # Dropped after the request was written: as ambiguous as a read timeout.
-                return DeliveryTimeoutError(
-                    f"{where}: connection dropped before the answer; the message may have arrived",
-                    provider=PROVIDER,
-                )
-            return ProviderUnavailableError(f"{where}: cannot connect", provider=PROVIDER)
-        return ProviderUnavailableError(f"{where}: {type(exc).__name__}", provider=PROVIDER)
+        return transport_error(exc, f"POST {self.endpoint}", provider=PROVIDER)
 
     def _receipt(self, response: requests.Response) -> WebhookReceipt:
         """The receipt for an accepted message; raises the typed error for anything else."""
