@@ -117,6 +117,9 @@ LOG_PATTERN = "*.log"
 SESSION_LOG = Path("session-logs") / "pytest-logging.log"
 #: Loggers of our own code (``govnotify.*`` and the packages' ``__name__`` loggers).
 OUR_LOGGERS = ("govnotify", "infra", "notifiers", "producers", "schemas", "streams", "workers")
+#: The credentials of the test fakes (Twilio's auth token, the gateway's secret): a credential
+#: must never reach a log, so these strings showing up anywhere is a leak like a full number.
+SECRETS = ("fake-auth-token-0123456789abcdef", "gw-test-secret-0123456789abcdef")
 #: Lines listed in the failure report at most.
 _REPORT_LINES = 40
 
@@ -124,7 +127,8 @@ _session: dict[str, object] = {}
 
 
 def log_leaks(root: Path, pattern: str = LOG_PATTERN) -> list[str]:
-    """``file:line: masked line`` for every log line under ``root`` holding a full mobile."""
+    """``file:line: masked line`` for every log line under ``root`` holding a full mobile or
+    a test credential."""
     leaks = []
     seen: set[Path] = set()
     for path in sorted(root.rglob(pattern)):
@@ -139,9 +143,12 @@ def log_leaks(root: Path, pattern: str = LOG_PATTERN) -> list[str]:
         try:
             with path.open(encoding="utf-8", errors="replace") as lines:
                 for number, line in enumerate(lines, start=1):
-                    if _FULL_MOBILE.search(line):
+                    if _FULL_MOBILE.search(line) or any(secret in line for secret in SECRETS):
                         where = path.relative_to(root)
-                        leaks.append(f"{where}:{number}: {mask_pii(line.rstrip())[:300]}")
+                        shown = mask_pii(line.rstrip())
+                        for secret in SECRETS:
+                            shown = shown.replace(secret, "[credential]")
+                        leaks.append(f"{where}:{number}: {shown[:300]}")
         except OSError:
             continue  # removed while we looked (another tool cleaning up): nothing to read
     return leaks
@@ -209,13 +216,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     lines = [
-        f"{len(leaks)} log line(s) under {basetemp} hold a full mobile number (shown masked here):",
+        f"{len(leaks)} log line(s) under {basetemp} hold a full mobile number or a credential "
+        "(shown masked here):",
         *leaks[:_REPORT_LINES],
     ]
     if len(leaks) > _REPORT_LINES:
         lines.append(f"… and {len(leaks) - _REPORT_LINES} more")
     if reporter is not None:
-        reporter.write_sep("=", "FULL MOBILE NUMBERS IN LOGS", red=True, bold=True)
+        reporter.write_sep("=", "PERSONAL DATA OR CREDENTIALS IN LOGS", red=True, bold=True)
         for line in lines:
             reporter.write_line(line, red=True)
     else:  # pragma: no cover - the terminal reporter is always there in a normal run

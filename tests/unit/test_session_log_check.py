@@ -36,6 +36,11 @@ _PROBE = textwrap.dedent(
         if os.environ.get("PROBE_LEAK") == "process":
             (tmp_path / "logs").mkdir()
             (tmp_path / "logs" / "relay.log").write_text("rejected 13900139000\\n")
+        if os.environ.get("PROBE_LEAK") == "credential":
+            (tmp_path / "logs").mkdir()
+            (tmp_path / "logs" / "api.log").write_text(
+                "auth fake-auth-token-0123456789abcdef refused\\n"
+            )
         if os.environ.get("PROBE_LEAK") == "logging":
             logging.getLogger("govnotify.probe").info("sms to +8613700137000")
         # a library's line, and our line with a library's error: masked as in production
@@ -97,6 +102,7 @@ def _clean_env() -> dict[str, str]:
     [
         ("process", "logs/relay.log:1:", "139****9000"),
         ("logging", "session-logs/pytest-logging.log:1:", "+86137****7000"),
+        ("credential", "logs/api.log:1:", "auth [credential] refused"),
     ],
 )
 def test_a_full_number_in_any_log_fails_the_run(
@@ -111,7 +117,7 @@ def test_a_full_number_in_any_log_fails_the_run(
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert "1 passed" in out
-    assert "FULL MOBILE NUMBERS IN LOGS" in out
+    assert "PERSONAL DATA OR CREDENTIALS IN LOGS" in out
     assert "1 log line(s)" in out
     [report] = [line for line in out.splitlines() if where in line]
     assert masked in report
@@ -127,7 +133,7 @@ def test_inputs_and_masked_logs_pass(outside: Path) -> None:
     # Then
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert "FULL MOBILE NUMBERS IN LOGS" not in out
+    assert "PERSONAL DATA OR CREDENTIALS IN LOGS" not in out
 
 
 def test_log_leaks_reads_only_log_files(outside: Path) -> None:
