@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     delivery_max_backoff_ms: int = Field(300_000, ge=10)
     #: How often the stream checks for a new local day (the scan itself runs once per day).
     stream_scan_interval_s: float = Field(30.0, gt=0)
+    #: The scheduler runs the reconciliation sweep this often (0: only `govnotify sweep`).
+    sweep_interval_s: float = Field(60.0, ge=0)
     #: Rows in `sending` longer than this are resolved by the sweep.
     sweep_sending_after_s: int = Field(300, ge=1)
     #: Rows in `created` longer than this are re-queued by the sweep.

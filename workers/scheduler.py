@@ -112,6 +112,11 @@ def run_scheduler(settings: Settings, stop: threading.Event) -> None:
 
     clock = Clock.from_settings(settings)
     log.info("scheduler running every %.1fs", settings.scheduler_interval_s)
+    if settings.sweep_interval_s:
+        # Its own thread: a sweep asking a slow provider must not hold up due escalations.
+        threading.Thread(
+            target=_sweep_loop, args=(settings, stop), name="sweep", daemon=True
+        ).start()
     while not stop.is_set():
         try:
             while tick(settings, clock) == BATCH and not stop.is_set():
@@ -119,3 +124,15 @@ def run_scheduler(settings: Settings, stop: threading.Event) -> None:
         except Exception:
             log.exception("scheduler tick failed; retrying")
         stop.wait(settings.scheduler_interval_s)
+
+
+def _sweep_loop(settings: Settings, stop: threading.Event) -> None:
+    """Reconcile stuck notifications every ``sweep_interval_s`` until ``stop`` is set."""
+    from workers.sweep import sweep
+
+    log.info("reconciliation sweep every %.0fs", settings.sweep_interval_s)
+    while not stop.wait(settings.sweep_interval_s):
+        try:
+            sweep(settings)
+        except Exception:
+            log.exception("sweep failed; retrying at the next interval")

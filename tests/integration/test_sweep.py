@@ -395,3 +395,37 @@ def test_a_callback_for_an_unknown_message_becomes_a_dead_letter_that_replays_la
         ).scalars()
     assert (event.source, event.applied) == ("replay", True)
     assert abs((event.received_at - received).total_seconds()) < 1
+
+
+def test_the_scheduler_runs_the_sweep_by_itself(
+    twilio_settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given: a row left `created` two minutes ago (its job was lost) and one left `sending`
+    # after Twilio took it (a worker died before writing the answer); nobody runs the sweep
+    lost = add_notification(twilio_settings, recipient=mobile(71), status="created", age_s=120)
+    taken = TwilioSMSNotifier(
+        fake_twilio.account_sid, fake_twilio.auth_token, FROM, api_base=fake_twilio.base_url
+    ).send(OutboundMessage("n-taken", mobile(72), BODY))
+    stuck = add_notification(
+        twilio_settings, recipient=mobile(72), status="sending", age_s=SENDING_AFTER_S * 2
+    )
+    pipeline.set_env(GOVNOTIFY_SWEEP_INTERVAL_S="0.5")
+
+    # When: the worker and the scheduler run
+    pipeline.worker()
+    pipeline.scheduler()
+
+    # Then: the lost row is sent once, the stuck one confirmed with Twilio's sid, not resent
+    wait_until(
+        lambda: (
+            (
+                notification(twilio_settings, lost).status,
+                notification(twilio_settings, stuck).status,
+            )
+            == ("sent", "sent")
+        ),
+        30,
+        message="the scheduler's sweep did not resolve the rows",
+    )
+    assert notification(twilio_settings, stuck).provider_ref == taken.provider_ref
+    assert sorted(m["to"] for m in fake_twilio.messages) == [mobile(71), mobile(72)]
