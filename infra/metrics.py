@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CALLBACK_REQUESTS",
     "CALL_LIST_ENTRIES",
-    "CONSUMER_LAG",
-    "CONSUMER_LAG_TRUSTWORTHY",
     "DEAD_LETTERS",
     "DEFERRED",
     "EVENTS_RECEIVED",
@@ -35,8 +33,6 @@ __all__ = [
     "NOTIFICATIONS",
     "PROVIDER_CIRCUIT_OPEN",
     "PROVIDER_DURATION",
-    "RELAY_LAG",
-    "RELAY_QUEUE_DEPTH",
     "RETENTION_PURGED",
     "STATUS_CALLBACKS_APPLIED",
     "STREAM_EVENTS",
@@ -134,30 +130,8 @@ RETENTION_PURGED = Counter(
 )
 
 # ---- issue 5: the SRE's view ------------------------------------------------------------------
-RELAY_LAG = Gauge(
-    "govnotify_relay_lag_seconds",
-    "Age of the oldest event in the relay's last batch when Kafka acknowledged it: from the "
-    "publish time (AMQP header timestamp_in_ms, else the timestamp property) or, for messages "
-    "published without one, from when the relay took it off the queue. Kept until the next batch.",
-)
-RELAY_QUEUE_DEPTH = Gauge(
-    "govnotify_relay_queue_messages",
-    "Events waiting in the relay's ingest queue (ready, not yet delivered to the relay); "
-    "read every 5 s.",
-)
-CONSUMER_LAG = Gauge(
-    "govnotify_kafka_consumer_lag_messages",
-    "Messages between the stream's committed offset and the partition's end offset, "
-    "measured every 5 s by each stream process for the whole group (aggregate with max). "
-    "Tansu reports the end offset low by up to one record batch, so there the lag is too small "
-    "while the stream is behind and right once it caught up: trust the number only when "
-    "govnotify_kafka_consumer_lag_trustworthy is 1.",
-    ["topic", "partition"],
-)
-CONSUMER_LAG_TRUSTWORTHY = Gauge(
-    "govnotify_kafka_consumer_lag_trustworthy",
-    "1 when the broker reports end offsets correctly (real Kafka), 0 on Tansu.",
-)
+# The relay's and the stream's gauges live in producers/relay.py and streams/lag.py: defined
+# here, every worker process (multiprocess mode) would export them too, as zeros labelled by pid.
 
 
 def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pika
 from pika.exceptions import AMQPError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from infra.db import session
 from infra.deadletters import record_dead_letter
@@ -23,8 +23,6 @@ from infra.metrics import (
     EVENTS_RECEIVED,
     EVENTS_REJECTED,
     EVENTS_RELAYED,
-    RELAY_LAG,
-    RELAY_QUEUE_DEPTH,
 )
 from producers.kafka import KafkaSink
 from producers.rabbitmq import declare_topology
@@ -38,6 +36,17 @@ __all__ = ["Relay", "published_at"]
 
 log = logging.getLogger("govnotify.relay")
 
+RELAY_LAG = Gauge(
+    "govnotify_relay_lag_seconds",
+    "Age of the oldest event in the relay's last batch when Kafka acknowledged it: from the "
+    "publish time (AMQP header timestamp_in_ms, else the timestamp property) or, for messages "
+    "published without one, from when the relay took it off the queue. Kept until the next batch.",
+)
+RELAY_QUEUE_DEPTH = Gauge(
+    "govnotify_relay_queue_messages",
+    "Events waiting in the relay's ingest queue (ready, not yet delivered to the relay); "
+    "read every 5 s.",
+)
 FAST_PATH = Counter(
     "govnotify_relay_green_channel_fast_path_total",
     "Green-channel jobs the relay sent straight to the alerts queue.",

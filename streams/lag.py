@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from infra.metrics import CONSUMER_LAG, CONSUMER_LAG_TRUSTWORTHY
+from prometheus_client import Gauge
 
 if TYPE_CHECKING:
     import faust
@@ -36,6 +36,21 @@ if TYPE_CHECKING:
     from infra.settings import Settings
 
 __all__ = ["LAG_INTERVAL_S", "ConsumerLagMonitor", "attach", "partition_lag", "topic_lags"]
+
+CONSUMER_LAG = Gauge(
+    "govnotify_kafka_consumer_lag_messages",
+    "Messages between the stream's committed offset and the partition's end offset, "
+    "measured every 5 s by each stream process for the whole group (aggregate with max). "
+    "Tansu reports the end offset low by up to one record batch, so there the lag is too small "
+    "while the stream is behind and right once it caught up: trust the number only when "
+    "govnotify_kafka_consumer_lag_trustworthy is 1.",
+    ["topic", "partition"],
+)
+CONSUMER_LAG_TRUSTWORTHY = Gauge(
+    "govnotify_kafka_consumer_lag_trustworthy",
+    "1 when the broker reports end offsets correctly (real Kafka), 0 on Tansu.",
+)
+
 
 log = logging.getLogger("govnotify.streams.lag")
 
