@@ -2,14 +2,21 @@
 
 Each benchmark gets its own Tansu, namespace and database (removed afterwards); the pipeline
 benchmark uses the relay benchmark's figure from this run as its baseline; the green-channel
-benchmark runs two pipelines of its own (fast path on, then off).
+benchmark runs two pipelines of its own (fast path on, then off); the callbacks benchmark runs
+``govnotify api`` against a trivial waitress app of its own.
 """
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_green_channel, bench_pipeline, bench_publish, bench_relay
+from benchmarks import (
+    bench_callbacks,
+    bench_green_channel,
+    bench_pipeline,
+    bench_publish,
+    bench_relay,
+)
 from benchmarks.common import Row, bench_env, run_main
 
 
@@ -30,6 +37,7 @@ def main() -> int:
             ("relay", _relay),
             ("pipeline", bench_pipeline.bench),
             ("green_channel", bench_green_channel.bench),
+            ("callbacks", bench_callbacks.bench),
         ]
     )
 
