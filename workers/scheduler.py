@@ -9,6 +9,7 @@ the other order could lose a job.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -34,7 +35,15 @@ log = logging.getLogger("govnotify.scheduler")
 SCHEDULED = Counter(
     "govnotify_scheduled_jobs_total", "Jobs handed to the work queues when due.", ["actor"]
 )
-PENDING = Gauge("govnotify_scheduled_jobs_pending", "Jobs waiting for their time.")
+
+
+@functools.cache
+def _pending_gauge() -> Gauge:
+    """Made on the scheduler's first tick: worker processes import this module for schedule()
+    and would otherwise export the gauge too, as pid-labelled zeros (multiprocess mode)."""
+    return Gauge("govnotify_scheduled_jobs_pending", "Jobs waiting for their time.")
+
+
 #: At most this many due jobs per tick, oldest first.
 BATCH = 500
 
@@ -95,7 +104,7 @@ def tick(settings: Settings, clock: Clock) -> int:
                 .values(status="enqueued", enqueued_at=utcnow())
             )
             s.commit()
-        PENDING.set(
+        _pending_gauge().set(
             s.execute(
                 select(func.count())
                 .select_from(ScheduledJob)
