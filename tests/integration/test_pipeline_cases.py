@@ -665,8 +665,10 @@ def test_a_simulated_day_at_the_centre_produces_exactly_the_expected_messages(
             directory,
             now,
             GOVNOTIFY_SURVEY_DELAY_S="20",
-            GOVNOTIFY_GREEN_ESCALATE_AFTER_S="10",
-            GOVNOTIFY_CALLBACK_DUE_AFTER_S="10",
+            # Wide enough that an acknowledgement or completion arriving before its alert or
+            # task (and retried with backoff on a busy machine) still lands before the due time.
+            GOVNOTIFY_GREEN_ESCALATE_AFTER_S="25",
+            GOVNOTIFY_CALLBACK_DUE_AFTER_S="25",
         )
     )
     pipeline.all()
