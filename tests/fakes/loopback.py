@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import abc
+import json
 import sys
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-__all__ = ["LoopbackServer"]
+__all__ = ["JsonHandler", "LoopbackServer"]
+
+T = TypeVar("T")
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -23,13 +27,39 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A fake's request handler: one request per connection, silent, JSON answers."""
+
+    # HTTP/1.0: one request per connection, so a delayed or held answer never leaves a
+    # half-used keep-alive connection in the client's pool.
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Silent: requests carry phone numbers and keys, and test output should stay readable.
+        return
+
+    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (its timeout); nothing to tell it.
+            pass
+
+
 class LoopbackServer(abc.ABC):
     """An HTTP fake on ``127.0.0.1:<free port>``; subclasses give the request handler.
 
-    ``_stopping`` is set by :meth:`stop` so scripted delays and holds end at once.
+    ``_stopping`` is set by :meth:`stop` so scripted delays and holds end at once; ``_cond``
+    guards what the fake records and is notified when something arrives.
     """
 
     def __init__(self) -> None:
+        self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -38,6 +68,19 @@ class LoopbackServer(abc.ABC):
     @abc.abstractmethod
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         """The request handler class, bound to this fake."""
+
+    def _wait_count(self, items: Sequence[T], count: int, timeout: float, noun: str) -> list[T]:
+        """A copy of ``items`` (recorded under ``_cond``) once it holds at least ``count``.
+
+        Raises:
+          TimeoutError: when fewer than ``count`` arrived within ``timeout`` seconds.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(items) >= count, timeout=timeout):
+                raise TimeoutError(
+                    f"{type(self).__name__} got {len(items)} {noun}, expected {count}"
+                )
+            return list(items)
 
     def start(self) -> Self:
         """Bind a free loopback port and serve in a background thread."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -34,7 +33,7 @@ from notifiers.http_gateway import (
     sign,
     signed_headers,
 )
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 __all__ = ["FakeSmsGateway"]
 
@@ -95,7 +94,6 @@ class FakeSmsGateway(LoopbackServer):
         self.queries = 0
         #: Requests refused for their signature, key or timestamp.
         self.bad_signatures = 0
-        self._cond = threading.Condition()
         self._fail_queue: deque[Failure] = deque()
         self._fail_all: Failure | None = None
         self._failing_numbers: dict[str, str] = {}
@@ -149,12 +147,7 @@ class FakeSmsGateway(LoopbackServer):
         Raises:
           TimeoutError: when fewer than ``count`` arrived within ``timeout`` seconds.
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.messages) >= count, timeout=timeout):
-                raise TimeoutError(
-                    f"FakeSmsGateway got {len(self.messages)} messages, expected {count}"
-                )
-            return [dict(m) for m in self.messages]
+        return [dict(m) for m in self._wait_count(self.messages, count, timeout, "messages")]
 
     # ---- status reports -----------------------------------------------------------------------
     def send_status_report(
@@ -303,26 +296,7 @@ def _answer(code: str) -> dict[str, Any]:
 
 
 def _make_handler(fake: FakeSmsGateway) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # HTTP/1.0: one request per connection, so a held answer never leaves a half-used
-        # keep-alive connection in the client's pool.
-        protocol_version = "HTTP/1.0"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # Silent: requests carry phone numbers.
-            return
-
-        def _reply(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            try:
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
+    class Handler(JsonHandler):
         def _refuse_signature(self, signed: bytes) -> bool:
             code = fake._check_signature(self.headers, signed)
             if code is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email.utils
-import json
 import select
 import socket
 import threading
@@ -32,7 +31,7 @@ from typing import Any
 from twilio.request_validator import RequestValidator
 
 from notifiers.sms import count_segments
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 __all__ = ["FakeTwilio"]
 
@@ -79,7 +78,6 @@ class FakeTwilio(LoopbackServer):
         self.messages: list[dict[str, Any]] = []
         #: Every create request received, failed ones included.
         self.attempts = 0
-        self._cond = threading.Condition()
         self._failing_numbers: dict[str, _Failure] = {}
         self._fail_queue: deque[_Failure] = deque()
         self._delay_queue: deque[float] = deque()
@@ -167,12 +165,7 @@ class FakeTwilio(LoopbackServer):
         Raises:
           TimeoutError: when fewer than ``count`` arrived within ``timeout`` seconds.
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.messages) >= count, timeout=timeout):
-                raise TimeoutError(
-                    f"FakeTwilio got {len(self.messages)} messages, expected {count}"
-                )
-            return [dict(m) for m in self.messages]
+        return [dict(m) for m in self._wait_count(self.messages, count, timeout, "messages")]
 
     # ---- status callbacks ---------------------------------------------------------------------
     def send_status_callback(
@@ -375,27 +368,7 @@ def _make_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
     messages_path = f"{_API}/Accounts/{fake.account_sid}/Messages.json"
     message_prefix = f"{_API}/Accounts/{fake.account_sid}/Messages/"
 
-    class Handler(BaseHTTPRequestHandler):
-        # HTTP/1.0: one request per connection, so a dropped or delayed answer never leaves a
-        # half-used keep-alive connection in the client's pool.
-        protocol_version = "HTTP/1.0"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # Silent: requests carry phone numbers, and test output should stay readable.
-            return
-
-        def _reply(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            try:
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                # The client gave up (its timeout); nothing to tell it.
-                pass
-
+    class Handler(JsonHandler):
         def _check_auth(self) -> bool:
             if fake._authorized(self.headers.get("Authorization")):
                 return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
 import urllib.parse
 from collections import deque
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 __all__ = ["FakeWebhook", "WebhookRequest"]
 
@@ -77,7 +76,6 @@ class FakeWebhook(LoopbackServer):
         super().__init__()
         #: Every POST received, oldest first, failed and delayed ones included.
         self.requests: list[WebhookRequest] = []
-        self._cond = threading.Condition()
         self._fail_queue: deque[int] = deque()
         self._errcode_queue: deque[int] = deque()
         self._delay_queue: deque[float] = deque()
@@ -122,12 +120,7 @@ class FakeWebhook(LoopbackServer):
         Raises:
           TimeoutError: when fewer than ``count`` arrived within ``timeout`` seconds.
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.requests) >= count, timeout=timeout):
-                raise TimeoutError(
-                    f"FakeWebhook got {len(self.requests)} requests, expected {count}"
-                )
-            return list(self.requests)
+        return self._wait_count(self.requests, count, timeout, "requests")
 
     # ---- used by the handler ------------------------------------------------------------------
     def _record(self, path: str, headers: dict[str, str], raw: bytes) -> _Script:
@@ -167,27 +160,7 @@ class FakeWebhook(LoopbackServer):
 
 
 def _make_handler(fake: FakeWebhook) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # HTTP/1.0: one request per connection, so a delayed answer never leaves a half-used
-        # keep-alive connection in the client's pool.
-        protocol_version = "HTTP/1.0"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # Silent: request lines carry robot keys, and test output should stay readable.
-            return
-
-        def _reply(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            try:
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                # The client gave up (its timeout); nothing to tell it.
-                pass
-
+    class Handler(JsonHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
