@@ -18,12 +18,13 @@ import pytest
 
 from infra import services
 from infra.logging import mask_pii
-from infra.settings import Settings, load_settings
+from infra.settings import Settings
 from tests.support import (
     _FULL_MOBILE,
     Pipeline,
     create_database,
     drop_database,
+    pipeline_settings,
     purge_namespace,
     unmasked_mobiles,
 )
@@ -72,20 +73,13 @@ def settings(
     namespace: str, database_url: str, tmp_path: Path, amqp_url: str, tansu: services.TansuProcess
 ) -> Iterator[Settings]:
     """Settings for one isolated pipeline; its topics exist, its queues are deleted afterwards."""
-    s = load_settings(
+    s = pipeline_settings(
         namespace=namespace,
         data_dir=tmp_path / "data",
         amqp_url=amqp_url,
         kafka_url=tansu.url,
         database_url=database_url,
-        relay_metrics_port=services.free_port(),
-        stream_metrics_port=services.free_port(),
-        worker_metrics_port=services.free_port(),
-        scheduler_metrics_port=services.free_port(),
-        api_metrics_port=services.free_port(),
-        api_port=services.free_port(),
     )
-    services.create_topics(s.kafka_bootstrap, s.topics, s.kafka_partitions)
     try:
         yield s
     finally:

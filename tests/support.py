@@ -17,6 +17,7 @@ from infra.db import session, upgrade
 from infra.metrics import sample_sum as metric
 from infra.metrics import scrape
 from infra.processes import Child, ProcessGroup, wait_until
+from infra.services import create_topics, free_port
 from producers.rabbitmq import Publisher, queue_depth
 from producers.rabbitmq import delete_namespace as purge_namespace
 
@@ -33,7 +34,9 @@ __all__ = [
     "drop_database",
     "enqueue",
     "env_for",
+    "free_ports",
     "metric",
+    "pipeline_settings",
     "publish",
     "purge_namespace",
     "queue_depth",
@@ -63,6 +66,40 @@ def drop_database(admin_url: str, url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: Every port a component listens on: each test pipeline gets free ones, so none collide.
+LISTEN_PORTS = (
+    "relay_metrics_port",
+    "stream_metrics_port",
+    "worker_metrics_port",
+    "scheduler_metrics_port",
+    "api_metrics_port",
+    "api_port",
+)
+
+
+def free_ports() -> dict[str, int]:
+    """A free loopback port for every listening setting."""
+    return {name: free_port() for name in LISTEN_PORTS}
+
+
+def pipeline_settings(
+    *, namespace: str, data_dir: Path, amqp_url: str, kafka_url: str, database_url: str
+) -> Settings:
+    """Settings for one isolated pipeline on free ports; its Kafka topics are created."""
+    from infra.settings import load_settings
+
+    s = load_settings(
+        namespace=namespace,
+        data_dir=data_dir,
+        amqp_url=amqp_url,
+        kafka_url=kafka_url,
+        database_url=database_url,
+        **free_ports(),
+    )
+    create_topics(s.kafka_bootstrap, s.topics, s.kafka_partitions)
+    return s
 
 
 def publish(settings: Settings, events: list[Event]) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from infra import services
 from infra.api import TWILIO_STATUS_PATH
 from infra.db import session
-from infra.settings import Settings, load_settings
+from infra.settings import Settings
 from producers.generator import bad_events, license_event
 from producers.rabbitmq import Publisher
 from schemas.events import Event, make_event
@@ -40,6 +40,7 @@ from tests.support import (
     count_rows,
     create_database,
     drop_database,
+    pipeline_settings,
     purge_namespace,
     unmasked_mobiles,
     wait_until,
@@ -246,20 +247,13 @@ def live(
     with contextlib.ExitStack() as stack:
         database_url = create_database(PG_ADMIN_URL, f"govnotify_{namespace}")
         stack.callback(drop_database, PG_ADMIN_URL, database_url)
-        settings = load_settings(
+        settings = pipeline_settings(
             namespace=namespace,
             data_dir=root / "data",
             amqp_url=amqp_url,
             kafka_url=tansu.url,
             database_url=database_url,
-            relay_metrics_port=services.free_port(),
-            stream_metrics_port=services.free_port(),
-            worker_metrics_port=services.free_port(),
-            scheduler_metrics_port=services.free_port(),
-            api_metrics_port=services.free_port(),
-            api_port=services.free_port(),
         )
-        services.create_topics(settings.kafka_bootstrap, settings.topics, settings.kafka_partitions)
         stack.callback(purge_namespace, settings)
         # RabbitMQ's endpoint is one of the shipped jobs: on, as `govnotify services up` does
         status = services.enable_rabbitmq_prometheus(settings)

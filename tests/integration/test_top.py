@@ -15,7 +15,16 @@ from infra.settings import Settings, load_settings
 from producers.generator import bad_events, license_event
 from producers.rabbitmq import Publisher
 from schemas.models import Notification
-from tests.support import Pipeline, count_rows, env_for, metric, publish, scrape, wait_until
+from tests.support import (
+    Pipeline,
+    count_rows,
+    env_for,
+    free_ports,
+    metric,
+    publish,
+    scrape,
+    wait_until,
+)
 
 TODAY = dt.date(2026, 11, 26)
 AT = dt.datetime(2026, 11, 20, 9, tzinfo=dt.UTC)
@@ -62,11 +71,7 @@ def test_top_with_everything_down_says_down_and_exits_cleanly(tmp_path: Path) ->
         data_dir=tmp_path,
         amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
         database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing",
-        relay_metrics_port=free_port(),
-        stream_metrics_port=free_port(),
-        worker_metrics_port=free_port(),
-        scheduler_metrics_port=free_port(),
-        api_metrics_port=free_port(),
+        **free_ports(),
     )
 
     # When top prints one frame
