@@ -23,7 +23,7 @@ from schemas.commands import CallbackDoneJob, CaseJob
 from schemas.models import CallbackTask, utcnow
 from workers import ledger
 from workers.broker import settings
-from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_notification
+from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_from_template
 from workers.jobs import parse_job
 from workers.scheduler import cancel, schedule
 from workers.staff import directory, notify_staff
@@ -138,23 +138,17 @@ def open_key_project_callback(job: dict[str, Any]) -> None:
         "steward_name": case.steward_name or "",
         "callback_date": f"{due_at.astimezone(settings.tz):%m月%d日}",
     }
-    body = NOTICE.render(
-        params,
-        signature=settings.sms_signature,
-        opt_out_hint=settings.opt_out_hint,
-    )
     with session(settings) as s:
-        row = create_notification(
+        row = create_from_template(
             s,
+            NOTICE,
+            params,
             key=f"callback-notice:{case.case_id}",
             flow="callback_notice",
             subject_id=case.case_id,
             recipient=case.applicant_mobile,
-            body=body,
             category="callbacks",
             event_at=case.completed_at,
-            template=NOTICE.name,
-            template_params=params,
         )
     attempt(row)
 

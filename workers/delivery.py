@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -24,7 +25,7 @@ from infra.clock import Clock
 from infra.db import session
 from infra.logging import mask_mobile
 from infra.metrics import DEFERRED, EVENT_TO_SEND, NOTIFICATIONS
-from notifiers.base import Notifier, OutboundMessage
+from notifiers.base import OutboundMessage
 from notifiers.errors import (
     DeliveryTimeoutError,
     NotifierConfigError,
@@ -32,7 +33,9 @@ from notifiers.errors import (
     TransientDeliveryError,
 )
 from notifiers.registry import notifier_from_settings
+from notifiers.routing import RoutingNotifier
 from notifiers.sms import count_segments
+from notifiers.templates import SmsTemplate
 from schemas.models import Notification, NotificationStatus, utcnow
 from workers import ledger
 from workers.broker import settings
@@ -43,6 +46,7 @@ __all__ = [
     "MAX_RETRIES",
     "RETRY_OPTIONS",
     "attempt",
+    "create_from_template",
     "create_notification",
     "deliver_claimed",
     "deliver_notification",
@@ -132,6 +136,19 @@ def create_notification(
     return row
 
 
+def create_from_template(
+    s: Session, template: SmsTemplate, params: dict[str, object], **notification: Any
+) -> Notification:
+    """:func:`create_notification` with the body rendered from ``template`` and ``params``
+    (signature and opt-out hint from the settings), keeping both for template-id providers."""
+    body = template.render(
+        params, signature=settings.sms_signature, opt_out_hint=settings.opt_out_hint
+    )
+    return create_notification(
+        s, body=body, template=template.name, template_params=params, **notification
+    )
+
+
 def attempt(row: Notification) -> None:
     """Apply opt-out, quiet hours and the daily cap, claim, re-check the flow, and send.
 
@@ -168,7 +185,7 @@ def attempt(row: Notification) -> None:
     deliver_claimed(row)
 
 
-def get_notifier() -> Notifier:
+def get_notifier() -> RoutingNotifier:
     """One notifier per worker thread (HTTP sessions are not shared across threads)."""
     notifier = getattr(_local, "notifier", None)
     if notifier is None:
@@ -293,12 +310,10 @@ def deliver_claimed(row: Notification) -> None:
                 exc.code,
             )
             return
-        if _in_retry_actor():
-            with session(settings) as s:
-                ledger.release_claim(s, notification_id, reason)
-            raise
         with session(settings) as s:
             ledger.release_claim(s, notification_id, reason)
+        if _in_retry_actor():
+            raise  # dramatiq's backoff schedules the next retry
         retry_delivery.send_with_options(
             args=(notification_id,), delay=settings.delivery_min_backoff_ms
         )

@@ -32,7 +32,7 @@ from schemas.models import (
 from workers import ledger
 from workers.broker import settings
 from workers.callbacks import open_callback_task
-from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_notification
+from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_from_template
 from workers.jobs import parse_job
 from workers.scheduler import cancel, schedule
 from workers.staff import directory, notify_staff
@@ -269,22 +269,16 @@ def close_rectification(job: dict[str, Any]) -> None:
         "department": ticket.department,
         "outcome": (ticket.outcome or close.outcome)[:60],
     }
-    body = CLOSED.render(
-        params,
-        signature=settings.sms_signature,
-        opt_out_hint=settings.opt_out_hint,
-    )
     with session(settings) as s:
-        row = create_notification(
+        row = create_from_template(
             s,
+            CLOSED,
+            params,
             key=f"rectification-closed:{ticket.id}",
             flow=FLOW,
             subject_id=ticket.case_id,
             recipient=ticket.citizen_mobile,
-            body=body,
             category="rectification",
             event_at=close.closed_at,
-            template=CLOSED.name,
-            template_params=params,
         )
     attempt(row)

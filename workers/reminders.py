@@ -31,7 +31,7 @@ from workers.broker import settings
 from workers.delivery import (
     RETRY_OPTIONS,
     attempt,
-    create_notification,
+    create_from_template,
     register_stale_check,
 )
 from workers.jobs import parse_job
@@ -177,24 +177,18 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
         "days_left": (reminder.expires_on - CLOCK.today()).days,
         "issuing_department": reminder.issuing_department,
     }
-    body = TEMPLATE.render(
-        params,
-        signature=settings.sms_signature,
-        opt_out_hint=settings.opt_out_hint,
-    )
     with session(settings) as s:
-        row = create_notification(
+        row = create_from_template(
             s,
+            TEMPLATE,
+            params,
             key=reminder.idempotency_key,
             flow=FLOW,
             subject_id=reminder.license_id,
             recipient=reminder.holder_mobile,
-            body=body,
             category="reminders",
             event_at=reminder.state_at,
             due_on=reminder.due_on,
-            template=TEMPLATE.name,
-            template_params=params,
         )
         if row.status != NotificationStatus.CREATED:
             log.info("notification %s already %s; nothing to do", row.id, row.status)

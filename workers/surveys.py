@@ -24,7 +24,7 @@ from workers.delivery import (
     CLOCK,
     RETRY_OPTIONS,
     attempt,
-    create_notification,
+    create_from_template,
     register_stale_check,
 )
 from workers.jobs import parse_job
@@ -84,25 +84,19 @@ def send_survey(job: dict[str, Any]) -> None:
         "service_point_name": case.service_point_name,
         "completed_on": f"{completed_local:%m月%d日}",
     }
-    body = TEMPLATE.render(
-        params,
-        signature=settings.sms_signature,
-        opt_out_hint=settings.opt_out_hint,
-    )
     with session(settings) as s:
         if _rated(s, case.case_id):
             return
-        row = create_notification(
+        row = create_from_template(
             s,
+            TEMPLATE,
+            params,
             key=survey_key(case.case_id),
             flow=FLOW,
             subject_id=case.case_id,
             recipient=case.applicant_mobile,
-            body=body,
             category="surveys",
             event_at=case.completed_at,
-            template=TEMPLATE.name,
-            template_params=params,
         )
     attempt(row)
 
