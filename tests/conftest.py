@@ -19,6 +19,8 @@ import pytest
 from infra import services
 from infra.logging import mask_pii
 from infra.settings import Settings
+from tests.fakes.twilio_server import FakeTwilio
+from tests.fakes.webhook_server import FakeWebhook
 from tests.support import (
     _FULL_MOBILE,
     Pipeline,
@@ -51,6 +53,20 @@ def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.TansuPr
         yield proc
     finally:
         services.stop_pid(proc.pid)
+
+
+@pytest.fixture
+def fake_twilio() -> Iterator[FakeTwilio]:
+    """The Twilio Messages API on a loopback port (the real ``twilio`` client talks to it)."""
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def hooks(tmp_path: Path) -> Iterator[tuple[FakeWebhook, Path]]:
+    """A fake receiving every staff webhook, and a staff directory pointing at it."""
+    with FakeWebhook() as fake:
+        yield fake, fake.staff_directory(tmp_path / "staff.json")
 
 
 @pytest.fixture

@@ -16,9 +16,15 @@ import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 from tests.fakes.loopback import JsonHandler, LoopbackServer
+
+#: The staff directory bundled with govnotify (service points, staff, robots).
+BUNDLED_DIRECTORY = (
+    Path(__file__).resolve().parents[2] / "schemas" / "data" / "staff_directory.json"
+)
 
 __all__ = ["FakeWebhook", "WebhookRequest"]
 
@@ -88,6 +94,15 @@ class FakeWebhook(LoopbackServer):
         if not self.base_url:
             raise RuntimeError("FakeWebhook is not started")
         return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def staff_directory(self, path: Path) -> Path:
+        """Write the bundled staff directory to ``path`` with every robot pointed at this fake
+        (``/hooks/<webhook name>``); returns ``path``."""
+        directory = json.loads(BUNDLED_DIRECTORY.read_text(encoding="utf-8"))
+        for name, hook in directory["webhooks"].items():
+            hook["url"] = self.url(f"/hooks/{name}")
+        path.write_text(json.dumps(directory, ensure_ascii=False), encoding="utf-8")
+        return path
 
     # ---- scripting ----------------------------------------------------------------------------
     def fail_next(self, n: int, status: int) -> None:

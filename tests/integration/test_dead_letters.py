@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from tests.support import Pipeline, env_for, metric, queue_depth, scrape, wait_u
 
 pytestmark = pytest.mark.integration
 
-BUNDLED_DIRECTORY = Path(__file__).parents[2] / "schemas" / "data" / "staff_directory.json"
 CST = dt.timezone(dt.timedelta(hours=8))
 #: Retries short and few: a job runs out of them in well under a second.
 FAST_RETRIES = {
@@ -48,24 +46,6 @@ FAST_RETRIES = {
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------------
-@pytest.fixture
-def fake_twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def hooks(tmp_path: Path) -> Iterator[tuple[FakeWebhook, Path]]:
-    """A fake receiving every staff webhook, and a staff directory pointing at it."""
-    with FakeWebhook() as fake:
-        directory = json.loads(BUNDLED_DIRECTORY.read_text())
-        for name, hook in directory["webhooks"].items():
-            hook["url"] = fake.url(f"/hooks/{name}")
-        path = tmp_path / "staff.json"
-        path.write_text(json.dumps(directory, ensure_ascii=False))
-        yield fake, path
-
-
 def twilio_env(fake: FakeTwilio) -> dict[str, str]:
     return {
         "GOVNOTIFY_TWILIO_ACCOUNT_SID": fake.account_sid,

@@ -46,7 +46,6 @@ pytestmark = pytest.mark.integration
 
 CST = dt.timezone(dt.timedelta(hours=8))
 TODAY = dt.date(2026, 11, 26)
-BUNDLED_DIRECTORY = Path(__file__).parents[2] / "schemas" / "data" / "staff_directory.json"
 
 
 def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
@@ -88,12 +87,7 @@ def issued(license_id: str, days_left: int, mobile: str, at: dt.datetime):  # ty
 def staff_directory(tmp_path: Path) -> Iterator[Path]:
     """The bundled staff directory with every robot pointed at a loopback fake."""
     with FakeWebhook() as fake:
-        directory = json.loads(BUNDLED_DIRECTORY.read_text())
-        for name, hook in directory["webhooks"].items():
-            hook["url"] = fake.url(f"/hooks/{name}")
-        path = tmp_path / "staff.json"
-        path.write_text(json.dumps(directory, ensure_ascii=False))
-        yield path
+        yield fake.staff_directory(tmp_path / "staff.json")
 
 
 # ---- /healthz and /readyz on every process --------------------------------------------------

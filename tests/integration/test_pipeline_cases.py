@@ -9,7 +9,6 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +26,11 @@ from schemas.models import (
     StaffAlert,
 )
 from tests.fakes.twilio_server import FakeTwilio
-from tests.fakes.webhook_server import FakeWebhook
 from tests.support import Pipeline, count_rows, metric, publish, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
 CST = dt.timezone(dt.timedelta(hours=8))
-BUNDLED_DIRECTORY = Path(__file__).parents[2] / "schemas" / "data" / "staff_directory.json"
-
-
-@pytest.fixture
-def fake_twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def hooks(tmp_path: Path) -> Iterator[tuple[FakeWebhook, Path]]:
-    """A fake receiving every staff webhook, and a staff directory pointing at it."""
-    with FakeWebhook() as fake:
-        directory = json.loads(BUNDLED_DIRECTORY.read_text())
-        for name, hook in directory["webhooks"].items():
-            hook["url"] = fake.url(f"/hooks/{name}")
-        path = tmp_path / "staff.json"
-        path.write_text(json.dumps(directory, ensure_ascii=False))
-        yield fake, path
 
 
 def env(fake_twilio: FakeTwilio, directory: Path, now: dt.datetime, **extra: str) -> dict:

@@ -7,7 +7,6 @@ import datetime as dt
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 
 import pika
 import pytest
@@ -43,12 +42,6 @@ FINAL = (
     "temporary-failure",
     "technical-failure",
 )
-
-
-@pytest.fixture
-def fake_twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
 
 
 def twilio_env(fake: FakeTwilio) -> dict[str, str]:

@@ -53,7 +53,6 @@ PG_ADMIN_URL = os.environ.get(
     "GOVNOTIFY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_DIRECTORY = ROOT / "schemas" / "data" / "staff_directory.json"
 RULES = ROOT / "infra" / "prometheus" / "rules" / "govnotify.rules.yml"
 CST = dt.timezone(dt.timedelta(hours=8))
 #: 10:00 local on a Thursday: outside quiet hours.
@@ -261,11 +260,7 @@ def live(
 
         twilio = stack.enter_context(FakeTwilio())
         hooks = stack.enter_context(FakeWebhook())
-        directory = json.loads(BUNDLED_DIRECTORY.read_text())
-        for name, hook in directory["webhooks"].items():
-            hook["url"] = hooks.url(f"/hooks/{name}")
-        directory_path = root / "staff.json"
-        directory_path.write_text(json.dumps(directory, ensure_ascii=False))
+        directory_path = hooks.staff_directory(root / "staff.json")
         for k in range(1, WAVES + 1):
             twilio.fail_number(f"+861390000{k}009", 400, 21211)
 

@@ -23,9 +23,9 @@ from twilio.request_validator import RequestValidator
 from infra import services
 from infra.db import session
 from infra.settings import Settings
-from notifiers.base import OutboundMessage
+from notifiers.base import OutboundMessage, ProviderStatus
 from notifiers.http_gateway import signed_headers
-from notifiers.twilio_sms import ProviderStatus, TwilioSMSNotifier
+from notifiers.twilio_sms import TwilioSMSNotifier
 from schemas.models import Notification, NotificationStatusEvent, Suppression, utcnow
 from tests.fakes.twilio_server import FakeTwilio
 from tests.support import Pipeline, enqueue, metric, scrape, wait_until
@@ -36,12 +36,6 @@ FROM = "+15017122661"
 BODY = "【长安政务】您的办件回访已安排，工作人员将与您联系。"
 GATEWAY_KEY = "govnotify-test-key"
 GATEWAY_SECRET = "gateway-secret-for-tests-0123456789"
-
-
-@pytest.fixture
-def fake_twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -38,12 +37,6 @@ BODY = "【长安政务】您的办件回访已安排，工作人员将与您联
 #: Thresholds of this file's sweeps; rows are aged past them by moving their timestamps back.
 SENDING_AFTER_S = 60
 SENT_AFTER_S = 3600
-
-
-@pytest.fixture
-def fake_twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
 
 
 @pytest.fixture
