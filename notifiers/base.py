@@ -21,7 +21,7 @@ from infra.logging import mask_mobile
 from notifiers.errors import InvalidRecipientError, LookupUnsupportedError, MessageRejectedError
 from notifiers.sms import contains_url
 
-__all__ = ["E164_PATTERN", "Notifier", "OutboundMessage", "Receipt"]
+__all__ = ["E164_PATTERN", "Notifier", "OutboundMessage", "ProviderStatus", "Receipt"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,6 +60,25 @@ class Receipt:
     #: "queued" | "accepted" | "sent" | "delivered".
     status: str
     segments: int
+
+
+class ProviderStatus(str):
+    """A provider's own status word for one message (``"delivered"``), with its error code.
+
+    A ``str``, so code that only wants the word can compare it directly; ``error_code`` carries
+    what decides permanent against temporary failure (Twilio ``ErrorCode`` ``"30005"``, a
+    gateway code). What every notifier's ``fetch_status`` returns.
+    """
+
+    error_code: str | None
+
+    def __new__(cls, status: str, error_code: str | int | None = None) -> ProviderStatus:
+        word = super().__new__(cls, status)
+        word.error_code = None if error_code in (None, "") else str(error_code)
+        return word
+
+    def __repr__(self) -> str:
+        return f"ProviderStatus({str(self)!r}, error_code={self.error_code!r})"
 
 
 class Notifier(abc.ABC):
@@ -125,11 +144,15 @@ class Notifier(abc.ABC):
     def _send(self, message: OutboundMessage) -> Receipt:
         """Deliver an already validated message, or raise a :class:`DeliveryError`."""
 
-    def lookup(self, to: str, body: str, since: dt.datetime) -> str | None:
+    def lookup(
+        self, to: str, body: str, since: dt.datetime, *, notification_id: str | None = None
+    ) -> str | None:
         """The provider's reference of a message with this recipient and body sent since ``since``.
 
         Used by the sweep to learn whether an ambiguous send (timeout, crash after the request)
-        went out, so it is never sent twice.
+        went out, so it is never sent twice. ``notification_id`` is our id of the message:
+        providers that store it (the gateway's ``out_id``) match on it exactly; the others
+        match on recipient and body and ignore it.
 
         Raises:
           LookupUnsupportedError: the provider cannot be asked.

@@ -44,7 +44,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from infra.logging import mask_mobile, mask_pii
-from notifiers.base import Notifier, OutboundMessage, Receipt
+from notifiers.base import Notifier, OutboundMessage, ProviderStatus, Receipt
 from notifiers.errors import (
     CallbackSignatureError,
     DeliveryError,
@@ -65,7 +65,6 @@ from notifiers.sms import count_segments
 __all__ = [
     "GATEWAY_ERROR_CODES",
     "REPORT_STATUSES",
-    "GatewayStatus",
     "HttpGatewayNotifier",
     "classify_gateway_error",
     "sign",
@@ -280,24 +279,6 @@ def _parse_reports(body: bytes) -> list[dict[str, Any]]:
 
 
 # ---- the notifier --------------------------------------------------------------------------------
-class GatewayStatus(str):
-    """The gateway's status word for one message (``"DELIVERED"``), with its error code.
-
-    A ``str``, so code that only wants the word compares it directly (the same shape as
-    :class:`notifiers.twilio_sms.ProviderStatus`).
-    """
-
-    error_code: str | None
-
-    def __new__(cls, status: str, error_code: str | int | None = None) -> GatewayStatus:
-        word = super().__new__(cls, status)
-        word.error_code = None if error_code in (None, "") else str(error_code)
-        return word
-
-    def __repr__(self) -> str:
-        return f"GatewayStatus({str(self)!r}, error_code={self.error_code!r})"
-
-
 class HttpGatewayNotifier(Notifier):
     """SMS through a mainland-style HTTP gateway, by approved template.
 
@@ -548,12 +529,12 @@ class HttpGatewayNotifier(Notifier):
         own_signature = f"【{self.sign_name}】"
         return body if body.startswith(own_signature) else own_signature + body
 
-    def fetch_status(self, provider_ref: str) -> GatewayStatus | None:
+    def fetch_status(self, provider_ref: str) -> ProviderStatus | None:
         """The gateway's status of ``provider_ref`` (a ``biz_id``), or ``None`` if it has no such
         message.
 
         Returns:
-          SENT, DELIVERED or FAILED, as a :class:`GatewayStatus` carrying the ``error_code``
+          SENT, DELIVERED or FAILED, as a :class:`ProviderStatus` carrying the ``error_code``
           of a failure (the sweep maps both like a status report).
 
         Raises:
@@ -566,7 +547,7 @@ class HttpGatewayNotifier(Notifier):
             return None
         if not (200 <= status < 300 and answer.get("code") == "OK" and answer.get("status")):
             raise self._error("status", status, answer)
-        return GatewayStatus(str(answer["status"]), answer.get("error_code"))
+        return ProviderStatus(str(answer["status"]), answer.get("error_code"))
 
     def close(self) -> None:
         with self._sessions_lock:

@@ -36,11 +36,10 @@ provider could be asked.
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from infra.metrics import FAILOVERS, PROVIDER_DURATION
 from notifiers.base import Notifier, OutboundMessage, Receipt
@@ -257,7 +256,7 @@ class RoutingNotifier(Notifier):
         for name in self._asked(provider):
             notifier = self.providers[name]
             try:
-                ref = _lookup(notifier, to, body, since, notification_id)
+                ref = notifier.lookup(to, body, since, notification_id=notification_id)
             except DeliveryError as exc:
                 if provider is not None:
                     raise
@@ -333,19 +332,3 @@ def _tagged(exc: DeliveryError, provider: str) -> DeliveryError:
     if exc.provider is None:
         exc.provider = provider
     return exc
-
-
-def _lookup(
-    notifier: Notifier, to: str, body: str, since: dt.datetime, notification_id: str | None
-) -> str | None:
-    """``notifier.lookup``, passing ``notification_id`` to providers whose lookup takes it."""
-    if notification_id is not None and _takes(notifier.lookup, "notification_id"):
-        return notifier.lookup(to, body, since, notification_id=notification_id)  # type: ignore[call-arg]
-    return notifier.lookup(to, body, since)
-
-
-def _takes(function: Any, parameter: str) -> bool:
-    try:
-        return parameter in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False

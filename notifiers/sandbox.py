@@ -66,7 +66,9 @@ class SandboxNotifier(Notifier):
             segments=record["segments"],
         )
 
-    def lookup(self, to: str, body: str, since: dt.datetime) -> str | None:
+    def lookup(
+        self, to: str, body: str, since: dt.datetime, *, notification_id: str | None = None
+    ) -> str | None:
         """The outbox reference of a message with this recipient and body since ``since``."""
         for record in read_outbox(self.outbox):
             if (

@@ -23,7 +23,7 @@ from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
 from infra.logging import mask_mobile, mask_pii
-from notifiers.base import Notifier, OutboundMessage, Receipt
+from notifiers.base import Notifier, OutboundMessage, ProviderStatus, Receipt
 from notifiers.errors import (
     DeliveryError,
     InvalidRecipientError,
@@ -41,7 +41,6 @@ from notifiers.sms import count_segments
 
 __all__ = [
     "TWILIO_ERROR_CODES",
-    "ProviderStatus",
     "TwilioSMSNotifier",
     "classify_twilio_error",
 ]
@@ -107,24 +106,6 @@ def classify_twilio_error(status: int | None, code: int | None) -> type[Delivery
         return PermanentDeliveryError
     # A 2xx/3xx that the client still refused (e.g. a page that is not JSON): try later.
     return ProviderUnavailableError
-
-
-class ProviderStatus(str):
-    """A provider's own status word for one message (``"delivered"``), with its error code.
-
-    A ``str``, so code that only wants the word can compare it directly; ``error_code`` carries
-    what decides permanent against temporary failure (Twilio ``ErrorCode``, e.g. ``"30005"``).
-    """
-
-    error_code: str | None
-
-    def __new__(cls, status: str, error_code: str | int | None = None) -> ProviderStatus:
-        word = super().__new__(cls, status)
-        word.error_code = None if error_code in (None, "") else str(error_code)
-        return word
-
-    def __repr__(self) -> str:
-        return f"ProviderStatus({str(self)!r}, error_code={self.error_code!r})"
 
 
 def _twilio_exception_details(exc: TwilioException) -> tuple[int | None, int | None, str]:
@@ -300,7 +281,9 @@ class TwilioSMSNotifier(Notifier):
             segments=int(created.num_segments or count_segments(message.body)),
         )
 
-    def lookup(self, to: str, body: str, since: dt.datetime) -> str | None:
+    def lookup(
+        self, to: str, body: str, since: dt.datetime, *, notification_id: str | None = None
+    ) -> str | None:
         """The sid of a message to ``to`` with exactly ``body``, sent at or after ``since``.
 
         Used by the sweep to resolve a :class:`DeliveryTimeoutError`: a sid means the message

@@ -11,9 +11,9 @@ a blind resend that could text a citizen twice:
   SMS); if it answers that it does not, the claim is released and the row re-queued; if it
   cannot be asked at all, the row ends ``unknown-failure`` for a person to look at.
 - ``sent`` longer than ``sweep_sent_after_s`` with no final status: the status callback never
-  came. The provider is asked for the message's status by reference (``fetch_status``, an
-  optional notifier method); a final answer is applied like a callback, anything else (still
-  ``sent``, no such message, a provider that cannot be asked) ends ``unknown-failure``.
+  came. The provider is asked for the message's status by reference (``fetch_status``); a
+  final answer is applied like a callback, anything else (still ``sent``, no such message, a
+  provider that cannot be asked) ends ``unknown-failure``.
 - Status reports still waiting for their reference after ``sweep_sending_after_s`` name a
   message we never sent: dead letters (stage ``callback``, reason ``unknown-message``).
 
@@ -26,10 +26,9 @@ sent" is believed only when every provider could say so.
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import logging
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
@@ -42,9 +41,9 @@ from workers.status import UnknownStatusError, apply_pending, apply_status, dead
 
 if TYPE_CHECKING:
     from infra.settings import Settings
-    from notifiers.base import Notifier
+    from notifiers.routing import RoutingNotifier
 
-__all__ = ["StatusFetcher", "sweep"]
+__all__ = ["sweep"]
 
 log = logging.getLogger("govnotify.sweep")
 
@@ -52,21 +51,8 @@ log = logging.getLogger("govnotify.sweep")
 LOOKUP_SKEW = dt.timedelta(minutes=5)
 
 
-class StatusFetcher(Protocol):
-    """A notifier that can say what became of a message it took (Twilio: fetch by sid).
-
-    The answer is the provider's own word (``delivered``, ``undelivered`` …); it may carry an
-    ``error_code`` attribute (:class:`notifiers.twilio_sms.ProviderStatus`). ``None`` means the
-    provider has no such message.
-    """
-
-    name: str
-
-    def fetch_status(self, provider_ref: str) -> str | None: ...
-
-
 def sweep(
-    settings: Settings, *, notifier: Notifier | None = None, now: dt.datetime | None = None
+    settings: Settings, *, notifier: RoutingNotifier | None = None, now: dt.datetime | None = None
 ) -> dict[str, int]:
     """Resolve stuck rows once; returns counts of what was done.
 
@@ -143,59 +129,6 @@ def sweep(
     return counts
 
 
-def _takes(function: Callable[..., object], parameter: str) -> bool:
-    try:
-        return parameter in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _find(notifier: Notifier, row: Notification, since: dt.datetime) -> tuple[str, str] | None:
-    """(provider, reference) of the row's message at its provider, or ``None`` if surely not sent.
-
-    A routing notifier's ``find`` asks the row's own provider, or every provider; a single
-    notifier is asked itself, and only about rows it could have sent.
-
-    Raises:
-      LookupUnsupportedError: a provider that may have it cannot be asked.
-      DeliveryError: a provider could not be reached.
-    """
-    to, body = row.recipient or "", row.body or ""
-    find = getattr(notifier, "find", None)
-    if callable(find):
-        return find(to, body, since, notification_id=row.id, provider=row.provider)
-    if row.provider and row.provider != notifier.name:
-        raise LookupUnsupportedError(
-            f"{row.provider} is not configured here", provider=row.provider
-        )
-    if _takes(notifier.lookup, "notification_id"):
-        # Providers that store our id (the gateway's out_id) match on it exactly.
-        ref = notifier.lookup(to, body, since, notification_id=row.id)  # type: ignore[call-arg]
-    else:
-        ref = notifier.lookup(to, body, since)
-    return (notifier.name, ref) if ref else None
-
-
-def _fetch(notifier: Notifier, provider: str, provider_ref: str) -> str | None:
-    """The provider's word for the message (see :class:`StatusFetcher`).
-
-    Raises:
-      LookupUnsupportedError: the provider cannot be asked.
-      DeliveryError: asking failed.
-    """
-    providers = getattr(notifier, "providers", None)
-    if isinstance(providers, Mapping):
-        # A routing notifier: ask the row's provider itself, so its answer keeps the error
-        # code that decides permanent against temporary failure.
-        target = providers.get(provider)
-        fetch = getattr(target, "fetch_status", None)
-    else:
-        fetch = getattr(notifier, "fetch_status", None) if provider == notifier.name else None
-    if not callable(fetch):
-        raise LookupUnsupportedError(f"{provider} cannot be asked", provider=provider)
-    return fetch(provider_ref)
-
-
 def _unknown(settings: Settings, row: Notification, provider: str, reason: str) -> str | None:
     with session(settings) as s:
         moved = ledger.advance(
@@ -210,14 +143,20 @@ def _unknown(settings: Settings, row: Notification, provider: str, reason: str) 
 
 def _resolve_sending(
     settings: Settings,
-    notifier: Notifier,
+    notifier: RoutingNotifier,
     row: Notification,
     now: dt.datetime,
     requeue: Callable[[str], object],
 ) -> str | None:
     since = (ledger.as_utc(row.claimed_at) or now) - LOOKUP_SKEW
     try:
-        found = _find(notifier, row, since)
+        found = notifier.find(
+            row.recipient or "",
+            row.body or "",
+            since,
+            notification_id=row.id,
+            provider=row.provider,
+        )
     except LookupUnsupportedError as exc:
         provider = exc.provider or row.provider or notifier.name
         return _unknown(
@@ -255,13 +194,13 @@ def _resolve_sending(
     return "released"
 
 
-def _resolve_sent(settings: Settings, notifier: Notifier, row: Notification) -> str | None:
+def _resolve_sent(settings: Settings, notifier: RoutingNotifier, row: Notification) -> str | None:
     provider = row.provider or notifier.name
     after = f"after {settings.sweep_sent_after_s / 3600:g} h"
     if not row.provider_ref:
         return _unknown(settings, row, provider, "no final status and no provider reference")
     try:
-        word = _fetch(notifier, provider, row.provider_ref)
+        word = notifier.fetch_status(row.provider_ref, provider=provider)
     except LookupUnsupportedError:
         return _unknown(
             settings,
