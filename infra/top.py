@@ -302,28 +302,16 @@ def _components(view: TopView) -> Table:
 def _events(view: TopView) -> Table:
     frame = view.current
     assert frame is not None
-    relay, stream = frame.components["relay"], frame.components["stream"]
     table = _table("events", "measure", "total", "rate")
-    table.add_row(
-        "received by the relay",
-        _num(relay.total("govnotify_events_received_total")),
-        _rate(view.rate("relay", "govnotify_events_received_total")),
-    )
-    table.add_row(
-        "rejected (dead letters)",
-        _num(relay.total("govnotify_events_rejected_total")),
-        _rate(view.rate("relay", "govnotify_events_rejected_total")),
-    )
-    table.add_row(
-        "written to Kafka",
-        _num(relay.total("govnotify_events_relayed_total")),
-        _rate(view.rate("relay", "govnotify_events_relayed_total")),
-    )
-    table.add_row(
-        "processed by the stream",
-        _num(stream.total("govnotify_stream_events_total")),
-        _rate(view.rate("stream", "govnotify_stream_events_total")),
-    )
+    for label, component, metric in (
+        ("received by the relay", "relay", "govnotify_events_received_total"),
+        ("rejected (dead letters)", "relay", "govnotify_events_rejected_total"),
+        ("written to Kafka", "relay", "govnotify_events_relayed_total"),
+        ("processed by the stream", "stream", "govnotify_stream_events_total"),
+    ):
+        scraped = frame.components[component]
+        table.add_row(label, _num(scraped.total(metric)), _rate(view.rate(component, metric)))
+    relay = frame.components["relay"]
     table.add_row("relay lag", _num(relay.total("govnotify_relay_lag_seconds"), "{:,.2f} s"), "")
     table.add_row("relay queue (ready)", _num(relay.total("govnotify_relay_queue_messages")), "")
     return table
