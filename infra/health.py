@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from infra.services import scrub_password
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -74,21 +75,12 @@ class NotReady(Exception):
     """Raised by a readiness check when its dependency is not there (the message says why)."""
 
 
-def _scrub(text: str, url: str) -> str:
-    """``text`` without the password of ``url`` (drivers echo URLs in their errors)."""
-    password = urlsplit(url).password
-    if password:
-        for form in {password, unquote(password)}:
-            text = text.replace(form, "***")
-    return text
-
-
 def _describe(exc: BaseException, url: str = "") -> str:
     """One short line: the error's type and first line (the driver's own, under SQLAlchemy's)."""
     exc = getattr(exc, "orig", None) or exc
     lines = str(exc).strip().splitlines()
     message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return _scrub(message, url)[:200] if url else message[:200]
+    return scrub_password(message, url)[:200] if url else message[:200]
 
 
 # ---- check factories ---------------------------------------------------------------------------

@@ -55,6 +55,7 @@ __all__ = [
     "kafka_answers",
     "port_open",
     "rabbitmq_prometheus_answers",
+    "scrub_password",
     "services_down",
     "services_status",
     "services_up",
@@ -167,7 +168,7 @@ def _redact(url: str) -> str:
     return parts._replace(netloc=f"{userinfo}@{host}").geturl()
 
 
-def _scrub(text: str, url: str) -> str:
+def scrub_password(text: str, url: str) -> str:
     """``text`` (say a driver's error message) with the URL's password removed."""
     password = urlsplit(url).password
     if not password:
@@ -565,7 +566,7 @@ def _amqp_connects(amqp_url: str) -> str | None:
     try:
         connection = pika.BlockingConnection(params)
     except Exception as exc:  # every failure is reported the same way
-        return _scrub(f"{type(exc).__name__}: {exc}", amqp_url)
+        return scrub_password(f"{type(exc).__name__}: {exc}", amqp_url)
     connection.close()
     return None
 
@@ -691,7 +692,7 @@ def _pg_connects(conninfo: str) -> str | None:
         with psycopg.connect(conninfo, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:  # every failure is reported the same way
-        return _scrub(f"{type(exc).__name__}: {str(exc).strip()}", conninfo)
+        return scrub_password(f"{type(exc).__name__}: {str(exc).strip()}", conninfo)
     return None
 
 
