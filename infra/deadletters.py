@@ -274,9 +274,9 @@ def _unclaim(settings: Settings, letter: DeadLetter) -> None:
 
 def _replay_ingest(settings: Settings, letter: DeadLetter) -> str:
     """Publish the event bytes again, as they were, for the relay to validate once more."""
-    from producers.rabbitmq import Publisher, _routing_key_of
+    from producers.rabbitmq import Publisher, routing_key_of
 
-    routing_key = letter.event_type or _routing_key_of(letter.raw)
+    routing_key = letter.event_type or routing_key_of(letter.raw)
     with Publisher.from_settings(settings) as publisher:
         publisher.publish_raw(bytes(letter.raw), routing_key, message_id=letter.event_id)
     return f"event republished to {settings.exchange} as {routing_key}"
@@ -452,8 +452,6 @@ def purge_letters(
 def _local(settings: Settings, value: dt.datetime | None) -> str:
     if value is None:
         return "-"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
     return f"{value.astimezone(settings.tz):%Y-%m-%d %H:%M:%S}"
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "declare_topology",
     "delete_namespace",
     "queue_depth",
+    "routing_key_of",
 ]
 
 log = logging.getLogger("govnotify.publisher")
@@ -158,7 +159,7 @@ class Publisher:
                     self.publish(event)
                     results.append(PublishResult(index, True, event_id=event.event_id))
                 else:
-                    self.publish_raw(line, _routing_key_of(line))
+                    self.publish_raw(line, routing_key_of(line))
                     results.append(PublishResult(index, True))
             except EventRejected as exc:
                 results.append(PublishResult(index, False, exc.reason, exc.detail, exc.event_id))
@@ -179,7 +180,7 @@ class Publisher:
         self.close()
 
 
-def _routing_key_of(line: bytes) -> str:
+def routing_key_of(line: bytes) -> str:
     """Best-effort routing key for unvalidated input: the event type, or ``invalid``."""
     import json
 
