@@ -12,20 +12,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Child", "ProcessGroup", "wait_until"]
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "") -> None:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it is truthy; TimeoutError after ``timeout`` seconds."""
+def wait_until(  # type: ignore[no-untyped-def]
+    predicate, timeout: float, interval: float = 0.05, message: str | Callable[[], str] = ""
+) -> None:
+    """Poll ``predicate`` until it is truthy; TimeoutError after ``timeout`` seconds.
+
+    ``message`` may be a callable, called at the timeout to say what the state was then.
+    """
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(message or f"condition not met within {timeout:.0f}s")
+            text = message() if callable(message) else message
+            raise TimeoutError(text or f"condition not met within {timeout:.0f}s")
         time.sleep(interval)
 
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     today: dt.date | None = None
     #: The settable clock, to the second: start at this instant (ISO 8601 with offset), then run.
     now: dt.datetime | None = None
+    #: Unix time at which the settable clock read ``now``: processes started later join the same
+    #: clock. Empty: each process's clock reads ``now`` when that process starts.
+    now_epoch: float | None = Field(None, gt=0)
 
     sms_signature: str = "【长安政务】"
     #: Days before expiry at which the holder gets a renewal SMS.

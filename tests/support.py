@@ -148,6 +148,9 @@ class Pipeline(ProcessGroup):
         self.settings = settings
 
     def set_env(self, **extra: str) -> None:
+        if "GOVNOTIFY_NOW" in extra and "GOVNOTIFY_NOW_EPOCH" not in extra:
+            # A newly pinned instant starts when the next child does, not at an older epoch.
+            self.env.pop("GOVNOTIFY_NOW_EPOCH", None)
         self.env.update(extra)
 
     def relay(self) -> Child:
@@ -183,8 +186,11 @@ class Pipeline(ProcessGroup):
         return child
 
     def now(self, start: dt.datetime) -> dt.datetime:
-        """The pipeline's clock, pinned at ``start`` by GOVNOTIFY_NOW and running since all()."""
-        return start + timedelta(seconds=time.monotonic() - self.started)
+        """The pipeline's clock, pinned at ``start`` by GOVNOTIFY_NOW and running since all().
+
+        Every child shares it: all() gives them its start as GOVNOTIFY_NOW_EPOCH.
+        """
+        return start + timedelta(seconds=time.time() - self.started)
 
     def scheduler(self) -> Child:
         child = self.start("scheduler", "scheduler")
@@ -193,7 +199,8 @@ class Pipeline(ProcessGroup):
         return child
 
     def all(self) -> None:
-        self.started = time.monotonic()
+        self.started = time.time()
+        self.env["GOVNOTIFY_NOW_EPOCH"] = repr(self.started)
         self.relay()
         self.stream()
         self.worker()

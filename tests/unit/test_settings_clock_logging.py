@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -191,6 +192,43 @@ def test_pinned_clock_gives_that_day_in_its_zone(zone: str) -> None:
 
 def _seconds_of_day(value: dt.datetime) -> float:
     return value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+
+
+def test_clocks_sharing_an_epoch_agree_whenever_they_start() -> None:
+    # Given a pinned instant that was read 40 s ago (a process started late joins it)
+    tz = ZoneInfo("Asia/Shanghai")
+    start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=tz)
+    epoch = time.time() - 40
+
+    # When one clock joins the epoch and another starts on its own
+    shared = Clock(tz, start=start, epoch=epoch).now()
+    own = Clock(tz, start=start).now()
+
+    # Then the shared clock is 40 s on, the other at the pinned instant
+    assert 40 <= (shared - start).total_seconds() < 45
+    assert 0 <= (own - start).total_seconds() < 5
+
+
+def test_now_epoch_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given GOVNOTIFY_NOW and GOVNOTIFY_NOW_EPOCH
+    monkeypatch.setenv("GOVNOTIFY_NOW", "2026-11-26T10:00:00+08:00")
+    monkeypatch.setenv("GOVNOTIFY_NOW_EPOCH", str(time.time() - 3600))
+
+    # When the clock comes from the settings
+    clock = Clock.from_settings(load_settings())
+
+    # Then it reads an hour past the pinned instant
+    assert clock.now().hour == 11
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "yesterday"])
+def test_a_bad_now_epoch_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # Given a bad epoch
+    monkeypatch.setenv("GOVNOTIFY_NOW_EPOCH", value)
+
+    # When / Then
+    with pytest.raises(SettingsError, match="GOVNOTIFY_NOW_EPOCH"):
+        load_settings()
 
 
 def test_unpinned_clock_is_local_today_in_its_zone() -> None:
