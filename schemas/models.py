@@ -333,6 +333,9 @@ class CallbackTask(SQLModel, table=True):
     status: str = Field(default="open", max_length=16)  # open | done
     due_at: dt.datetime = Field(sa_type=TZ)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    #: When the department head was told of the task; empty until a webhook took it, so a
+    #: retry after a failed webhook tells them (the task row itself is already there).
+    notified_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     escalated_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     completed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     outcome: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -62,10 +62,15 @@ def open_callback_task(
     service_item: str,
     due_at: dt.datetime,
 ) -> CallbackTask:
-    """Open the task once per (case, kind), tell its owner, schedule the escalation."""
+    """Open the task once per (case, kind), tell its owner, schedule the escalation.
+
+    The owner is told through the department head's webhook until one took it
+    (``notified_at``): a webhook failure raises, and the actor's retry finds the task open but
+    untold, so it tells them then rather than never.
+    """
     key = f"callback:{case_id}:{kind}"
     with session(settings) as s:
-        created = ledger.insert_ignore(
+        ledger.insert_ignore(
             s,
             CallbackTask.__table__,
             {
@@ -87,33 +92,44 @@ def open_callback_task(
             select(CallbackTask).where(CallbackTask.idempotency_key == key)
         ).scalar_one()
         schedule(s, _escalation_key(key), due_at, "escalate_callback_task", task.id)
-    if created:
-        due_local = due_at.astimezone(settings.tz)
-        try:
-            head = [directory().department_head(department)]
-        except KeyError:
-            head = []
-            log.error(
-                "callback task %s: department %s not in the staff directory", task.id, department
-            )
-        notify_staff(
-            head,
-            StaffMessage(
-                message_id=task.id,
-                kind="callback_task",
-                title="跟踪回访任务",
-                text=f"{owner_name}：请于{due_local:%m月%d日%H:%M}前完成办件{case_id}"
-                f"（{service_item}）的跟踪回访，完成后请登记回访结果。",
-                data={
-                    "task_id": task.id,
-                    "case_id": case_id,
-                    "kind": kind,
-                    "due_at": due_at.isoformat(),
-                },
-            ),
-            flow=FLOW,
-        )
+    if task.notified_at is None:
+        _tell_department_head(task)
     return task
+
+
+def _tell_department_head(task: CallbackTask) -> None:
+    due_local = task.due_at.astimezone(settings.tz)
+    try:
+        head = [directory().department_head(task.department)]
+    except KeyError:
+        head = []
+        log.error(
+            "callback task %s: department %s not in the staff directory", task.id, task.department
+        )
+    notify_staff(
+        head,
+        StaffMessage(
+            message_id=task.id,
+            kind="callback_task",
+            title="跟踪回访任务",
+            text=f"{task.owner_name}：请于{due_local:%m月%d日%H:%M}前完成办件{task.case_id}"
+            f"（{task.service_item}）的跟踪回访，完成后请登记回访结果。",
+            data={
+                "task_id": task.id,
+                "case_id": task.case_id,
+                "kind": task.kind,
+                "due_at": task.due_at.isoformat(),
+            },
+        ),
+        flow=FLOW,
+    )
+    with session(settings) as s:
+        s.execute(
+            update(CallbackTask)
+            .where(CallbackTask.id == task.id, CallbackTask.notified_at.is_(None))
+            .values(notified_at=CLOCK.utcnow())
+        )
+        s.commit()
 
 
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)

@@ -359,7 +359,7 @@ def test_key_projects_get_a_steward_callback_that_closes_or_escalates(
     wait_until(
         lambda: outcome() == {"K-1": ("done", False), "K-2": ("open", True)},
         60,
-        message="the callbacks did not close and escalate as expected",
+        message=lambda: f"the callbacks did not close and escalate as expected: {outcome()}",
     )
 
     # Then: the enterprises were told who calls and by when
@@ -377,6 +377,42 @@ def test_key_projects_get_a_steward_callback_that_closes_or_escalates(
     ]
     assert len([k for k in kinds if k.endswith("-escalation")]) == 1
     assert len([k for k in kinds if not k.endswith("-escalation")]) == 2
+
+
+def test_a_callback_task_whose_webhook_failed_is_told_on_the_retry(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio, hooks
+) -> None:
+    # Given the department robot refuses its first message
+    webhooks, directory = hooks
+    start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
+    pipeline.set_env(
+        **env(
+            fake_twilio,
+            directory,
+            start,
+            GOVNOTIFY_SURVEY_DELAY_S="3600",
+            GOVNOTIFY_CALLBACK_DUE_AFTER_S="3600",
+        )
+    )
+    pipeline.all()
+    webhooks.fail_next(1, 503)
+
+    # When a key project completes
+    now = pipeline.now(start)
+    publish(
+        settings, [case_event("case.completed", "K-9", now, key_project=True, mobile="13900000309")]
+    )
+
+    # Then the retry tells the department head, once it worked, and the enterprise gets its notice
+    wait_until(
+        lambda: [t.notified_at is not None for t in rows(settings, CallbackTask)] == [True],
+        60,
+        message=lambda: f"the task was not told: {rows(settings, CallbackTask)}",
+    )
+    task = rows(settings, CallbackTask)[0]
+    told = [r for r in webhooks.requests if r.route == "/hooks/department-robot"]
+    assert [r.header("X-Govnotify-Id") for r in told] == [task.id, task.id]
+    assert len(fake_twilio.wait_for(1, timeout=30)) == 1
 
 
 def test_negative_reviews_open_tickets_with_working_day_deadlines_and_closing_tells_citizen(
