@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     delivery_max_backoff_ms: int = Field(300_000, ge=10)
     #: How often the stream checks for a new local day (the scan itself runs once per day).
     stream_scan_interval_s: float = Field(30.0, gt=0)
+    #: Stream state is forgotten this many days after a license expired or a case's last event.
+    stream_state_keep_days: int = Field(90, ge=1, le=3650)
     #: The scheduler runs the reconciliation sweep this often (0: only `govnotify sweep`).
     sweep_interval_s: float = Field(60.0, ge=0)
     #: Rows in `sending` longer than this are resolved by the sweep.

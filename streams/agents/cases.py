@@ -8,6 +8,7 @@ case's events and its rating meet in the same partition and the same table entry
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from schemas.errors import EventRejected
 from schemas.events import parse_event
 from streams.app import use_event
 from streams.case_rules import Job, apply_case_event
+from streams.pruning import count_entries, owned_partitions, prunable_case, prune, stamp
 
 if TYPE_CHECKING:
     from streams.app import StreamContext
@@ -38,6 +40,15 @@ def _send_jobs(jobs: list[Job]) -> None:
     for actor_name, payload in jobs:
         broker.get_actor(actor_name).send(payload)
         JOBS_ENQUEUED.labels(kind=actor_name).inc()
+
+
+def _latest(previous: dict[str, Any] | None, occurred_at: dt.datetime) -> str:
+    """The later of the case's last event and this one (a replay does not make a case young)."""
+    at = occurred_at.astimezone(dt.UTC)
+    last = (previous or {}).get("last_event_at")
+    if last and dt.datetime.fromisoformat(last) > at:
+        return str(last)
+    return at.isoformat()
 
 
 async def _forward_rating(ratings: faust.TopicT, payload: dict[str, Any]) -> None:
@@ -68,6 +79,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     )
     cases = app.Table("case-state", default=None, partitions=settings.kafka_partitions)
     ratings = app.topic(settings.topic("ratings"), key_serializer="raw", value_serializer="raw")
+    count_entries(cases)
 
     async def dispatch(jobs: list[Job]) -> None:
         """Hand jobs to RabbitMQ, retrying until it works (see licenses.dispatch for why)."""
@@ -107,7 +119,10 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     elderly_age=settings.elderly_age,
                     source=event.envelope.source,
                 )
-                cases[event.key] = state
+                cases[event.key] = stamp(
+                    {**state, "last_event_at": _latest(previous, event.envelope.occurred_at)},
+                    record.message.partition,
+                )
                 if event.event_type == "evaluation.submitted" and payload["evaluation_id"] not in (
                     (previous or {}).get("evaluation_ids") or []
                 ):
@@ -115,3 +130,19 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                 STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
                 jobs.extend(new_jobs)
             await dispatch(jobs)
+
+    prune_state: dict[str, Any] = {"last_day": None}
+
+    @app.timer(interval=settings.stream_scan_interval_s)
+    async def daily_prune() -> None:
+        """Once per local day, forget the cases with no event for ``stream_state_keep_days``."""
+        today = ctx.clock.today()
+        if prune_state["last_day"] == today or not app.tables.recovery.completed.is_set():
+            return
+        now = ctx.clock.utcnow()
+        prune(
+            cases,
+            owned_partitions(app, settings.topic("cases")),
+            lambda state: prunable_case(state, now, settings.stream_state_keep_days),
+        )
+        prune_state["last_day"] = today

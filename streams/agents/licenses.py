@@ -17,6 +17,14 @@ from infra.metrics import JOBS_ENQUEUED, STREAM_EVENTS
 from schemas.errors import EventRejected
 from schemas.events import parse_event
 from streams.app import use_event
+from streams.pruning import (
+    PARTITION,
+    count_entries,
+    owned_partitions,
+    prunable_license,
+    prune,
+    stamp,
+)
 from streams.rules import apply_license_event, due_renewal_jobs, state_job
 
 if TYPE_CHECKING:
@@ -55,6 +63,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
         partitions=settings.kafka_partitions,
     )
     scan_state: dict[str, Any] = {"last_day": None}
+    count_entries(registry)
 
     def due(state: dict[str, Any]) -> list[RenewalJob]:
         return due_renewal_jobs(
@@ -113,7 +122,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                 if new_state is None:
                     STREAM_EVENTS.labels(event_type=event.event_type, outcome="stale").inc()
                     continue
-                registry[key] = new_state
+                registry[key] = stamp(new_state, record.message.partition)
                 STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
                 state_jobs.append(state_job(new_state).model_dump(mode="json"))
                 jobs.extend(due(new_state))
@@ -121,11 +130,29 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
 
     @app.timer(interval=settings.stream_scan_interval_s)
     async def daily_scan() -> None:
-        """Once per local day, send what became due because time passed."""
+        """Once per local day, send what became due because time passed, then forget the
+        licenses long expired."""
         today = ctx.clock.today()
         if scan_state["last_day"] == today or not app.tables.recovery.completed.is_set():
             return
-        jobs = [job for state in list(registry.values()) if state for job in due(state)]
+        # Only partitions this worker owns: the store keeps those a rebalance took away.
+        owned = owned_partitions(app, topic.get_topic_name())
+        jobs = [
+            job
+            for state in list(registry.values())
+            if state and state.get(PARTITION) in owned
+            for job in due(state)
+        ]
         await dispatch([], jobs)
+        pruned = prune(
+            registry,
+            owned,
+            lambda state: prunable_license(state, today, settings.stream_state_keep_days),
+        )
         scan_state["last_day"] = today
-        log.info("daily scan for %s: %d reminders due", today, len(jobs))
+        log.info(
+            "daily scan for %s: %d reminders due, %d expired licenses forgotten",
+            today,
+            len(jobs),
+            pruned,
+        )

@@ -1,0 +1,138 @@
+"""Stream tables forget what no rule needs any more, and stay forgotten after a restart.
+
+On the real RabbitMQ and Tansu: the tombstones go to the tables' changelogs, so a stream that
+recovers its tables from Kafka does not bring the forgotten entries back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.request
+
+import pytest
+
+from infra.settings import Settings
+from producers.generator import license_event
+from schemas.events import Event, make_event
+from tests.support import Pipeline, metric, publish, scrape, wait_until
+
+pytestmark = pytest.mark.integration
+
+TODAY = dt.date(2026, 11, 26)
+NOW = dt.datetime(2026, 11, 26, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+
+
+def issued(license_id: str, expires_on: dt.date) -> Event:
+    return license_event(
+        "license.issued",
+        license_id,
+        category="food_business",
+        issued_on=expires_on - dt.timedelta(days=365 * 5),
+        expires_on=expires_on,
+        occurred_at=NOW - dt.timedelta(days=400),
+    )
+
+
+def completed(case_id: str, at: dt.datetime) -> Event:
+    payload = {
+        "case_id": case_id,
+        "service_item": "食品经营许可证核发",
+        "department": "市场监督管理局",
+        "service_point": {
+            "id": "SC-CHANGAN",
+            "name": "长安区政务服务中心",
+            "level": "service_centre",
+        },
+        "applicant": {"kind": "citizen", "name": "王秀英", "mobile": "13900000401"},
+        "key_project": False,
+        "submitted_at": (at - dt.timedelta(hours=1)).isoformat(),
+        "completed_at": at.isoformat(),
+    }
+    return make_event("case.completed", payload, source="case-system", occurred_at=at)
+
+
+def table_figures(settings: Settings) -> dict[str, tuple[float, float]]:
+    """(entries, pruned) per table, from the stream's /metrics ({} while it is not up)."""
+    try:
+        samples = scrape(settings.stream_metrics_port)
+    except OSError:
+        return {}
+    return {
+        table: (
+            metric(samples, "govnotify_stream_table_entries", table=table),
+            metric(samples, "govnotify_stream_table_pruned_total", table=table),
+        )
+        for table in ("license-registry", "case-state")
+    }
+
+
+def ready(settings: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{settings.stream_metrics_port}/readyz", timeout=5
+        ) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def applied(settings: Settings) -> float:
+    try:
+        return metric(scrape(settings.stream_metrics_port), "govnotify_stream_events_total")
+    except OSError:
+        return 0
+
+
+def test_expired_licenses_and_old_cases_are_forgotten_for_good(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    # Given a stream that never scans holds an expired license, a live one, a revocation of a
+    # license it never saw, a case with no event for 100 days and a case completed today
+    pipeline.set_env(GOVNOTIFY_NOW=NOW.isoformat(), GOVNOTIFY_STREAM_SCAN_INTERVAL_S="3600")
+    pipeline.relay()
+    stream = pipeline.stream()
+    publish(
+        settings,
+        [
+            issued("LIC-EXPIRED", TODAY - dt.timedelta(days=100)),
+            issued("LIC-LIVE", TODAY + dt.timedelta(days=200)),
+            make_event(
+                "license.revoked",
+                {"license_id": "LIC-REVOKED", "revoked_on": "2026-01-05", "reason": "违规经营"},
+                source="license-registry",
+                occurred_at=NOW - dt.timedelta(days=300),
+            ),
+            completed("C-OLD", NOW - dt.timedelta(days=100)),
+            completed("C-NEW", NOW - dt.timedelta(hours=1)),
+        ],
+    )
+    wait_until(
+        lambda: applied(settings) >= 5,
+        90,
+        message=lambda: "the stream did not apply the events:\n" + stream.log_tail(),
+    )
+    stream.stop()
+
+    # When the stream restarts with its daily scan due
+    pipeline.set_env(GOVNOTIFY_STREAM_SCAN_INTERVAL_S="0.5")
+    stream = pipeline.stream(name="stream-pruning")
+
+    # Then the expired license and the old case are forgotten; the rest is kept
+    expected = {"license-registry": (2, 1), "case-state": (1, 1)}
+    wait_until(
+        lambda: table_figures(settings) == expected,
+        90,
+        message=lambda: f"{table_figures(settings)}\n{stream.log_tail()}",
+    )
+
+    # When it restarts again and recovers its tables from the changelogs
+    stream.stop()
+    stream = pipeline.stream(name="stream-recovered")
+
+    # Then, its tables recovered, the forgotten entries did not come back: nothing to forget
+    wait_until(
+        lambda: ready(settings),
+        90,
+        message=lambda: "the stream did not recover:\n" + stream.log_tail(),
+    )
+    assert table_figures(settings) == {"license-registry": (2, 0), "case-state": (1, 0)}
