@@ -203,6 +203,8 @@ class TwilioSMSNotifier(Notifier):
     channel: ClassVar[str] = "sms"
     #: Twilio to mainland China: 500 characters at most.
     body_maxlen: ClassVar[int] = 500
+    #: How far Twilio's clock may be behind ours when the sweep matches a message's creation.
+    lookup_clock_skew_s: ClassVar[float] = 30.0
 
     def __init__(
         self,
@@ -284,13 +286,16 @@ class TwilioSMSNotifier(Notifier):
     def lookup(
         self, to: str, body: str, since: dt.datetime, *, notification_id: str | None = None
     ) -> str | None:
-        """The sid of a message to ``to`` with exactly ``body``, sent at or after ``since``.
+        """The sid of a message to ``to`` with exactly ``body``, created at or after ``since``.
 
-        Used by the sweep to resolve a :class:`DeliveryTimeoutError`: a sid means the message
-        went out and must not be sent again. Only the 50 most recent messages are read.
+        Used by the sweep to resolve a :class:`DeliveryTimeoutError`: a sid means Twilio took
+        the message and it must not be sent again. Messages are matched on when Twilio
+        *created* them, not on its ``DateSent`` filter: a message still waiting in the sender's
+        queue has no send date yet, and missing it would mean a second SMS. Only the 50 most
+        recent messages from our sender to ``to`` are read.
 
         Parameters:
-          since: timezone-aware; the twilio client formats it as UTC without converting it.
+          since: timezone-aware; allowed ``lookup_clock_skew_s`` of disagreement with Twilio.
 
         Raises:
           ValueError: when ``since`` is naive.
@@ -298,15 +303,14 @@ class TwilioSMSNotifier(Notifier):
         """
         if since.tzinfo is None or since.utcoffset() is None:
             raise ValueError("since must be timezone-aware")
-        # twilio.base.serialize.iso8601_datetime does strftime("...%H:%M:%SZ") on the value as
-        # given: a +08:00 time would be read as UTC and miss eight hours of messages.
-        since_utc = since.astimezone(dt.UTC)
+        earliest = since.astimezone(dt.UTC) - dt.timedelta(seconds=self.lookup_clock_skew_s)
         try:
-            found = self._client().messages.list(to=to, date_sent_after=since_utc, limit=50)
+            found = self._client().messages.list(to=to, from_=self.from_, limit=50)
         except (TwilioException, requests.exceptions.RequestException) as exc:
             raise _classify_exception(exc, "list messages") from exc
         for candidate in found:
-            if candidate.body == body:
+            created = candidate.date_created
+            if candidate.body == body and created is not None and created >= earliest:
                 return str(candidate.sid)
         return None
 

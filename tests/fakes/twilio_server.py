@@ -83,6 +83,7 @@ class FakeTwilio(LoopbackServer):
         self._delay_queue: deque[float] = deque()
         self._drop_queue: deque[bool] = deque()
         self._hold_queue: deque[str] = deque()
+        self._queued_next = 0
         self._release = threading.Event()
         #: Creates being held right now; requests held before being taken that were dropped
         #: because the client hung up.
@@ -112,6 +113,12 @@ class FakeTwilio(LoopbackServer):
         """The next ``n`` creates are recorded, then the connection closes with no answer."""
         with self._cond:
             self._drop_queue.extend([True] * n)
+
+    def queue_next(self, n: int) -> None:
+        """The next ``n`` creates are taken but stay ``queued`` with no send date, as at real
+        Twilio while a sender's throughput queue is long (``DateSent`` filters miss them)."""
+        with self._cond:
+            self._queued_next += n
 
     def hold_next(self, n: int, *, taken: bool) -> None:
         """Hold the next ``n`` creates until :meth:`release_held` or the client hangs up.
@@ -242,6 +249,9 @@ class FakeTwilio(LoopbackServer):
             delay = self._delay_queue.popleft() if self._delay_queue else 0.0
             drop = self._drop_queue.popleft() if self._drop_queue else False
             message = self._message_json(to, form.get("From", ""), body)
+            if self._queued_next:
+                self._queued_next -= 1
+                message["date_sent"] = None
             self.messages.append(
                 {
                     "to": to,
@@ -265,7 +275,7 @@ class FakeTwilio(LoopbackServer):
             "body": body,
             "date_created": now,
             # Real Twilio fills date_sent once the message leaves its queue; the fake "sends"
-            # at once so the DateSent filter of list() sees it.
+            # at once unless queue_next() asked for a message still waiting.
             "date_sent": now,
             "date_updated": now,
             "direction": "outbound-api",
@@ -294,7 +304,12 @@ class FakeTwilio(LoopbackServer):
         if "From" in query:
             found = [m for m in found if m["from"] == query["From"]]
         if after is not None:
-            found = [m for m in found if email.utils.parsedate_to_datetime(m["date_sent"]) >= after]
+            # A message with no send date yet is not "sent after" anything.
+            found = [
+                m
+                for m in found
+                if m["date_sent"] and email.utils.parsedate_to_datetime(m["date_sent"]) >= after
+            ]
         found = found[:page_size]
         uri = f"{path}?{urllib.parse.urlencode(query)}" if query else path
         return {

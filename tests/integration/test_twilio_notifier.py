@@ -116,6 +116,36 @@ def test_lookup_finds_a_sent_message_by_body(fake: FakeTwilio, twilio: TwilioSMS
     assert unknown is None
 
 
+def test_lookup_finds_a_message_still_queued_at_twilio(
+    fake: FakeTwilio, twilio: TwilioSMSNotifier
+) -> None:
+    # Given Twilio took the message but has not sent it yet (no send date)
+    since = dt.datetime.now(dt.UTC)
+    fake.queue_next(1)
+    receipt = twilio.send(OutboundMessage("n-queued", TO, BODY))
+
+    # When the sweep asks for it
+    found = twilio.lookup(TO, BODY, since)
+
+    # Then it is found: resending it would text the citizen twice
+    assert fake.messages[-1]["json"]["date_sent"] is None
+    assert found == receipt.provider_ref
+
+
+def test_lookup_ignores_the_same_text_sent_before_the_attempt(
+    fake: FakeTwilio, twilio: TwilioSMSNotifier
+) -> None:
+    # Given the same text went to the number earlier (an earlier, separate notification)
+    twilio.send(OutboundMessage("n-earlier", TO, "【长安政务】同样的提醒"))
+
+    # When the sweep asks about an attempt that started well after it
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=twilio.lookup_clock_skew_s + 60)
+    found = twilio.lookup(TO, "【长安政务】同样的提醒", later)
+
+    # Then the earlier message is not taken for this attempt's
+    assert found is None
+
+
 def test_lookup_converts_local_time_to_utc(fake: FakeTwilio, twilio: TwilioSMSNotifier) -> None:
     # Given: "since" one minute ago, in Beijing time (+08:00)
     receipt = twilio.send(OutboundMessage("n-1", TO, BODY))
