@@ -4,24 +4,55 @@ A working day is what the State Council's yearly holiday notice says it is: Mond
 minus public holidays, plus the weekend make-up working days (调休). The calendar data comes from
 the ``chinesecalendar`` package, which only knows the years whose notice it shipped with; the
 notice for next year is published each November, so the package must be upgraded every year.
-Until it is, a year without data falls back to plain Monday–Friday (loudly, once per year) so
-that deadlines keep being computed rather than every ticket failing on 1 January.
+When the package lags, the operator writes the notice into ``GOVNOTIFY_HOLIDAYS_FILE`` (see
+:func:`load_holiday_notices`); for the years it lists, the file wins over the package. A year in
+neither falls back to plain Monday–Friday (loudly, once per year) so that deadlines keep being
+computed rather than every ticket failing on 1 January. :meth:`WorkdayCalendar.covered_until`
+says how far the data reaches; the scheduler exports it as ``govnotify_holiday_data_days_left``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import re
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import chinese_calendar
+from chinese_calendar import constants as _package_data
 
-__all__ = ["WorkdayCalendar", "WorkdayDataMissing", "fallback_years"]
+if TYPE_CHECKING:
+    import argparse
+
+    from infra.settings import Settings
+
+__all__ = [
+    "PACKAGE_FIRST_YEAR",
+    "PACKAGE_LAST_YEAR",
+    "HolidayFileError",
+    "HolidayNotices",
+    "WorkdayCalendar",
+    "WorkdayDataMissing",
+    "YearNotice",
+    "cli",
+    "fallback_years",
+    "load_holiday_notices",
+]
 
 log = logging.getLogger("govnotify.workdays")
 
 _PACKAGE_VERSION: str = getattr(chinese_calendar, "__version__", "unknown")
+#: The years the installed package has data for (it raises NotImplementedError outside them);
+#: the same bounds the package itself checks, from its table of holidays.
+PACKAGE_FIRST_YEAR: int = min(_package_data.holidays).year
+PACKAGE_LAST_YEAR: int = max(_package_data.holidays).year
 
 # Process-wide on purpose: every WorkdayCalendar shares one package, so one warning per year per
 # process is enough, and SREs (health checks, metrics) can ask which years were guessed.
@@ -33,6 +64,146 @@ _ONE_DAY = dt.timedelta(days=1)
 
 class WorkdayDataMissing(Exception):
     """Raised when no holiday data exists for a year and fallback is off."""
+
+
+class HolidayFileError(ValueError):
+    """Raised when the holiday notices file cannot be read or says something impossible."""
+
+
+@dataclass(frozen=True)
+class YearNotice:
+    """One year's holiday notice: the days off, and the weekend days worked instead (调休)."""
+
+    holidays: frozenset[dt.date]
+    workdays: frozenset[dt.date]
+
+
+#: Holiday notices by year, as written in ``GOVNOTIFY_HOLIDAYS_FILE``.
+HolidayNotices = Mapping[int, YearNotice]
+
+_YEAR = re.compile(r"[0-9]{4}")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_KEYS = ("holidays", "workdays")
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def load_holiday_notices(path: Path | str) -> HolidayNotices:
+    """Read and check a holiday notices file (the format is in :class:`infra.settings.Settings`).
+
+    ``{"2027": {"holidays": ["2027-01-01", ...], "workdays": ["2027-02-07", ...]}}``: every
+    day off of the year (weekend days inside a holiday span may be listed, as notices do) and
+    every make-up working day. A mistake here moves citizens' deadlines, so anything doubtful
+    is refused rather than guessed.
+
+    Raises:
+        HolidayFileError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+
+    def fail(problem: str) -> HolidayFileError:
+        return HolidayFileError(f"holiday notices file {path}: {problem}")
+
+    try:
+        # utf-8-sig: a file saved by Windows Notepad starts with a byte order mark.
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise fail(f"cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise fail("not UTF-8 text") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKeyError as exc:
+        raise fail(f"key {_q(exc.key)} appears twice") from None
+    except json.JSONDecodeError as exc:
+        raise fail(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise fail(f"the top level must be an object keyed by year, not {_json_type(data)}")
+    notices: dict[int, YearNotice] = {}
+    for key, entry in data.items():
+        if not _YEAR.fullmatch(key):
+            raise fail(f"key {_q(key)} is not a 4-digit year")
+        try:
+            notices[int(key)] = _year_notice(int(key), entry)
+        except ValueError as exc:
+            raise fail(f"{key}: {exc}") from None
+    return MappingProxyType(notices)
+
+
+def _year_notice(year: int, entry: Any) -> YearNotice:
+    """One year's entry; a ValueError says what is wrong (the caller adds file and year)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f'must be an object of "holidays" and "workdays", not {_json_type(entry)}')
+    missing = [k for k in _KEYS if k not in entry]
+    if missing:
+        raise ValueError(f"missing {', '.join(map(_q, missing))}")
+    extra = sorted(set(entry) - set(_KEYS))
+    if extra:
+        raise ValueError(f'unknown key {", ".join(map(_q, extra))}; only "holidays" and "workdays"')
+    holidays, workdays = (_dates(year, key, entry[key]) for key in _KEYS)
+    if not holidays:
+        # An empty placeholder would count as data: deadlines would silently ignore the year's
+        # holidays, and the "holiday data running out" alert would stay quiet.
+        raise ValueError('"holidays" is empty; every notice lists days off')
+    both = sorted(holidays & workdays)
+    if both:
+        raise ValueError(f"{both[0]} is both a holiday and a workday")
+    on_weekdays = sorted(d for d in workdays if d.weekday() < 5)
+    if on_weekdays:
+        # A weekday is a working day anyway: listing one is a typo for another day.
+        day = on_weekdays[0]
+        raise ValueError(
+            f'"workdays": {day} is a {_WEEKDAYS[day.weekday()]}; make-up working days (调休) '
+            "are Saturdays or Sundays"
+        )
+    return YearNotice(holidays=holidays, workdays=workdays)
+
+
+def _dates(year: int, key: str, values: Any) -> frozenset[dt.date]:
+    if not isinstance(values, list):
+        raise ValueError(f"{_q(key)} must be a list of dates, not {_json_type(values)}")
+    days = set()
+    for value in values:
+        bad = ValueError(f"{_q(key)}: {_q(value)} is not a date in YYYY-MM-DD form")
+        # fromisoformat alone would also take "20270101" and "2027-W05-1".
+        if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+            raise bad
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            raise bad from None
+        if day.year != year:
+            raise ValueError(f"{_q(key)}: {value} is not in {year}")
+        days.add(day)
+    return frozenset(days)
+
+
+class _DuplicateKeyError(ValueError):
+    """Raised when a JSON object repeats a key (json.loads would silently keep the last one)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def _q(value: Any) -> str:
+    """``value`` as JSON writes it: as the operator sees it in the file."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true or false"}
+    return names.get(type(value), "a number")
 
 
 def fallback_years() -> frozenset[int]:
@@ -48,7 +219,7 @@ def _note_fallback(year: int) -> None:
         _FALLBACK_YEARS.add(year)
     log.warning(
         "holiday data for %d not available in chinesecalendar %s; counting Mon–Fri only; "
-        "upgrade the package",
+        "upgrade the package or add the year's notice to GOVNOTIFY_HOLIDAYS_FILE",
         year,
         _PACKAGE_VERSION,
     )
@@ -57,21 +228,48 @@ def _note_fallback(year: int) -> None:
 class WorkdayCalendar:
     """Chinese working days: weekends, public holidays and make-up working days (调休)."""
 
-    def __init__(self, *, fallback_weekdays: bool = True) -> None:
+    def __init__(
+        self, *, fallback_weekdays: bool = True, notices: HolidayNotices | None = None
+    ) -> None:
         self.fallback_weekdays = fallback_weekdays
+        self.notices: HolidayNotices = notices or {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkdayCalendar:
+        """The calendar with ``GOVNOTIFY_HOLIDAYS_FILE``'s notices, if set.
+
+        Raises:
+            HolidayFileError: the file is unreadable or wrong; the process should not start.
+        """
+        path = settings.holidays_file
+        return cls(notices=load_holiday_notices(path) if path else None)
+
+    def covered_until(self) -> dt.date:
+        """The last day up to which every year, from the package's first, has holiday data.
+
+        A gap ends the run: notices for 2028 without 2027 leave the data ending in 2026.
+        """
+        year = PACKAGE_FIRST_YEAR
+        while year + 1 <= PACKAGE_LAST_YEAR or year + 1 in self.notices:
+            year += 1
+        return dt.date(year, 12, 31)
 
     def is_workday(self, day: dt.date) -> bool:
         """Whether ``day`` is a working day; see the module docstring for years without data."""
         if isinstance(day, dt.datetime):
             # A datetime is a date subclass: accepting it would silently drop its time zone.
             raise TypeError("is_workday takes a date; convert the datetime to a local date first")
+        notice = self.notices.get(day.year)
+        if notice is not None:
+            # The file wins over the package: it is how an operator corrects the package too.
+            return day in notice.workdays or (day.weekday() < 5 and day not in notice.holidays)
         try:
             return chinese_calendar.is_workday(day)
         except NotImplementedError as exc:
             if not self.fallback_weekdays:
                 raise WorkdayDataMissing(
                     f"no holiday data for {day.year} in chinesecalendar {_PACKAGE_VERSION}; "
-                    "upgrade the package"
+                    "upgrade the package or add the year's notice to GOVNOTIFY_HOLIDAYS_FILE"
                 ) from exc
             _note_fallback(day.year)
             return day.weekday() < 5
@@ -124,3 +322,63 @@ class WorkdayCalendar:
         local_day = opened_at.astimezone(tz).date()
         due_day = self.add_workdays(local_day, n)
         return dt.datetime.combine(due_day, end_of_day.replace(tzinfo=None), tzinfo=tz)
+
+
+def cli(args: argparse.Namespace) -> int:
+    """``govnotify workdays [--json]``: where the holiday data comes from, and until when.
+
+    Exits 2 with the file's problem when ``GOVNOTIFY_HOLIDAYS_FILE`` is wrong, as the workers
+    would refuse to start with it.
+    """
+    import sys
+
+    from infra.clock import Clock
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    try:
+        calendar = WorkdayCalendar.from_settings(settings)
+    except HolidayFileError as exc:
+        print(f"govnotify: {exc}", file=sys.stderr)
+        return 2
+    today = Clock.from_settings(settings).today()
+    until = calendar.covered_until()
+    days_left = (until - today).days
+    file_years = sorted(calendar.notices)
+    if args.json:
+        report = {
+            "package": {
+                "name": "chinesecalendar",
+                "version": _PACKAGE_VERSION,
+                "first_year": PACKAGE_FIRST_YEAR,
+                "last_year": PACKAGE_LAST_YEAR,
+            },
+            "file": (
+                {"path": str(settings.holidays_file), "years": file_years}
+                if settings.holidays_file
+                else None
+            ),
+            "covered_until": until.isoformat(),
+            "today": today.isoformat(),
+            "days_left": days_left,
+        }
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return 0
+    package = f"chinesecalendar {_PACKAGE_VERSION}, {PACKAGE_FIRST_YEAR}–{PACKAGE_LAST_YEAR}"
+    if settings.holidays_file:
+        years = ", ".join(map(str, file_years)) or "no year"
+        file = f"{settings.holidays_file}: {years}"
+    else:
+        file = "none (GOVNOTIFY_HOLIDAYS_FILE is not set)"
+    print("holiday data for working-day deadlines:")
+    print(f"  {'package':<13} {package}")
+    print(f"  {'file':<13} {file}")
+    print(f"  {'covered until':<13} {until}")
+    print(f"  {'days left':<13} {days_left} (today is {today})")
+    if days_left < 31:
+        # The same threshold as the GovnotifyHolidayDataRunningOut alert.
+        print(
+            f"after {until}, deadlines count Monday to Friday only: upgrade chinesecalendar or "
+            "add next year's notice to GOVNOTIFY_HOLIDAYS_FILE (docs/runbooks.md)"
+        )
+    return 0

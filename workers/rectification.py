@@ -50,7 +50,7 @@ log = logging.getLogger("govnotify.rectification")
 FLOW = "rectification"
 QUEUE = settings.queue("evaluations")
 CLOSED = load_templates()["rectification_closed"]
-CALENDAR = WorkdayCalendar()
+CALENDAR = WorkdayCalendar.from_settings(settings)
 #: Reminders go out at this local time on the working day before the deadline.
 REMIND_AT = dt.time(9, 0)
 

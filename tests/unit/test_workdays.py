@@ -8,13 +8,24 @@ computation.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from infra import workdays
-from infra.workdays import WorkdayCalendar, WorkdayDataMissing, fallback_years
+from infra.settings import load_settings
+from infra.workday_gauges import register_workday_gauges
+from infra.workdays import (
+    HolidayFileError,
+    WorkdayCalendar,
+    WorkdayDataMissing,
+    fallback_years,
+    load_holiday_notices,
+)
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 D = dt.date.fromisoformat
@@ -274,3 +285,262 @@ def test_deadline_refuses_a_naive_datetime() -> None:
     # When / Then it is refused: its local date is unknown
     with pytest.raises(ValueError, match="timezone-aware"):
         cal.deadline(dt.datetime(2025, 9, 30, 15, 0), 5, SHANGHAI)
+
+
+# ---- the holiday notices file (GOVNOTIFY_HOLIDAYS_FILE) ----------------------------------------
+#: TEST DATA, not the real 2027 notice (unpublished when this was written): a made-up Spring
+#: Festival off Wed Feb 10 – Tue Feb 16 (the weekend inside it listed, as notices do), with
+#: Saturday Feb 20 worked instead, and New Year's Day.
+FICTIONAL_2027 = {
+    "holidays": [
+        "2027-01-01",
+        "2027-02-10",
+        "2027-02-11",
+        "2027-02-12",
+        "2027-02-13",
+        "2027-02-14",
+        "2027-02-15",
+        "2027-02-16",
+    ],
+    "workdays": ["2027-02-20"],
+}
+
+
+def write_notices(tmp_path: Path, notices: object, name: str = "holidays.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(notices, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cal_2027(tmp_path: Path) -> WorkdayCalendar:
+    """A calendar strict about missing data, with the fictional 2027 notice from a file."""
+    path = write_notices(tmp_path, {"2027": FICTIONAL_2027})
+    return WorkdayCalendar(fallback_weekdays=False, notices=load_holiday_notices(path))
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda c: c.is_workday(D("2027-01-01")), False),  # Fri, listed holiday
+        (lambda c: c.is_workday(D("2027-02-09")), True),  # Tue before the break
+        (lambda c: c.is_workday(D("2027-02-10")), False),  # Wed, first day off
+        (lambda c: c.is_workday(D("2027-02-13")), False),  # Sat inside the break
+        (lambda c: c.is_workday(D("2027-02-16")), False),  # Tue, last day off
+        (lambda c: c.is_workday(D("2027-02-17")), True),  # Wed, back at work
+        (lambda c: c.is_workday(D("2027-02-20")), True),  # Sat, make-up working day
+        (lambda c: c.is_workday(D("2027-02-21")), False),  # Sun, an ordinary weekend day
+        (lambda c: c.add_workdays(D("2027-02-09"), 1), D("2027-02-17")),  # over the break
+        (lambda c: c.add_workdays(D("2027-02-19"), 1), D("2027-02-20")),  # Fri + 1 → make-up Sat
+        (lambda c: c.add_workdays(D("2027-02-17"), -1), D("2027-02-09")),
+        (lambda c: c.add_workdays(D("2026-12-31"), 1), D("2027-01-04")),  # package, then file
+        (lambda c: c.workdays_between(D("2027-02-09"), D("2027-02-22")), 5),  # 17-20, 22
+        (
+            lambda c: c.deadline(dt.datetime(2027, 2, 9, 15, tzinfo=SHANGHAI), 5, SHANGHAI),
+            dt.datetime(2027, 2, 22, 23, 59, 59, tzinfo=SHANGHAI),
+        ),
+    ],
+)
+def test_the_file_is_used_for_its_years(
+    cal_2027: WorkdayCalendar, call: object, expected: object
+) -> None:
+    # Given a calendar with a 2027 notice from the file, not allowed to guess
+    # When computing with days of 2027
+    result = call(cal_2027)  # type: ignore[operator]
+    # Then the notice's holidays and make-up day count, and nothing was guessed
+    assert result == expected
+    assert fallback_years() == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("day", "package", "with_file"),
+    [
+        ("2026-06-08", True, False),  # Mon: a holiday in the file only
+        ("2026-06-19", False, True),  # Fri: Dragon Boat Festival in the package, not in the file
+        ("2026-06-20", False, True),  # Sat: a make-up working day in the file only
+        ("2026-02-14", True, False),  # Sat: the package's make-up day, not the file's
+        ("2026-06-22", True, True),  # Mon: an ordinary working day in both
+    ],
+)
+def test_the_file_wins_over_the_package_for_a_year_it_lists(
+    tmp_path: Path, day: str, package: bool, with_file: bool
+) -> None:
+    # Given an operator's correction of 2026 (test data, not a real notice)
+    path = write_notices(
+        tmp_path, {"2026": {"holidays": ["2026-06-08"], "workdays": ["2026-06-20"]}}
+    )
+    corrected = WorkdayCalendar(notices=load_holiday_notices(path))
+    # When asking both calendars about the same day
+    # Then the package's answer is replaced by the file's for the whole year
+    assert WorkdayCalendar().is_workday(D(day)) is package
+    assert corrected.is_workday(D(day)) is with_file
+
+
+@pytest.mark.parametrize("day", ["2028-01-03", "2003-06-02"])
+def test_the_fallback_still_applies_to_years_in_neither(tmp_path: Path, day: str) -> None:
+    # Given notices for 2027 only
+    path = write_notices(tmp_path, {"2027": FICTIONAL_2027})
+    cal = WorkdayCalendar(notices=load_holiday_notices(path))
+    # When asking about a Monday of a year neither the package nor the file knows
+    result = cal.is_workday(D(day))
+    # Then Mon–Fri counts, and the year is reported as guessed
+    assert result is True
+    assert fallback_years() == frozenset({D(day).year})
+
+
+@pytest.mark.parametrize(
+    ("years", "expected"),
+    [
+        ([], "2026-12-31"),  # the package alone (1.11.0: 2004–2026)
+        (["2027"], "2027-12-31"),
+        (["2027", "2028"], "2028-12-31"),
+        (["2028"], "2026-12-31"),  # a gap: 2027 is guessed, so 2028 does not help
+        (["2027", "2029"], "2027-12-31"),
+        (["2026"], "2026-12-31"),  # a correction inside the package's years
+        (["2003"], "2026-12-31"),  # before the package's first year
+    ],
+)
+def test_covered_until(tmp_path: Path, years: list[str], expected: str) -> None:
+    # Given notices for some years (or no file)
+    notices = {year: {"holidays": [f"{year}-01-01"], "workdays": []} for year in years}
+    path = write_notices(tmp_path, notices)
+    cal = WorkdayCalendar(notices=load_holiday_notices(path) if years else None)
+    # When asking how far the data reaches
+    # Then it is the end of the unbroken run of years from the package's first
+    assert cal.covered_until() == D(expected)
+
+
+def test_from_settings_reads_the_file_when_one_is_set(tmp_path: Path) -> None:
+    # Given settings with and without GOVNOTIFY_HOLIDAYS_FILE
+    path = write_notices(tmp_path, {"2027": FICTIONAL_2027})
+    # When building calendars from them
+    with_file = WorkdayCalendar.from_settings(load_settings(holidays_file=path))
+    without = WorkdayCalendar.from_settings(load_settings(holidays_file=None))
+    # Then only the first knows 2027
+    assert with_file.covered_until() == D("2027-12-31")
+    assert with_file.is_workday(D("2027-02-10")) is False
+    assert without.covered_until() == D("2026-12-31")
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # Given the notice saved by an editor that writes a UTF-8 byte order mark
+    path = tmp_path / "holidays.json"
+    path.write_text(json.dumps({"2027": FICTIONAL_2027}), encoding="utf-8-sig")
+    # When / Then it loads like any other
+    assert sorted(load_holiday_notices(path)) == [2027]
+
+
+GOOD = FICTIONAL_2027
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read it (No such file or directory)"),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        ('{"2027": ', "not JSON (Expecting value at line 1 column 10)"),
+        ("", "not JSON (Expecting value at line 1 column 1)"),
+        ([GOOD], "the top level must be an object keyed by year, not a list"),
+        ({"27": GOOD}, 'key "27" is not a 4-digit year'),
+        ({"2027年": GOOD}, 'key "2027年" is not a 4-digit year'),
+        ({"２０２７": GOOD}, 'key "２０２７" is not a 4-digit year'),  # full-width digits
+        (
+            '{"2027": {"holidays": ["2027-01-01"], "workdays": []}, "2027": {}}',
+            'key "2027" appears twice',
+        ),
+        (
+            {"2027": ["2027-01-01"]},
+            '2027: must be an object of "holidays" and "workdays", not a list',
+        ),
+        ({"2027": {"holidays": ["2027-01-01"]}}, '2027: missing "workdays"'),
+        ({"2027": {}}, '2027: missing "holidays", "workdays"'),
+        (
+            {"2027": {**GOOD, "holiday": ["2027-10-01"]}},
+            '2027: unknown key "holiday"; only "holidays" and "workdays"',
+        ),
+        (
+            {"2027": {**GOOD, "holidays": "2027-01-01"}},
+            '2027: "holidays" must be a list of dates, not a string',
+        ),
+        (
+            {"2027": {**GOOD, "workdays": None}},
+            '2027: "workdays" must be a list of dates, not null',
+        ),
+        (
+            {"2027": {**GOOD, "holidays": ["2027-2-10"]}},
+            '2027: "holidays": "2027-2-10" is not a date in YYYY-MM-DD form',
+        ),
+        (
+            {"2027": {**GOOD, "holidays": ["20270210"]}},
+            '2027: "holidays": "20270210" is not a date in YYYY-MM-DD form',
+        ),
+        (
+            {"2027": {**GOOD, "holidays": ["2027-02-30"]}},
+            '2027: "holidays": "2027-02-30" is not a date in YYYY-MM-DD form',
+        ),
+        (
+            {"2027": {**GOOD, "workdays": [20270220]}},
+            '2027: "workdays": 20270220 is not a date in YYYY-MM-DD form',
+        ),
+        (
+            {"2027": {**GOOD, "holidays": ["2027-01-01", "2028-01-01"]}},
+            '2027: "holidays": 2028-01-01 is not in 2027',
+        ),
+        (
+            {"2027": {**GOOD, "workdays": ["2026-12-26"]}},
+            '2027: "workdays": 2026-12-26 is not in 2027',
+        ),
+        (
+            {"2027": {**GOOD, "workdays": ["2027-02-13"]}},
+            "2027: 2027-02-13 is both a holiday and a workday",
+        ),
+        (
+            {"2027": {**GOOD, "workdays": ["2027-02-20", "2027-02-17"]}},
+            '2027: "workdays": 2027-02-17 is a Wednesday; make-up working days (调休) are '
+            "Saturdays or Sundays",
+        ),
+        ({"2027": {"holidays": [], "workdays": []}}, '2027: "holidays" is empty'),
+    ],
+)
+def test_a_wrong_file_is_refused_naming_the_file_and_the_problem(
+    tmp_path: Path, content: object, problem: str
+) -> None:
+    # Given a notices file with one mistake (or none at all)
+    path = tmp_path / "holidays.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif content is not None:
+        write_notices(tmp_path, content)
+    # When loading it
+    with pytest.raises(HolidayFileError) as caught:
+        load_holiday_notices(path)
+    # Then the error names the file and says what is wrong, and is a ValueError
+    assert str(caught.value).startswith(f"holiday notices file {path}: ")
+    assert problem in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_a_wrong_file_fails_building_the_calendar_from_settings(tmp_path: Path) -> None:
+    # Given settings pointing at a file with a weekday listed as a make-up working day
+    path = write_notices(tmp_path, {"2027": {**GOOD, "workdays": ["2027-02-17"]}})
+    settings = load_settings(holidays_file=path)
+    # When / Then the calendar (and so the worker) refuses to start
+    with pytest.raises(HolidayFileError, match="2027-02-17 is a Wednesday"):
+        WorkdayCalendar.from_settings(settings)
+
+
+@pytest.mark.parametrize(("notices", "expected"), [(None, 35.0), ({"2027": GOOD}, 400.0)])
+def test_the_days_left_gauge_counts_from_the_settable_clock(
+    tmp_path: Path, notices: object, expected: float
+) -> None:
+    # Given the clock pinned at 2026-11-26 in Shanghai, with or without a 2027 notice
+    path = write_notices(tmp_path, notices) if notices else None
+    settings = load_settings(now="2026-11-26T10:00:00+08:00", holidays_file=path)
+    registry = CollectorRegistry()
+    # When the gauge is registered and scraped
+    register_workday_gauges(settings, registry)
+    value = registry.get_sample_value("govnotify_holiday_data_days_left")
+    # Then it is the days to the last covered day (2026-12-31, or 2027-12-31 with the file)
+    assert value == expected
