@@ -178,13 +178,16 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from infra.health import component_checks
     from infra.logging import configure_logging
     from infra.metrics import serve_metrics
+    from infra.workday_gauges import register_workday_gauges
     from workers.scheduler import run_scheduler
 
     s = _settings()
     configure_logging(args.log_level, "scheduler")
     # The scheduler is the one singleton with the database at hand: it serves the gauges read
-    # from the tables (oldest pending, open tickets, unacknowledged alerts, open dead letters).
+    # from the tables (oldest pending, open tickets, unacknowledged alerts, open dead letters),
+    # and how long the holiday data lasts; both before /metrics answers, so no scrape misses them.
     register_database_gauges(s)
+    register_workday_gauges(s)
     serve_metrics(
         s.scheduler_metrics_port, s.metrics_host, ready_checks=component_checks(s, "scheduler")
     )
@@ -466,6 +469,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outcome", help="what was done (sent to a real-name citizen)")
     p.add_argument("--department", help="only this department's tickets (for list)")
     p.set_defaults(func=cmd_rectification)
+
+    p = sub.add_parser("call-list", help="renewal calls staff owe: list them, or record one done")
+    p.add_argument("action", choices=["list", "done"])
+    p.add_argument("entry", nargs="?", help="entry id or unique prefix (for done)")
+    p.add_argument("--outcome", help="what the call achieved (for done)")
+    p.add_argument("--department", help="only this issuing department's entries (for list)")
+    p.add_argument(
+        "--status", choices=["open", "done", "cancelled", "all"], default="open", help="for list"
+    )
+    p.add_argument("--reveal", action="store_true", help="show names and numbers unmasked")
+    p.set_defaults(func=_delegate("workers.call_list"))
+
+    p = sub.add_parser("workdays", help="where the holiday data for deadlines comes from, to when")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=_delegate("infra.workdays"))
 
     p = sub.add_parser(
         "green-channel", help="green-channel response times per service point (from the records)"

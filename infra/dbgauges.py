@@ -37,6 +37,7 @@ from sqlalchemy import and_, func, or_, select
 from infra.clock import Clock
 from schemas.models import (
     CallbackTask,
+    CallListEntry,
     DeadLetter,
     Notification,
     NotificationStatus,
@@ -115,6 +116,10 @@ _HELP = {
     ),
     "govnotify_callback_tasks_overdue": (
         "Follow-up callback tasks (跟踪回访) still open past their due time, by department.",
+        ["department"],
+    ),
+    "govnotify_call_list_entries_open": (
+        "Renewal call-list entries (续证提醒电话) not called yet, by issuing department.",
         ["department"],
     ),
     "govnotify_dead_letters_open": (
@@ -329,6 +334,17 @@ class DatabaseGauges(Collector):
         ):
             late_calls[_label(department)] = late_calls.get(_label(department), 0.0) + total
         out["govnotify_callback_tasks_overdue"] = _keyed(_bounded(late_calls))
+
+        # Renewal calls staff still owe.
+        cl = CallListEntry
+        calls: dict[str, float] = {}
+        for department, total in conn.execute(
+            select(cl.issuing_department, func.count())
+            .where(cl.status == "open")
+            .group_by(cl.issuing_department)
+        ):
+            calls[_label(department)] = calls.get(_label(department), 0.0) + total
+        out["govnotify_call_list_entries_open"] = _keyed(_bounded(calls))
 
         # Dead letters nobody replayed yet.
         d = DeadLetter

@@ -14,7 +14,7 @@ table                columns                                    which rows
 ==================== ========================================== ===============================
 notification         recipient, body, template_params → NULL   created before the cut-off, no
                                                                 longer waiting to be sent
-call_list_entry      holder_name, holder_mobile → NULL          created before the cut-off
+call_list_entry      holder_name, holder_mobile, outcome → NULL created before the cut-off
 rectification_ticket citizen_mobile → NULL, comment → ''        closed before the cut-off (an
                                                                 open ticket still has to tell
                                                                 the citizen its outcome)
@@ -108,10 +108,12 @@ def _rules() -> list[_Rule]:
             lambda cutoff: and_(
                 CallListEntry.created_at < cutoff,
                 or_(
-                    CallListEntry.holder_name.is_not(None), CallListEntry.holder_mobile.is_not(None)
+                    CallListEntry.holder_name.is_not(None),
+                    CallListEntry.holder_mobile.is_not(None),
+                    CallListEntry.outcome.is_not(None),
                 ),
             ),
-            {"holder_name": None, "holder_mobile": None},
+            {"holder_name": None, "holder_mobile": None, "outcome": None},
         ),
         _Rule(
             "rectification_ticket",

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     renewal_sms_offsets: list[int] = [30, 7]
     #: Days before expiry at which the issuing department gets a call-list entry.
     renewal_call_offsets: list[int] = [3]
+    #: Local time of the daily call-list digest to each issuing department (working days).
+    call_list_digest_at: dt.time = dt.time(9, 0)
 
     #: Non-critical citizen SMS are deferred out of these local hours ("" disables).
     quiet_hours: str = "21:00-08:00"
@@ -133,6 +135,10 @@ class Settings(BaseSettings):
     satisfaction_window_s: int = Field(3600, ge=60)
     #: Staff directory (on-duty staff, supervisors, department heads, webhooks); empty: bundled.
     staff_directory: Path | None = None
+    #: JSON holiday notices for years the chinesecalendar package does not know yet (the State
+    #: Council publishes next year's each November): {"2027": {"holidays": [...],
+    #: "workdays": [...]}}. Empty: the package only.
+    holidays_file: Path | None = None
     #: How often the scheduler hands due jobs to the work queues.
     scheduler_interval_s: float = Field(0.5, gt=0)
 

@@ -78,6 +78,7 @@ STAFF_MESSAGE_KINDS: frozenset[str] = frozenset(
         "rectification_ticket",
         "rectification_reminder",
         "rectification_overdue",
+        "call_list",
     }
 )
 

@@ -247,6 +247,11 @@ class CallListEntry(SQLModel, table=True):
     due_on: dt.date
     status: str = Field(default="open", max_length=16)  # open | cancelled | done
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    #: When the department's daily call-list digest carried this entry.
+    notified_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    completed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    #: What the call achieved, as staff recorded it (``govnotify call-list done``).
+    outcome: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class DeadLetter(SQLModel, table=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from infra.logging import install_masking
 from workers import (  # noqa: F401  (each module declares its actors)
+    call_list,
     callbacks,
     delivery,
     green_channel,

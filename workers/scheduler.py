@@ -117,9 +117,13 @@ def tick(settings: Settings, clock: Clock) -> int:
 def run_scheduler(settings: Settings, stop: threading.Event) -> None:
     """Tick until ``stop`` is set; errors are logged and retried on the next tick."""
     from infra.clock import Clock
+    from infra.workdays import WorkdayCalendar
     from workers import actors  # noqa: F401  (declares every actor on the broker)
+    from workers.call_list import schedule_digests
 
     clock = Clock.from_settings(settings)
+    calendar = WorkdayCalendar.from_settings(settings)
+    digests_for: dt.date | None = None
     log.info("scheduler running every %.1fs", settings.scheduler_interval_s)
     if settings.sweep_interval_s:
         # Its own thread: a sweep asking a slow provider must not hold up due escalations.
@@ -128,6 +132,10 @@ def run_scheduler(settings: Settings, stop: threading.Event) -> None:
         ).start()
     while not stop.is_set():
         try:
+            if digests_for != clock.today():
+                # Daily jobs with no event to start them: the departments' call-list digests.
+                schedule_digests(settings, clock, calendar)
+                digests_for = clock.today()
             while tick(settings, clock) == BATCH and not stop.is_set():
                 pass
         except Exception:

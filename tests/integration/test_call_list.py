@@ -1,0 +1,241 @@
+"""Renewal call lists reach the issuing departments: the daily digest, and the CLI staff use.
+
+On the real RabbitMQ and PostgreSQL, with the worker and the scheduler as processes and the
+department robots on a loopback fake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from infra.db import session
+from infra.settings import Settings
+from schemas.models import CallListEntry, utcnow
+from tests.fakes.webhook_server import FakeWebhook
+from tests.support import Pipeline, env_for, metric, scrape, wait_until
+
+pytestmark = pytest.mark.integration
+
+CST = dt.timezone(dt.timedelta(hours=8))
+#: A Thursday, after the 09:00 digest time: today's digest is due at once.
+NOW = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
+TODAY = NOW.date()
+ROBOT = "/hooks/department-robot"
+
+
+def add_entry(
+    settings: Settings,
+    license_id: str,
+    *,
+    department: str = "市场监督管理局",
+    due_on: dt.date = TODAY,
+    status: str = "open",
+    notified: bool = False,
+    mobile: str = "13800138000",
+) -> str:
+    entry_id = uuid.uuid4().hex
+    with session(settings) as s:
+        s.add(
+            CallListEntry(
+                id=entry_id,
+                idempotency_key=f"test:{license_id}",
+                license_id=license_id,
+                category="food_business",
+                issuing_department=department,
+                holder_name="王伟",
+                holder_mobile=mobile,
+                expires_on=due_on + dt.timedelta(days=3),
+                offset_days=3,
+                due_on=due_on,
+                status=status,
+                created_at=utcnow(),
+                notified_at=utcnow() if notified else None,
+            )
+        )
+        s.commit()
+    return entry_id
+
+
+def notified(settings: Settings) -> dict[str, bool]:
+    with session(settings) as s:
+        return {
+            e.license_id: e.notified_at is not None
+            for e in s.execute(select(CallListEntry)).scalars()
+        }
+
+
+def digests(webhooks: FakeWebhook) -> list[Any]:
+    return [r for r in webhooks.requests if r.route == ROBOT]
+
+
+def text(request: Any) -> str:
+    """Everything the robot was sent, as text (the robot format's JSON)."""
+    return json.dumps(request.body, ensure_ascii=False)
+
+
+def start(pipeline: Pipeline, directory: Any, **extra: str) -> None:
+    pipeline.set_env(
+        GOVNOTIFY_STAFF_DIRECTORY=str(directory), GOVNOTIFY_NOW=NOW.isoformat(), **extra
+    )
+    pipeline.worker()
+    pipeline.scheduler()
+
+
+def test_each_department_gets_its_due_entries_once_with_numbers_masked(
+    settings: Settings, pipeline: Pipeline, hooks
+) -> None:
+    # Given entries of two departments due by today, one due later, one sent yesterday and
+    # one cancelled by a renewal
+    webhooks, directory = hooks
+    add_entry(settings, "LIC-MKT-1", mobile="13800138001")
+    add_entry(settings, "LIC-MKT-2", due_on=TODAY - dt.timedelta(days=1), mobile="13800138002")
+    add_entry(settings, "LIC-HEALTH-1", department="卫生健康局", mobile="13800138003")
+    add_entry(settings, "LIC-LATER", due_on=TODAY + dt.timedelta(days=1))
+    add_entry(settings, "LIC-SENT", notified=True)
+    add_entry(settings, "LIC-RENEWED", status="cancelled")
+
+    # When the worker and the scheduler run on a working day after 09:00
+    start(pipeline, directory)
+
+    # Then each department's head got one message with its own due entries
+    wait_until(
+        lambda: len(digests(webhooks)) == 2,
+        60,
+        message=lambda: f"robot got {len(digests(webhooks))} messages",
+    )
+    wait_until(lambda: sum(notified(settings).values()) == 4, 30)
+    assert notified(settings) == {
+        "LIC-MKT-1": True,
+        "LIC-MKT-2": True,
+        "LIC-HEALTH-1": True,
+        "LIC-LATER": False,
+        "LIC-SENT": True,
+        "LIC-RENEWED": False,
+    }
+    texts = [text(r) for r in digests(webhooks)]
+    by_department = {
+        "卫生健康局": next(t for t in texts if "LIC-HEALTH-1" in t),
+        "市场监督管理局": next(t for t in texts if "LIC-MKT-1" in t),
+    }
+    assert "LIC-MKT" not in by_department["卫生健康局"]
+    assert "LIC-MKT-2" in by_department["市场监督管理局"]
+    assert "LIC-HEALTH" not in by_department["市场监督管理局"]
+    assert all(
+        "LIC-LATER" not in t and "LIC-SENT" not in t and "LIC-RENEWED" not in t for t in texts
+    )
+    # masked in the group chat: never a full number or name
+    assert all("138****8001" in t or "138****8003" in t for t in texts)
+    assert not any(f"1380013800{k}" in t for t in texts for k in (1, 2, 3))
+    assert not any("王伟" in t for t in texts)
+    # and the open calls are a gauge per department
+    samples = scrape(settings.scheduler_metrics_port)
+    assert metric(samples, "govnotify_call_list_entries_open", department="市场监督管理局") == 4
+    assert metric(samples, "govnotify_call_list_entries_open", department="卫生健康局") == 1
+
+
+def test_a_robot_failure_is_retried_without_resending_the_other_department(
+    settings: Settings, pipeline: Pipeline, hooks
+) -> None:
+    # Given two departments with due entries, and a robot that refuses the first message
+    webhooks, directory = hooks
+    add_entry(settings, "LIC-MKT-1")
+    add_entry(settings, "LIC-HEALTH-1", department="卫生健康局")
+    webhooks.fail_next(1, 503)
+
+    # When the digest runs
+    start(pipeline, directory)
+
+    # Then both are sent in the end: one refused try, then one message per department
+    wait_until(
+        lambda: notified(settings) == {"LIC-MKT-1": True, "LIC-HEALTH-1": True},
+        60,
+        message=lambda: f"{notified(settings)}: {len(digests(webhooks))} requests",
+    )
+    ids = [r.header("X-Govnotify-Id") for r in digests(webhooks)]
+    assert len(ids) == 3
+    assert len(set(ids)) == 2  # the retry resent only the refused department's digest
+
+
+def govnotify(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", "call-list", *args],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_staff_list_their_calls_and_record_them_done(settings: Settings) -> None:
+    # Given two open entries of one department and one of another
+    first = add_entry(settings, "LIC-MKT-1", mobile="13800138001")
+    add_entry(settings, "LIC-MKT-2", mobile="13800138002")
+    add_entry(settings, "LIC-HEALTH-1", department="卫生健康局")
+
+    # When staff list their department's calls, masked and then revealed
+    masked = govnotify(settings, "list", "--department", "市场监督管理局")
+    revealed = govnotify(settings, "list", "--department", "市场监督管理局", "--reveal")
+
+    # Then
+    assert masked.returncode == 0, masked.stderr
+    assert "LIC-MKT-1" in masked.stdout and "LIC-HEALTH-1" not in masked.stdout
+    assert "138****8001" in masked.stdout and "13800138001" not in masked.stdout
+    assert "13800138001" in revealed.stdout and "王伟" in revealed.stdout
+
+    # When one call is recorded done, by a prefix of its id
+    done = govnotify(settings, "done", first[:10], "--outcome", "已告知续证材料")
+
+    # Then it leaves the open list and keeps its outcome
+    assert done.returncode == 0, done.stderr
+    still_open = govnotify(settings, "list", "--department", "市场监督管理局")
+    assert "LIC-MKT-1" not in still_open.stdout and "LIC-MKT-2" in still_open.stdout
+    with session(settings) as s:
+        entry = s.get(CallListEntry, first)
+    assert entry is not None
+    assert (entry.status, entry.outcome) == ("done", "已告知续证材料")
+    assert entry.completed_at is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("done",), "done needs an entry id"),
+        (("done", "ffffffffffff"), "no call-list entry"),
+        (("done", "DONE"), "is done, not open"),
+    ],
+)
+def test_bad_call_list_commands_exit_2_with_the_reason(
+    settings: Settings, args: tuple[str, ...], message: str
+) -> None:
+    # Given an entry already done (its id starts with "DONE")
+    with session(settings) as s:
+        s.add(
+            CallListEntry(
+                id="DONE" + uuid.uuid4().hex[:28],
+                idempotency_key="test:done",
+                license_id="LIC-DONE",
+                category="food_business",
+                issuing_department="市场监督管理局",
+                expires_on=TODAY,
+                offset_days=3,
+                due_on=TODAY,
+                status="done",
+            )
+        )
+        s.commit()
+
+    # When
+    result = govnotify(settings, *args)
+
+    # Then
+    assert result.returncode == 2
+    assert message in result.stderr
