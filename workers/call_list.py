@@ -71,12 +71,11 @@ class DigestLine:
 
 
 def digest_days(now: dt.datetime, calendar: WorkdayCalendar) -> list[dt.date]:
-    """The digests to have scheduled at local ``now``: today's if a working day (even past its
-    hour: a scheduler started at noon still sends it) and the next working day's."""
+    """The digests to have scheduled at local ``now``: today's, if it is a working day (even
+    past its hour: a scheduler started at noon still sends it). The scheduler asks again each
+    new day, so nothing waits days ahead in the table."""
     today = now.date()
-    days = [today] if calendar.is_workday(today) else []
-    days.append(calendar.add_workdays(today, 1))
-    return days
+    return [today] if calendar.is_workday(today) else []
 
 
 def schedule_digests(settings: Settings, clock: Clock, calendar: WorkdayCalendar) -> list[str]:
