@@ -27,7 +27,7 @@ from infra.services import create_topics, enable_rabbitmq_prometheus, free_port,
 from infra.settings import Settings, load_settings
 from infra.top import parse_samples
 from producers.generator import bad_events, license_event
-from producers.rabbitmq import Publisher
+from producers.rabbitmq import Publisher, declare_topology
 from producers.relay import Relay
 from schemas.events import make_event
 from schemas.models import (
@@ -160,6 +160,10 @@ def test_relay_lag_is_the_age_of_the_oldest_event_of_the_batch(
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
         channel = connection.channel()
+        # As an upstream publisher does: the relay may not have declared it yet.
+        declare_topology(
+            channel, settings.exchange, settings.relay_queue, settings.dead_letter_queue
+        )
         channel.confirm_delivery()
         channel.basic_publish(
             settings.exchange,
