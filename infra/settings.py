@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     database_url: str = ""
 
     twilio_account_sid: str = ""
-    twilio_auth_token: str = ""
+    # Secrets stay out of repr(): settings objects show up in test failures and tracebacks.
+    twilio_auth_token: str = Field("", repr=False)
     twilio_from: str = ""
     #: Overrides https://api.twilio.com, for a sandbox or a test fake.
     twilio_api_base: str = ""
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     #: HMAC-SHA256 signature). Enabled when its URL is set; key id and secret are then required.
     gateway_url: str = ""
     gateway_key_id: str = ""
-    gateway_secret: str = ""
+    gateway_secret: str = Field("", repr=False)
     #: The registered signature (签名) the gateway puts in front of every message.
     gateway_sign_name: str = "长安政务"
     #: Our template name → the gateway's approved template id.
