@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     satisfaction_window_s: int = Field(3600, ge=60)
     #: Staff directory (on-duty staff, supervisors, department heads, webhooks); empty: bundled.
     staff_directory: Path | None = None
+    #: SMTP server for staff reached by e-mail (a ``mailto:`` entry among the staff directory's
+    #: webhooks): ``smtp://user:password@host:587`` (STARTTLS) or ``smtps://…:465`` (TLS).
+    #: Empty: e-mails are written to the sandbox file, like ``sandbox://`` webhooks.
+    smtp_url: str = Field("", repr=False)
+    #: The From address of those e-mails.
+    smtp_from: str = "govnotify@localhost"
     #: JSON holiday notices for years the chinesecalendar package does not know yet (the State
     #: Council publishes next year's each November): {"2027": {"holidays": [...],
     #: "workdays": [...]}}. Empty: the package only.

@@ -8,6 +8,10 @@ name stops a worker at start instead of losing an alert at 10 a.m.
 The bundled ``schemas/data/staff_directory.json`` is a sample of the Chang'an district ("1+16+N"
 plus four post stations) with fake mobiles (``1380013xxxx``) and webhook URLs on loopback
 placeholders (``127.0.0.1:8099``, where the sandbox listens); it must never reach real staff.
+A department head who reads e-mail rather than a robot gets a webhook entry
+``{"url": "mailto:market-head@changan.gov.cn", "format": "email"}`` (sent through
+``GOVNOTIFY_SMTP_URL``, or to the sandbox file while it is empty).
+
 Production replaces the whole file: set ``GOVNOTIFY_STAFF_DIRECTORY`` to the path of the real
 one (same shape; robot keys and signing secrets live only there) and pass it to
 :func:`load_staff_directory`.
@@ -20,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -33,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from notifiers.email_smtp import parse_address
 from schemas.events import ServicePointLevel
 from schemas.phone import MobileNumber
 
@@ -59,15 +64,37 @@ class StaffDirectoryError(ValueError):
     """Raised when the staff directory file is invalid; names the path and the field."""
 
 
-def _http_url(value: str) -> str:
+def _hook_url(value: str) -> str:
+    if value.startswith("mailto:"):
+        _mailto_address(value)  # which format goes with it: Webhook._format_matches_url
+        return value
     parts = urlsplit(value)
     if parts.scheme == "sandbox" and parts.hostname:
         # sandbox://<name>: recorded to a local file instead of posted (demo, development).
         return value
     if parts.scheme not in ("http", "https") or not parts.hostname:
         # The URL is not echoed: a robot URL carries its key.
-        raise ValueError("must be an http(s) URL with a host (or sandbox://name)")
+        raise ValueError(
+            "must be an http(s) URL with a host (or sandbox://name, or mailto:address with "
+            '"format": "email")'
+        )
     return value
+
+
+def _mailto_address(url: str) -> str:
+    """The one address of ``mailto:market-head@changan.gov.cn`` (percent-decoded).
+
+    Raises:
+      ValueError: for ``?subject=…`` and the like, several addresses, a display name, or an
+        address :func:`notifiers.email_smtp.parse_address` refuses; the value is not echoed.
+    """
+    target = url.removeprefix("mailto:")
+    if "?" in target or "#" in target:
+        raise ValueError("mailto: URL takes no ?query or #fragment, only one address")
+    try:
+        return parse_address(unquote(target), display_name=False).addr_spec
+    except ValueError as exc:
+        raise ValueError(f"mailto: address {exc}") from None
 
 
 class Staff(BaseModel):
@@ -84,21 +111,37 @@ class Staff(BaseModel):
 
 
 class Webhook(BaseModel):
-    """Where and how to POST alerts: the arguments of ``notifiers.webhook.WebhookNotifier``."""
+    """Where and how to reach staff: the arguments of ``notifiers.webhook.WebhookNotifier``, or
+    with ``"format": "email"`` the address of ``notifiers.email_smtp.EmailNotifier``
+    (``"url": "mailto:market-head@changan.gov.cn"``; the server is ``GOVNOTIFY_SMTP_URL``)."""
 
     model_config = _FROZEN
 
-    url: Annotated[str, AfterValidator(_http_url)]
-    format: Literal["json", "wecom", "dingtalk"] = "json"
+    url: Annotated[str, AfterValidator(_hook_url)]
+    format: Literal["json", "wecom", "dingtalk", "email"] = "json"
     #: HMAC key ("json") or 加签 secret ("dingtalk"). Never logged or shown in ``repr``.
     secret: str | None = Field(default=None, min_length=1, repr=False)
 
     @model_validator(mode="after")
-    def _wecom_has_no_secret(self) -> Webhook:
+    def _format_matches_url(self) -> Webhook:
+        mailto = self.url.startswith("mailto:")
+        if self.format == "email" and not mailto:
+            raise ValueError('url: "format": "email" needs a mailto: URL with one address')
+        if mailto and self.format != "email":
+            raise ValueError('format: a mailto: URL needs "format": "email"')
         if self.secret is not None and self.format == "wecom":
             # The notifier refuses it too; saying so here points at the file, not a worker.
             raise ValueError("secret: WeCom robots have no signing; remove the secret")
+        if self.secret is not None and self.format == "email":
+            raise ValueError(
+                "secret: e-mail has no signing; the server's credentials are in GOVNOTIFY_SMTP_URL"
+            )
         return self
+
+    @property
+    def email_address(self) -> str | None:
+        """The address of a ``mailto:`` entry (``market-head@changan.gov.cn``), else ``None``."""
+        return _mailto_address(self.url) if self.format == "email" else None
 
 
 class ServicePointEntry(BaseModel):

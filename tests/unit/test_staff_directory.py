@@ -231,6 +231,86 @@ def test_unreadable_files_name_the_path(tmp_path: Path, content: str | None, mat
     assert str(path) in str(caught.value)
 
 
+# ---- e-mail entries --------------------------------------------------------------------------
+def _with_mail_head(hook: dict[str, Any]) -> dict[str, Any]:
+    """The minimal directory with the 税务局 head reached by the webhook ``head-mail``."""
+    data = _minimal()
+    data["webhooks"]["head-mail"] = hook
+    data["departments"][0]["head"]["webhook"] = "head-mail"
+    return data
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("mailto:market-head@changan.gov.cn", "market-head@changan.gov.cn"),
+        ("mailto:tax.head%2Bcalls@changan.gov.cn", "tax.head+calls@changan.gov.cn"),
+        ("mailto:head@[127.0.0.1]", "head@[127.0.0.1]"),
+    ],
+)
+def test_a_head_can_be_reached_by_email(tmp_path: Path, url: str, address: str) -> None:
+    # Given a department head whose webhook is a mailto: entry
+    path = _write(tmp_path, _with_mail_head({"url": url, "format": "email"}))
+
+    # When
+    directory = load_staff_directory(path)
+
+    # Then
+    hook = directory.webhook_for(directory.department_head("税务局"))
+    assert hook is not None
+    assert (hook.format, hook.email_address) == ("email", address)
+    # robots are not addresses
+    assert directory.webhooks["hall-robot"].email_address is None
+
+
+#: A mailto: value that must never be echoed in an error (it is a person's address).
+_ADDRESS = "market-head@changan.gov.cn"
+
+
+@pytest.mark.parametrize(
+    ("hook", "match"),
+    [
+        # the format and the scheme go together, both ways
+        ({"url": f"mailto:{_ADDRESS}"}, r"webhooks\.head-mail: format: a mailto: URL needs "
+         r'"format": "email"'),
+        ({"url": f"mailto:{_ADDRESS}", "format": "wecom"}, r"format: a mailto: URL needs"),
+        ({"url": "https://oa.changan.gov.cn/hooks/tax", "format": "email"},
+         r'webhooks\.head-mail: url: "format": "email" needs a mailto: URL'),
+        ({"url": "sandbox://head-mail", "format": "email"}, r"needs a mailto: URL"),
+        # exactly one valid address
+        ({"url": "mailto:", "format": "email"}, r"head-mail\.url: mailto: address is empty"),
+        ({"url": "mailto:market-head", "format": "email"}, r"url: mailto: address is not an"),
+        ({"url": "mailto:market head@changan.gov.cn", "format": "email"},
+         r"url: mailto: address is not an e-mail address"),
+        ({"url": f"mailto:{_ADDRESS},tax-head@changan.gov.cn", "format": "email"},
+         r"url: mailto: address must hold exactly one address, found 2"),
+        ({"url": f"mailto:{_ADDRESS}?subject=hi", "format": "email"},
+         r"url: mailto: URL takes no \?query"),
+        ({"url": f"mailto:{_ADDRESS}%0D%0ABcc:x@y.cn", "format": "email"},
+         r"url: mailto: address contains a line break"),
+        ({"url": f"mailto:市场<{_ADDRESS}>", "format": "email"},
+         r"url: mailto: address must be a bare address"),
+        ({"url": "mailto:局长@长安.gov.cn", "format": "email"}, r"must be an ASCII address"),
+        ({"url": "mailto:head@-changan.gov.cn", "format": "email"}, r"has an invalid domain"),
+        # the server's credentials live in GOVNOTIFY_SMTP_URL, not here
+        ({"url": f"mailto:{_ADDRESS}", "format": "email", "secret": "s3cret"},
+         r"webhooks\.head-mail: secret: e-mail has no signing"),
+    ],
+)  # fmt: skip
+def test_invalid_email_entries_say_why(tmp_path: Path, hook: dict[str, Any], match: str) -> None:
+    # Given
+    path = _write(tmp_path, _with_mail_head(hook))
+
+    # When
+    with pytest.raises(StaffDirectoryError, match=match) as caught:
+        load_staff_directory(path)
+
+    # Then: the file is named, the address is not
+    assert str(path) in str(caught.value)
+    assert "market-head" not in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
 def test_directory_error_is_a_value_error_and_models_are_frozen() -> None:
     # Given
     directory = StaffDirectory.model_validate(_minimal())
