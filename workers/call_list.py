@@ -25,14 +25,14 @@ from sqlalchemy import func, select, update
 
 from infra.db import session
 from infra.logging import mask_mobile, mask_name
-from notifiers.errors import DeliveryError
+from notifiers.errors import DeliveryError, PermanentDeliveryError
 from notifiers.webhook import StaffMessage
 from schemas.categories import load_categories
 from schemas.models import CallListEntry
 from workers.broker import settings
 from workers.delivery import CLOCK, RETRY_OPTIONS
 from workers.scheduler import schedule
-from workers.staff import directory, notify_staff
+from workers.staff import directory, notify_staff, retry_first
 
 if TYPE_CHECKING:
     from infra.clock import Clock
@@ -170,7 +170,9 @@ def _send_department(department: str, entries: list[CallListEntry], day: dt.date
     log.info("call list for %s: %d entries in %d messages", department, len(entries), len(chunks))
 
 
-@dramatiq.actor(queue_name=settings.queue("reminders"), **RETRY_OPTIONS)
+@dramatiq.actor(
+    queue_name=settings.queue("reminders"), **RETRY_OPTIONS, throws=(PermanentDeliveryError,)
+)
 def send_call_list_digests(day: str) -> None:
     """Each department's open entries due by ``day`` and not sent yet, to its head.
 
@@ -200,7 +202,7 @@ def send_call_list_digests(day: str) -> None:
         try:
             _send_department(department, group, on)
         except DeliveryError as exc:
-            first_error = first_error or exc
+            first_error = retry_first(first_error, exc)
     if first_error is not None:
         raise first_error
 

@@ -17,6 +17,7 @@ import dramatiq
 from sqlalchemy import select, update
 
 from infra.db import session
+from notifiers.errors import PermanentDeliveryError
 from notifiers.templates import load_templates
 from notifiers.webhook import StaffMessage
 from schemas.commands import CallbackDoneJob, CaseJob
@@ -132,7 +133,7 @@ def _tell_department_head(task: CallbackTask) -> None:
         s.commit()
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def open_key_project_callback(job: dict[str, Any]) -> None:
     """A key project's case completed: a task for its steward and a notice to the enterprise."""
     case = parse_job(CaseJob, job, "open_key_project_callback")
@@ -169,7 +170,7 @@ def open_key_project_callback(job: dict[str, Any]) -> None:
     attempt(row)
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def complete_callback_task(job: dict[str, Any]) -> None:
     """Close the task named by ``callback_id`` (our task id); unknown ids close the case's tasks."""
     done = parse_job(CallbackDoneJob, job, "complete_callback_task")
@@ -204,7 +205,7 @@ def complete_callback_task(job: dict[str, Any]) -> None:
         s.commit()
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def escalate_callback_task(task_id: str) -> None:
     """Still open at its due time: tell the owner's department head."""
     with session(settings) as s:

@@ -357,6 +357,7 @@ def deliver_claimed(row: Notification) -> None:
     queue_name=settings.queue("delivery"),
     **RETRY_OPTIONS,
     throws=(PermanentDeliveryError,),
+    records_own_failures=True,
 )
 def deliver_notification(notification_id: str) -> None:
     """Deliver a persisted notification by id (the sweep, scheduler and replay use this)."""
@@ -369,6 +370,7 @@ def deliver_notification(notification_id: str) -> None:
     priority=100,
     **RETRY_OPTIONS,
     throws=(PermanentDeliveryError,),
+    records_own_failures=True,
 )
 def retry_delivery(notification_id: str) -> None:
     """Deliver again after a transient failure; dramatiq's backoff spaces the attempts."""

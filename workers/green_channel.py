@@ -18,6 +18,7 @@ from prometheus_client import Histogram
 from sqlalchemy import select, update
 
 from infra.db import session
+from notifiers.errors import PermanentDeliveryError
 from notifiers.webhook import StaffMessage
 from schemas.commands import CaseJob, GreenChannelAckJob
 from schemas.models import StaffAlert, utcnow
@@ -66,7 +67,9 @@ def _escalation_key(case_id: str) -> str:
     return f"green-escalate:{case_id}"
 
 
-@dramatiq.actor(queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS)
+@dramatiq.actor(
+    queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS, throws=(PermanentDeliveryError,)
+)
 def raise_green_channel_alert(job: dict[str, Any]) -> None:
     """Alert the service point's on-duty staff, once per case; schedule the escalation."""
     case = parse_job(CaseJob, job, "raise_green_channel_alert")
@@ -178,7 +181,9 @@ def _text_staff(staff: Any, alert_id: str, case: CaseJob, groups: str) -> None:
         attempt(row)
 
 
-@dramatiq.actor(queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS)
+@dramatiq.actor(
+    queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS, throws=(PermanentDeliveryError,)
+)
 def acknowledge_green_channel_alert(job: dict[str, Any]) -> None:
     """Record the acknowledgement; the pending escalation never fires."""
     ack = parse_job(GreenChannelAckJob, job, "acknowledge_green_channel_alert")
@@ -226,7 +231,9 @@ def acknowledge_green_channel_alert(job: dict[str, Any]) -> None:
     )
 
 
-@dramatiq.actor(queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS)
+@dramatiq.actor(
+    queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS, throws=(PermanentDeliveryError,)
+)
 def escalate_green_channel_alert(case_id: str) -> None:
     """Not acknowledged in time: tell the hall supervisor."""
     with session(settings) as s:

@@ -9,8 +9,10 @@ looks. :class:`DeadLetters` runs right after Retries' verdict and records such a
 ``govnotify dead-letters`` lists and replays it.
 
 An exception the actor declares in ``throws`` (a :class:`~notifiers.errors.PermanentDeliveryError`)
-is not a dead letter: the job did its work, the notification row keeps the permanent failure
-and the number is suppressed; replaying it could only fail the same way.
+is a dead letter too, at once, unless the actor says it ``records_own_failures``: a delivery
+actor did its work (the notification row keeps the permanent failure and the number is
+suppressed; replaying it could only fail the same way), but a staff alert refused for good by a
+robot is recorded nowhere else, and must be seen and replayed once the robot is fixed.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class DeadLetters(Middleware):
     the message is still on ``<queue>.XQ``.
     """
 
+    #: Set on an actor whose permanent failures (``throws``) are recorded where they matter.
+    actor_options = frozenset({"records_own_failures"})
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
@@ -80,15 +85,17 @@ class DeadLetters(Middleware):
         except ActorNotFound:
             actor_options = {}
         throws = message.options.get("throws") or actor_options.get("throws")
-        if throws and isinstance(exception, throws):
+        thrown = bool(throws) and isinstance(exception, throws)
+        if thrown and actor_options.get("records_own_failures"):
             return  # a declared permanent outcome, recorded by the job itself
         retries = message.options.get("retries", 0)
+        verdict = "failed for good" if thrown else f"gave up after {retries} attempt(s)"
         self._record(
             message,
             reason=type(exception).__name__,
             detail=(
-                f"{message.actor_name} on {q_name(message.queue_name)} gave up after "
-                f"{retries} attempt(s): {type(exception).__name__}: {exception}"
+                f"{message.actor_name} on {q_name(message.queue_name)} {verdict}: "
+                f"{type(exception).__name__}: {exception}"
             ),
         )
 

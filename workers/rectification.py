@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from infra.db import session
 from infra.workdays import WorkdayCalendar
+from notifiers.errors import PermanentDeliveryError
 from notifiers.templates import load_templates
 from notifiers.webhook import StaffMessage
 from schemas.commands import CloseRectificationJob, EvaluationJob
@@ -69,7 +70,7 @@ def _head(department: str) -> list[Any]:
         return [directory().service_points[0].hall_supervisor]
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def record_evaluation(job: dict[str, Any]) -> None:
     """Record a rating; stop the survey; open rectification and callback for a negative one."""
     ev = parse_job(EvaluationJob, job, "record_evaluation")
@@ -181,7 +182,7 @@ def _open_ticket(ev: EvaluationJob) -> None:
     )
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def remind_rectification(ticket_id: str) -> None:
     """One working day before the deadline, if still open."""
     with session(settings) as s:
@@ -209,7 +210,7 @@ def remind_rectification(ticket_id: str) -> None:
         s.commit()
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def flag_rectification_overdue(ticket_id: str) -> None:
     """Past the deadline and still open: mark overdue and tell the department head."""
     with session(settings) as s:
@@ -240,7 +241,7 @@ def flag_rectification_overdue(ticket_id: str) -> None:
     )
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def close_rectification(job: dict[str, Any]) -> None:
     """Close a ticket with its outcome; tell a real-name citizen by SMS."""
     close = parse_job(CloseRectificationJob, job, "close_rectification")

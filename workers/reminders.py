@@ -162,6 +162,7 @@ def _outdated(record: LicenseRecord | None, expires_on: str) -> str | None:
     queue_name=settings.queue("reminders"),
     **RETRY_OPTIONS,
     throws=(PermanentDeliveryError,),
+    records_own_failures=True,
 )
 def send_renewal_reminder(job: dict[str, Any]) -> None:
     """Send one renewal SMS, exactly once per idempotency key."""

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from infra.db import session
 from infra.settings import Settings
-from schemas.models import CallListEntry, utcnow
+from schemas.models import CallListEntry, DeadLetter, utcnow
 from tests.fakes.webhook_server import FakeWebhook
 from tests.support import Pipeline, env_for, metric, scrape, wait_until
 
@@ -162,6 +162,30 @@ def test_a_robot_failure_is_retried_without_resending_the_other_department(
     ids = [r.header("X-Govnotify-Id") for r in digests(webhooks)]
     assert len(ids) == 3
     assert len(set(ids)) == 2  # the retry resent only the refused department's digest
+
+
+def test_a_robot_refusing_for_good_makes_a_dead_letter_at_once(
+    settings: Settings, pipeline: Pipeline, hooks
+) -> None:
+    # Given a department robot that refuses the digest for good (DingTalk: keyword mismatch)
+    webhooks, directory = hooks
+    add_entry(settings, "LIC-MKT-1")
+    webhooks.errcode_next(1, 310000)
+
+    # When the digest runs
+    start(pipeline, directory)
+
+    # Then the job is a dead letter to replay once the robot is fixed, after one try, not eight
+    def letters() -> list[DeadLetter]:
+        with session(settings) as s:
+            return list(s.execute(select(DeadLetter)).scalars())
+
+    wait_until(lambda: letters(), 60, message=lambda: f"{len(digests(webhooks))} requests")
+    (letter,) = letters()
+    assert (letter.stage, letter.event_type) == ("job", "send_call_list_digests")
+    assert "failed for good" in letter.detail
+    assert len(digests(webhooks)) == 1
+    assert notified(settings) == {"LIC-MKT-1": False}
 
 
 def govnotify(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -63,8 +63,10 @@ def stored(settings: Settings) -> list[DeadLetter]:
 def test_jobs_out_of_retries_are_recorded_permanent_outcomes_are_not(
     settings: Settings, broker: StubBroker
 ) -> None:
-    # Given: one actor that always breaks, one whose declared outcome is permanent, one fine
-    calls: dict[str, int] = {"broken": 0, "permanent": 0, "fine": 0}
+    # Given: one actor that always breaks, one whose declared permanent outcome it records
+    # itself (a delivery), one whose permanent failure is recorded nowhere else (a staff
+    # alert), one fine
+    calls: dict[str, int] = {"broken": 0, "permanent": 0, "staff": 0, "fine": 0}
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="broken")
     def broken(job: dict) -> None:
@@ -72,11 +74,22 @@ def test_jobs_out_of_retries_are_recorded_permanent_outcomes_are_not(
         raise KeyError(f"no staff for {job['mobile']}")
 
     @dramatiq.actor(
-        broker=broker, queue_name=QUEUE, actor_name="permanent", throws=(InvalidRecipientError,)
+        broker=broker,
+        queue_name=QUEUE,
+        actor_name="permanent",
+        throws=(InvalidRecipientError,),
+        records_own_failures=True,
     )
     def permanent(job: dict) -> None:
         calls["permanent"] += 1
         raise InvalidRecipientError("landline", provider="twilio")
+
+    @dramatiq.actor(
+        broker=broker, queue_name=QUEUE, actor_name="staff", throws=(InvalidRecipientError,)
+    )
+    def staff(job: dict) -> None:
+        calls["staff"] += 1
+        raise InvalidRecipientError("robot refused", provider="webhook")
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="fine")
     def fine(job: dict) -> None:
@@ -84,11 +97,14 @@ def test_jobs_out_of_retries_are_recorded_permanent_outcomes_are_not(
 
     # When
     job = {"mobile": "+8613800138000", "holder_name": "张三"}
-    run(broker, broken.message(job), permanent.message(job), fine.message(job))
+    run(broker, broken.message(job), permanent.message(job), staff.message(job), fine.message(job))
 
-    # Then: tried twice, then one letter; the permanent one tried once and not a dead letter
-    assert calls == {"broken": 2, "permanent": 1, "fine": 1}
-    [letter] = stored(settings)
+    # Then: tried twice, then one letter; the permanent ones tried once, and only the one that
+    # records nothing itself is a letter
+    assert calls == {"broken": 2, "permanent": 1, "staff": 1, "fine": 1}
+    thrown, letter = stored(settings)  # by reason
+    assert (thrown.reason, thrown.event_type) == ("InvalidRecipientError", "staff")
+    assert "staff on tunit.jobs failed for good: InvalidRecipientError" in thrown.detail
     assert (letter.stage, letter.reason, letter.event_type, letter.count) == (
         "job",
         "KeyError",
