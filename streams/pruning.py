@@ -27,11 +27,11 @@ __all__ = [
     "PARTITION",
     "STREAM_TABLE_ENTRIES",
     "STREAM_TABLE_PRUNED",
-    "count_entries",
     "owned_partitions",
     "prunable_case",
     "prunable_license",
     "prune",
+    "record_entries",
     "stamp",
 ]
 
@@ -42,7 +42,7 @@ PARTITION = "_partition"
 
 STREAM_TABLE_ENTRIES = Gauge(
     "govnotify_stream_table_entries",
-    "Entries held in a stream table on this worker (read at each scrape).",
+    "Entries held in a stream table on this worker (after its last batch or scan).",
     ["table"],
 )
 STREAM_TABLE_PRUNED = Counter(
@@ -52,9 +52,14 @@ STREAM_TABLE_PRUNED = Counter(
 )
 
 
-def count_entries(table: faust.Table) -> None:
-    """Export the table's size, read at each scrape (it changes with every event)."""
-    STREAM_TABLE_ENTRIES.labels(table.name).set_function(lambda: len(table.data))
+def record_entries(table: faust.Table) -> None:
+    """Export the table's size. Call it on the stream's event loop only.
+
+    Not a scrape-time callback: the metrics server's thread reading ``table.data`` before the
+    table made its store would create the store, and bind the table, to an event loop of that
+    thread; the table's tasks then never run and the stream hangs on SIGTERM until killed.
+    """
+    STREAM_TABLE_ENTRIES.labels(table.name).set(len(table.data))
 
 
 def stamp(state: dict[str, Any], partition: int) -> dict[str, Any]:
@@ -117,4 +122,5 @@ def prune(
     if doomed:
         STREAM_TABLE_PRUNED.labels(name).inc(len(doomed))
         log.info("%s: forgot %d entries no rule needs any more", name, len(doomed))
+    record_entries(table)
     return len(doomed)

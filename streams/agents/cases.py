@@ -20,7 +20,7 @@ from schemas.errors import EventRejected
 from schemas.events import parse_event
 from streams.app import use_event
 from streams.case_rules import Job, apply_case_event
-from streams.pruning import count_entries, owned_partitions, prunable_case, prune, stamp
+from streams.pruning import owned_partitions, prunable_case, prune, record_entries, stamp
 
 if TYPE_CHECKING:
     from streams.app import StreamContext
@@ -79,7 +79,6 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     )
     cases = app.Table("case-state", default=None, partitions=settings.kafka_partitions)
     ratings = app.topic(settings.topic("ratings"), key_serializer="raw", value_serializer="raw")
-    count_entries(cases)
 
     async def dispatch(jobs: list[Job]) -> None:
         """Hand jobs to RabbitMQ, retrying until it works (see licenses.dispatch for why)."""
@@ -130,6 +129,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                 STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
                 jobs.extend(new_jobs)
             await dispatch(jobs)
+            record_entries(cases)
 
     prune_state: dict[str, Any] = {"last_day": None}
 
@@ -137,7 +137,10 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     async def daily_prune() -> None:
         """Once per local day, forget the cases with no event for ``stream_state_keep_days``."""
         today = ctx.clock.today()
-        if prune_state["last_day"] == today or not app.tables.recovery.completed.is_set():
+        if not app.tables.recovery.completed.is_set():
+            return
+        record_entries(cases)  # also when no event came since the tables were recovered
+        if prune_state["last_day"] == today:
             return
         now = ctx.clock.utcnow()
         prune(

@@ -19,10 +19,10 @@ from schemas.events import parse_event
 from streams.app import use_event
 from streams.pruning import (
     PARTITION,
-    count_entries,
     owned_partitions,
     prunable_license,
     prune,
+    record_entries,
     stamp,
 )
 from streams.rules import apply_license_event, due_renewal_jobs, state_job
@@ -63,7 +63,6 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
         partitions=settings.kafka_partitions,
     )
     scan_state: dict[str, Any] = {"last_day": None}
-    count_entries(registry)
 
     def due(state: dict[str, Any]) -> list[RenewalJob]:
         return due_renewal_jobs(
@@ -127,13 +126,17 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                 state_jobs.append(state_job(new_state).model_dump(mode="json"))
                 jobs.extend(due(new_state))
             await dispatch(state_jobs, jobs)
+            record_entries(registry)
 
     @app.timer(interval=settings.stream_scan_interval_s)
     async def daily_scan() -> None:
         """Once per local day, send what became due because time passed, then forget the
         licenses long expired."""
         today = ctx.clock.today()
-        if scan_state["last_day"] == today or not app.tables.recovery.completed.is_set():
+        if not app.tables.recovery.completed.is_set():
+            return
+        record_entries(registry)  # also when no event came since the tables were recovered
+        if scan_state["last_day"] == today:
             return
         # Only partitions this worker owns: the store keeps those a rebalance took away.
         owned = owned_partitions(app, topic.get_topic_name())

@@ -7,6 +7,8 @@ recovers its tables from Kafka does not bring the forgotten entries back.
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import subprocess
 import urllib.request
 
 import pytest
@@ -135,4 +137,39 @@ def test_expired_licenses_and_old_cases_are_forgotten_for_good(
         90,
         message=lambda: "the stream did not recover:\n" + stream.log_tail(),
     )
-    assert table_figures(settings) == {"license-registry": (2, 0), "case-state": (1, 0)}
+    expected = {"license-registry": (2, 0), "case-state": (1, 0)}
+    wait_until(
+        lambda: table_figures(settings) == expected,
+        30,
+        message=lambda: f"{table_figures(settings)}\n{stream.log_tail()}",
+    )
+
+
+def test_a_stream_scraped_from_its_start_still_stops_by_itself_on_sigterm(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    # Given a stream whose /metrics is scraped from the moment it starts (Prometheus does), and
+    # which applied an event
+    pipeline.set_env(GOVNOTIFY_NOW=NOW.isoformat(), GOVNOTIFY_STREAM_SCAN_INTERVAL_S="0.5")
+    pipeline.relay()
+    stream = pipeline.stream()
+
+    def scraped_and_ready() -> bool:
+        applied(settings)  # a /metrics scrape, answered or not
+        return ready(settings)
+
+    wait_until(scraped_and_ready, 90, interval=0.01, message=lambda: stream.log_tail())
+    publish(settings, [issued("LIC-LIVE", TODAY + dt.timedelta(days=200))])
+    wait_until(lambda: applied(settings) >= 1, 60, message=lambda: stream.log_tail())
+
+    # When it is asked to stop
+    stream.popen.send_signal(signal.SIGTERM)
+
+    # Then it exits by itself, having closed its event loop (a table bound to the metrics
+    # thread's loop once made it hang until SIGKILL, and rejoin the group late on restart)
+    try:
+        code = stream.popen.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the stream did not exit within 30 s of SIGTERM:\n" + stream.log_tail())
+    assert code == 0, stream.log_tail()
+    assert "Closing event loop" in stream.log_path.read_text(encoding="utf-8")
