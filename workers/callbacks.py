@@ -46,6 +46,8 @@ class CallbackTaskNotOpenYet(Exception):
 
 
 QUEUE = settings.queue("callbacks")
+#: Kinds of callback task; ``callback.completed`` may name a task by its kind.
+KINDS = frozenset({"key_project", "negative_review"})
 NOTICE = load_templates()["callback_notice"]
 
 
@@ -92,6 +94,22 @@ def open_callback_task(
         task = s.execute(
             select(CallbackTask).where(CallbackTask.idempotency_key == key)
         ).scalar_one()
+        if task.status == "done":
+            # The steward's completion came first and left the task done: fill in what only
+            # the opening knows; nothing to escalate, nobody to remind.
+            s.execute(
+                update(CallbackTask)
+                .where(CallbackTask.id == task.id, CallbackTask.department == "")
+                .values(
+                    owner_staff_id=owner_staff_id,
+                    owner_name=owner_name,
+                    department=department,
+                    service_item=service_item,
+                    due_at=due_at,
+                )
+            )
+            s.commit()
+            return task
         schedule(s, _escalation_key(key), due_at, "escalate_callback_task", task.id)
     if task.notified_at is None:
         _tell_department_head(task)
@@ -177,23 +195,24 @@ def complete_callback_task(job: dict[str, Any]) -> None:
     if done is None:
         return
     with session(settings) as s:
-        tasks = (
-            s.execute(
-                select(CallbackTask).where(
-                    CallbackTask.case_id == done.case_id, CallbackTask.status == "open"
-                )
-            )
-            .scalars()
-            .all()
-        )
+        tasks = _open_tasks(s, done.case_id)
         if not tasks:
             done_already = s.execute(
                 select(CallbackTask.id).where(CallbackTask.case_id == done.case_id)
             ).first()
             if done_already is None:
+                if done.callback_id not in KINDS:
+                    # Named by a task id we have not written yet: retry until it exists; out
+                    # of retries, it is a dead letter.
+                    raise CallbackTaskNotOpenYet(f"no callback task for case {done.case_id} yet")
                 # The completion overtook the job that opens the task (both come from one
-                # stream batch): retry until it exists; out of retries, it is a dead letter.
-                raise CallbackTaskNotOpenYet(f"no callback task for case {done.case_id} yet")
+                # stream batch, and workers run jobs side by side): record the task done now,
+                # under the key the opening uses, so it finds it done instead of escalating a
+                # call that was made.
+                if _record_early_completion(s, done):
+                    return
+                # The opening inserted its task meanwhile: close that one, as below.
+                tasks = _open_tasks(s, done.case_id)
         named = [t for t in tasks if done.callback_id in (t.id, t.kind)]
         for task in named or tasks:
             s.execute(
@@ -203,6 +222,44 @@ def complete_callback_task(job: dict[str, Any]) -> None:
             )
             cancel(s, _escalation_key(task.idempotency_key))
         s.commit()
+
+
+def _open_tasks(s: Any, case_id: str) -> list[CallbackTask]:
+    return list(
+        s.execute(
+            select(CallbackTask).where(
+                CallbackTask.case_id == case_id, CallbackTask.status == "open"
+            )
+        ).scalars()
+    )
+
+
+def _record_early_completion(s: Any, done: CallbackDoneJob) -> bool:
+    """A done task keyed like the one ``open_callback_task`` will open (it fills in the rest);
+    False if that task was inserted meanwhile."""
+    created = ledger.insert_ignore(
+        s,
+        CallbackTask.__table__,
+        {
+            "id": uuid.uuid4().hex,
+            "idempotency_key": f"callback:{done.case_id}:{done.callback_id}",
+            "case_id": done.case_id,
+            "kind": done.callback_id,
+            "owner_staff_id": done.staff_id,
+            "owner_name": "",
+            "department": "",
+            "service_item": "",
+            "status": "done",
+            "due_at": done.completed_at,
+            "created_at": utcnow(),
+            "completed_at": done.completed_at,
+            "outcome": done.outcome,
+        },
+        "idempotency_key",
+    )
+    if created:
+        log.info("callback for case %s completed before its task was opened", done.case_id)
+    return created
 
 
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))

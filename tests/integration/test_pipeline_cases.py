@@ -25,8 +25,9 @@ from schemas.models import (
     ScheduledJob,
     StaffAlert,
 )
+from streams.case_rules import case_job
 from tests.fakes.twilio_server import FakeTwilio
-from tests.support import Pipeline, count_rows, metric, publish, scrape, wait_until
+from tests.support import Pipeline, count_rows, enqueue, metric, publish, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -377,6 +378,49 @@ def test_key_projects_get_a_steward_callback_that_closes_or_escalates(
     ]
     assert len([k for k in kinds if k.endswith("-escalation")]) == 1
     assert len([k for k in kinds if not k.endswith("-escalation")]) == 2
+
+
+def test_a_completion_that_overtakes_its_task_closes_it_instead_of_an_escalation(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio, hooks
+) -> None:
+    # Given a worker, and the steward's completion handed over before the job opening the task
+    # (both come from one stream batch; workers run jobs side by side)
+    webhooks, directory = hooks
+    start = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
+    pipeline.set_env(**env(fake_twilio, directory, start, GOVNOTIFY_CALLBACK_DUE_AFTER_S="3"))
+    pipeline.worker()
+    now = start
+    completed = case_event("case.completed", "K-7", now, key_project=True, mobile="13900000307")
+    enqueue(
+        settings,
+        "callbacks",
+        "complete_callback_task",
+        {
+            "case_id": "K-7",
+            "callback_id": "key_project",
+            "staff_id": "STW-01",
+            "outcome": "企业对办理过程满意",
+            "completed_at": now.isoformat(),
+        },
+    )
+    wait_until(lambda: len(rows(settings, CallbackTask)) == 1, 60)
+
+    # When the opening job runs after it
+    job = case_job(completed.payload.model_dump(mode="json"), 70).model_dump(mode="json")
+    enqueue(settings, "callbacks", "open_key_project_callback", job)
+
+    # Then the task is done, with what only the opening knew, and nothing escalates or reminds
+    wait_until(
+        lambda: [t.owner_name for t in rows(settings, CallbackTask)] == ["刘管家"],
+        60,
+        message=lambda: f"{rows(settings, CallbackTask)}",
+    )
+    (task,) = rows(settings, CallbackTask)
+    assert (task.status, task.outcome, task.escalated_at) == ("done", "企业对办理过程满意", None)
+    assert (task.department, task.service_item) == ("市场监督管理局", "食品经营许可证核发")
+    assert fake_twilio.wait_for(1, timeout=30)[0]["to"] == "+8613900000307"
+    assert not [j for j in rows(settings, ScheduledJob) if j.key.startswith("callback-due:")]
+    assert not [r for r in webhooks.requests if r.route == "/hooks/department-robot"]
 
 
 def test_a_callback_task_whose_webhook_failed_is_told_on_the_retry(
