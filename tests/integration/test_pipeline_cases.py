@@ -310,6 +310,16 @@ def test_a_survey_due_in_quiet_hours_is_deferred_to_eight_not_dropped(
     )
 
 
+def applied_by_stream(settings: Settings, event_type: str) -> float:
+    samples = scrape(settings.stream_metrics_port)
+    return metric(samples, "govnotify_stream_events_total", event_type=event_type)
+
+
+def enqueued_by_stream(settings: Settings, kind: str) -> float:
+    samples = scrape(settings.stream_metrics_port)
+    return metric(samples, "govnotify_jobs_enqueued_total", kind=kind)
+
+
 def test_key_projects_get_a_steward_callback_that_closes_or_escalates(
     settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio, hooks
 ) -> None:
@@ -360,7 +370,12 @@ def test_key_projects_get_a_steward_callback_that_closes_or_escalates(
     wait_until(
         lambda: outcome() == {"K-1": ("done", False), "K-2": ("open", True)},
         60,
-        message=lambda: f"the callbacks did not close and escalate as expected: {outcome()}",
+        message=lambda: (
+            f"the callbacks did not close and escalate as expected: {outcome()}; "
+            "callback.completed applied by the stream: "
+            f"{applied_by_stream(settings, 'callback.completed')}, jobs enqueued: "
+            f"{enqueued_by_stream(settings, 'complete_callback_task')}"
+        ),
     )
 
     # Then: the enterprises were told who calls and by when
