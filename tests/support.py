@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Pipeline",
+    "clean_env",
     "count_rows",
     "create_database",
     "drop_database",
@@ -40,6 +43,7 @@ __all__ = [
     "publish",
     "purge_namespace",
     "queue_depth",
+    "run_cli",
     "scrape",
     "unmasked_mobiles",
     "wait_until",
@@ -132,6 +136,27 @@ def enqueue(settings: Settings, queue: str, actor_name: str, *args: object) -> N
 def count_rows(settings: Settings, model, *where) -> int:  # type: ignore[no-untyped-def]
     with session(settings) as s:
         return s.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any GOVNOTIFY_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVNOTIFY_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``govnotify ARGS`` as a subprocess with ``env``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:

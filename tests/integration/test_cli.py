@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,30 +19,12 @@ from notifiers.base import OutboundMessage
 from notifiers.sandbox import SandboxNotifier
 from producers.generator import license_event
 from schemas.models import Notification, NotificationStatus, utcnow
-from tests.support import env_for
+from tests.support import clean_env, env_for, run_cli
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT = 120
 SUBCOMMANDS = ("services", "db", "schemas", "publish", "relay", "stream", "worker", "sweep", "demo")
 TODAY = dt.date(2026, 6, 1)
-
-
-def govnotify(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVNOTIFY_")}
-    env.update(extra)
-    return env
 
 
 def _message_count(settings: Settings, queue: str) -> int:
@@ -77,7 +56,7 @@ def _landline_line() -> bytes:
 # ---- help and settings -----------------------------------------------------------------------
 def test_help_names_every_subcommand_with_a_help_line() -> None:
     # Given / When
-    result = govnotify("--help", env=_clean_env())
+    result = run_cli("--help", env=clean_env())
 
     # Then it exits 0 and lists each subcommand with a one-line description
     assert result.returncode == 0, result.stderr
@@ -96,10 +75,10 @@ def test_help_names_every_subcommand_with_a_help_line() -> None:
 )
 def test_bad_setting_exits_2_naming_the_variable(variable: str, value: str) -> None:
     # Given a bad setting in the environment
-    env = _clean_env(**{variable: value})
+    env = clean_env(**{variable: value})
 
     # When any command runs
-    result = govnotify("sweep", env=env)
+    result = run_cli("sweep", env=env)
 
     # Then it stops at start with exit code 2, naming the variable, without a traceback
     assert result.returncode == 2, result.stdout + result.stderr
@@ -123,7 +102,7 @@ def test_publish_reports_each_bad_line_and_queues_only_good_ones(
     path.write_bytes(b"\n".join(lines) + b"\n")
 
     # When it is published
-    result = govnotify("publish", str(path), env=env_for(settings))
+    result = run_cli("publish", str(path), env=env_for(settings))
 
     # Then the bad lines are named with their reasons and the command exits 1
     assert result.returncode == 1, result.stdout + result.stderr
@@ -141,7 +120,7 @@ def test_publish_all_good_exits_0(settings: Settings, tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(_good_line(n) for n in range(1, 5)) + b"\n")
 
     # When it is published
-    result = govnotify("publish", "-v", str(path), env=env_for(settings))
+    result = run_cli("publish", "-v", str(path), env=env_for(settings))
 
     # Then every line is accepted and queued
     assert result.returncode == 0, result.stdout + result.stderr
@@ -154,10 +133,10 @@ def test_publish_all_good_exits_0(settings: Settings, tmp_path: Path) -> None:
 def test_db_upgrade_on_fresh_sqlite_data_dir(tmp_path: Path) -> None:
     # Given an empty data folder and no database URL (SQLite default)
     data_dir = tmp_path / "fresh"
-    env = _clean_env(GOVNOTIFY_DATA_DIR=str(data_dir))
+    env = clean_env(GOVNOTIFY_DATA_DIR=str(data_dir))
 
     # When the migrations are applied
-    result = govnotify("db", "upgrade", env=env)
+    result = run_cli("db", "upgrade", env=env)
 
     # Then it exits 0 and the SQLite file has the tables
     assert result.returncode == 0, result.stdout + result.stderr
@@ -212,7 +191,7 @@ def test_sweep_resolves_stuck_rows(settings: Settings) -> None:
     env = env_for(
         settings, GOVNOTIFY_SWEEP_SENDING_AFTER_S="60", GOVNOTIFY_SWEEP_CREATED_AFTER_S="60"
     )
-    result = govnotify("sweep", env=env)
+    result = run_cli("sweep", env=env)
 
     # Then each row is resolved as the provider's record says
     assert result.returncode == 0, result.stdout + result.stderr

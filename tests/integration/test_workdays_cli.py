@@ -4,19 +4,15 @@ the scheduler's ``govnotify_holiday_data_days_left`` gauge on its real /metrics.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from infra.settings import Settings
-from tests.support import Pipeline, metric, scrape, wait_until
+from tests.support import Pipeline, clean_env, metric, run_cli, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT = 120
 NOW = "2026-11-26T10:00:00+08:00"
 #: TEST DATA, not the real 2027 notice: a made-up Spring Festival off Feb 10–16, Sat Feb 20 worked.
 FICTIONAL_2027 = {
@@ -25,23 +21,6 @@ FICTIONAL_2027 = {
         "workdays": ["2027-02-20"],
     }
 }
-
-
-def govnotify(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVNOTIFY_")}
-    env.update(extra)
-    return env
 
 
 def _write(path: Path, notices: object) -> Path:
@@ -53,10 +32,10 @@ def _write(path: Path, notices: object) -> Path:
 def test_workdays_json_reports_the_package_the_file_and_the_days_left(tmp_path: Path) -> None:
     # Given the 2027 notice in GOVNOTIFY_HOLIDAYS_FILE and the clock at 2026-11-26
     path = _write(tmp_path / "holidays.json", FICTIONAL_2027)
-    env = _clean_env(GOVNOTIFY_HOLIDAYS_FILE=str(path), GOVNOTIFY_NOW=NOW)
+    env = clean_env(GOVNOTIFY_HOLIDAYS_FILE=str(path), GOVNOTIFY_NOW=NOW)
 
     # When
-    result = govnotify("workdays", "--json", env=env)
+    result = run_cli("workdays", "--json", env=env)
 
     # Then the data reaches the end of 2027, 400 days away
     assert result.returncode == 0, result.stderr
@@ -76,12 +55,12 @@ def test_workdays_json_reports_the_package_the_file_and_the_days_left(tmp_path: 
 
 def test_workdays_without_a_file_ends_with_the_package() -> None:
     # Given no GOVNOTIFY_HOLIDAYS_FILE, on 2026-11-26 and on 2026-12-15
-    env = _clean_env(GOVNOTIFY_NOW=NOW)
-    late = _clean_env(GOVNOTIFY_NOW="2026-12-15T10:00:00+08:00")
+    env = clean_env(GOVNOTIFY_NOW=NOW)
+    late = clean_env(GOVNOTIFY_NOW="2026-12-15T10:00:00+08:00")
 
     # When
-    as_json = govnotify("workdays", "--json", env=env)
-    as_text = govnotify("workdays", env=late)
+    as_json = run_cli("workdays", "--json", env=env)
+    as_text = run_cli("workdays", env=late)
 
     # Then the package's last year is the end, and with under 31 days left the text says
     # what to do (the alert's threshold)
@@ -105,10 +84,10 @@ def test_workdays_with_a_bad_file_exits_2_naming_the_problem(tmp_path: Path) -> 
     # Given a file listing a Wednesday as a make-up working day
     notices = {"2027": {**FICTIONAL_2027["2027"], "workdays": ["2027-02-17"]}}
     path = _write(tmp_path / "holidays.json", notices)
-    env = _clean_env(GOVNOTIFY_HOLIDAYS_FILE=str(path), GOVNOTIFY_NOW=NOW)
+    env = clean_env(GOVNOTIFY_HOLIDAYS_FILE=str(path), GOVNOTIFY_NOW=NOW)
 
     # When
-    result = govnotify("workdays", "--json", env=env)
+    result = run_cli("workdays", "--json", env=env)
 
     # Then it exits 2 with the file and the problem, and prints no report
     assert result.returncode == 2
