@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from infra.db import session
 from infra.settings import Settings
-from schemas.models import CallListEntry, DeadLetter, utcnow
+from schemas.models import CallListEntry, DeadLetter
+from tests.call_list_support import add_entry, notified
 from tests.fakes.webhook_server import FakeWebhook
 from tests.support import Pipeline, env_for, metric, scrape, wait_until
 
@@ -29,47 +30,6 @@ CST = dt.timezone(dt.timedelta(hours=8))
 NOW = dt.datetime(2026, 11, 26, 10, 0, tzinfo=CST)
 TODAY = NOW.date()
 ROBOT = "/hooks/department-robot"
-
-
-def add_entry(
-    settings: Settings,
-    license_id: str,
-    *,
-    department: str = "市场监督管理局",
-    due_on: dt.date = TODAY,
-    status: str = "open",
-    notified: bool = False,
-    mobile: str = "13800138000",
-) -> str:
-    entry_id = uuid.uuid4().hex
-    with session(settings) as s:
-        s.add(
-            CallListEntry(
-                id=entry_id,
-                idempotency_key=f"test:{license_id}",
-                license_id=license_id,
-                category="food_business",
-                issuing_department=department,
-                holder_name="王伟",
-                holder_mobile=mobile,
-                expires_on=due_on + dt.timedelta(days=3),
-                offset_days=3,
-                due_on=due_on,
-                status=status,
-                created_at=utcnow(),
-                notified_at=utcnow() if notified else None,
-            )
-        )
-        s.commit()
-    return entry_id
-
-
-def notified(settings: Settings) -> dict[str, bool]:
-    with session(settings) as s:
-        return {
-            e.license_id: e.notified_at is not None
-            for e in s.execute(select(CallListEntry)).scalars()
-        }
 
 
 def digests(webhooks: FakeWebhook) -> list[Any]:

@@ -11,19 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from infra.db import session
 from infra.settings import Settings, load_settings
 from notifiers.email_smtp import EmailNotifier
-from schemas.models import CallListEntry, utcnow
 from schemas.staff import load_staff_directory
+from tests.call_list_support import add_entry, notified
 from tests.fakes.smtp_server import FakeSmtp
 from tests.fakes.webhook_server import BUNDLED_DIRECTORY
 from tests.support import Pipeline, metric, scrape, wait_until
@@ -47,35 +44,6 @@ def email_directory(path: Path) -> Path:
     department["head"]["webhook"] = "market-head-mail"
     path.write_text(json.dumps(directory, ensure_ascii=False), encoding="utf-8")
     return path
-
-
-def add_entry(settings: Settings, license_id: str, *, department: str, mobile: str) -> None:
-    with session(settings) as s:
-        s.add(
-            CallListEntry(
-                id=uuid.uuid4().hex,
-                idempotency_key=f"test:{license_id}",
-                license_id=license_id,
-                category="food_business",
-                issuing_department=department,
-                holder_name="王伟",
-                holder_mobile=mobile,
-                expires_on=TODAY + dt.timedelta(days=3),
-                offset_days=3,
-                due_on=TODAY,
-                status="open",
-                created_at=utcnow(),
-            )
-        )
-        s.commit()
-
-
-def notified(settings: Settings) -> dict[str, bool]:
-    with session(settings) as s:
-        return {
-            e.license_id: e.notified_at is not None
-            for e in s.execute(select(CallListEntry)).scalars()
-        }
 
 
 def sandbox_records(settings: Settings) -> list[dict[str, Any]]:
