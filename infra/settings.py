@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["EMBEDDED_KAFKA_PORT", "Settings", "SettingsError", "get_settings", "load_settings"]
 
 #: Loopback port of the embedded Tansu broker when ``GOVNOTIFY_KAFKA_URL`` is not set.
 EMBEDDED_KAFKA_PORT = 19092
+
+# Shapes of the provider credentials, checked when the settings are read so that a process
+# that could not send stops at start (a worker would otherwise claim every message and fail
+# each). The notifiers check the same shapes in their __init__ (TwilioSMSNotifier's class
+# attributes); settings, on the floor below, cannot import them.
+#: Twilio Account SID: "AC" and 32 hex digits (the pattern in Twilio's API reference).
+_TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+#: Twilio Auth Token: 32 hex digits.
+_TWILIO_AUTH_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
+#: Twilio sender: an E.164 number ("+", 7 to 15 digits) or a Messaging Service SID.
+_TWILIO_SENDER = re.compile(r"\+[1-9][0-9]{6,14}|MG[0-9a-fA-F]{32}")
+#: Providers a route may name.
+_SMS_PROVIDERS = ("twilio", "gateway", "sandbox")
 
 
 class SettingsError(Exception):
@@ -44,7 +59,17 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(4, ge=1, le=256)
     #: "tansu" (the embedded broker; works around its ListOffsets answer) or "kafka".
     kafka_broker_kind: Literal["tansu", "kafka"] = "tansu"
+    #: Replicas of every topic on a real cluster (``kafka`` kind); the embedded Tansu has one.
     kafka_replication_factor: int = Field(3, ge=1, le=7)
+    #: ``min.insync.replicas`` of every topic on a real cluster: with acks=all a write is
+    #: acknowledged only once this many replicas have it, so one broker lost loses nothing.
+    kafka_min_insync_replicas: int = Field(2, ge=1, le=7)
+    #: How often the relay checks that Kafka still holds its epoch marker (a broker that came
+    #: back empty lost every event not yet applied; the relay re-drives them from the journal).
+    kafka_epoch_check_s: float = Field(5.0, gt=0)
+    #: RabbitMQ queue type of every govnotify queue: ``classic``, or ``quorum`` (replicated
+    #: across a RabbitMQ cluster; a single-node quorum queue works too).
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     #: Empty means a SQLite file under data_dir.
     database_url: str = ""
 
@@ -103,6 +128,14 @@ class Settings(BaseSettings):
     renewal_sms_offsets: list[int] = [30, 7]
     #: Days before expiry at which the issuing department gets a call-list entry.
     renewal_call_offsets: list[int] = [3]
+    #: A reminder due at once when a license event arrives waits this long and is checked
+    #: against the registry again, so an issue followed at once by a renewal or revocation
+    #: texts nobody (0: send at once).
+    renewal_settle_s: int = Field(60, ge=0, le=86400)
+    #: Ingested events are kept in the journal (PostgreSQL) this many days after the stream
+    #: applied them: the window for de-duplicating an upstream's repeats and for rebuilding
+    #: stream state; the retention purge deletes older ones.
+    journal_keep_days: int = Field(30, ge=1, le=3650)
     #: Local time of the daily call-list digest to each issuing department (working days).
     call_list_digest_at: dt.time = dt.time(9, 0)
 
@@ -232,21 +265,208 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
-    @field_validator("gateway_url", "public_base_url")
+    @field_validator("public_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    # ---- providers: every shape checked here, so a process that could not send stops at
+    # start, with the variable named, instead of claiming messages and failing each ------------
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _twilio_account_sid(cls, value: str) -> str:
+        if value and not _TWILIO_ACCOUNT_SID.fullmatch(value):
+            raise ValueError(
+                "must be the Account SID from the Twilio console: 'AC' and 32 hex digits, "
+                f"34 characters (got {len(value)}{_whitespace_note(value)})"
+            )
+        return value
+
+    @field_validator("twilio_auth_token")
+    @classmethod
+    def _twilio_auth_token(cls, value: str) -> str:
+        # The token is never echoed, not even in part: this message reaches logs.
+        if value and not _TWILIO_AUTH_TOKEN.fullmatch(value):
+            raise ValueError(
+                "must be the Auth Token from the Twilio console: 32 hex digits "
+                f"(got {len(value)} characters{_whitespace_note(value)})"
+            )
+        return value
+
+    @field_validator("twilio_from")
+    @classmethod
+    def _twilio_from(cls, value: str) -> str:
+        if value and not _TWILIO_SENDER.fullmatch(value):
+            raise ValueError(
+                "must be an E.164 number ('+' and 7 to 15 digits, e.g. +8613800138000) or a "
+                f"Messaging Service SID ('MG' and 32 hex digits){_whitespace_note(value)}"
+            )
+        return value
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _gateway_url(cls, value: str) -> str:
+        if not value:
+            return value
+        # Every request carries the key id and an HMAC, and every message a citizen's number:
+        # plain http only where the traffic never leaves the machine (a local relay, tests).
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            port_ok = parts.port != 0
+            scheme = parts.scheme
+        except ValueError:  # a bad port or IPv6 literal
+            host, port_ok, scheme = "", False, ""
+        secure = scheme == "https" or (scheme == "http" and _is_loopback(host))
+        if not (host and port_ok and secure):
+            raise ValueError(
+                "must be an https:// URL with a host (http:// only to a loopback host: "
+                "127.0.0.1, ::1 or localhost)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("gateway_key_id", "gateway_secret")
+    @classmethod
+    def _gateway_credential(cls, value: str) -> str:
+        # Blank is "not set" (the gateway's all-or-nothing rule below names what is missing).
+        if value and any(c.isspace() for c in value):
+            raise ValueError("must not be blank or contain whitespace")
+        return value
+
+    @field_validator("gateway_sign_name")
+    @classmethod
+    def _gateway_sign_name(cls, value: str) -> str:
+        if not value.strip() or len(value) > 12 or "【" in value or "】" in value:
+            raise ValueError(
+                "must be the registered signature (签名), 1 to 12 characters, without 【】 "
+                "(the gateway adds them)"
+            )
+        return value
+
+    @field_validator("gateway_templates")
+    @classmethod
+    def _gateway_templates(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not name.strip() for name in value):
+            raise ValueError("a template name is empty")
+        bad = sorted(name for name, tid in value.items() if not _is_token(tid))
+        if bad:
+            raise ValueError(
+                f"template ids must be non-blank, without whitespace: {', '.join(bad)}"
+            )
+        return value
+
+    @field_validator("gateway_generic_template")
+    @classmethod
+    def _gateway_generic_template(cls, value: str) -> str:
+        if value and not _is_token(value):
+            raise ValueError("must be a template id, without whitespace")
+        return value
+
     @field_validator("sms_routes")
     @classmethod
-    def _routes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _routes(cls, value: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
         for flow, providers in value.items():
             if not providers:
                 raise ValueError(f"route {flow!r} names no provider")
             if len(set(providers)) != len(providers):
                 raise ValueError(f"route {flow!r} names a provider twice")
+            unknown = [p for p in providers if p not in _SMS_PROVIDERS]
+            if unknown:
+                raise ValueError(
+                    f"route {flow!r}: unknown provider {unknown[0]!r}; known: "
+                    f"{', '.join(_SMS_PROVIDERS)}"
+                )
+        # Fields are validated in order and the providers' come first. One that failed its own
+        # check is absent from info.data: that error is reported already, not repeated here.
+        configured = {
+            "twilio": info.data.get("twilio_account_sid", "invalid"),
+            "gateway": info.data.get("gateway_url", "invalid"),
+            "sandbox": "always",
+        }
+        for flow, providers in value.items():
+            missing = [p for p in providers if not configured[p]]
+            if missing:
+                variables = {
+                    "twilio": "GOVNOTIFY_TWILIO_ACCOUNT_SID, _AUTH_TOKEN and _FROM",
+                    "gateway": "GOVNOTIFY_GATEWAY_URL, _KEY_ID and _SECRET",
+                }[missing[0]]
+                raise ValueError(
+                    f"route {flow!r} names {missing[0]}, which is not configured "
+                    f"(set {variables}, or leave it out of the route)"
+                )
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str) -> str:
+        # The same rules as EmailNotifier's; nothing of the URL is echoed (it holds a password).
+        if not value:
+            return value
+        problems = []
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+            port = parts.port
+        except ValueError:
+            raise ValueError(
+                "must look like smtps://user:password@host:465 or smtp://user:password@host:587 "
+                "(a port from 1 to 65535; percent-encode '/', '?', '#', '@' and ':' in the "
+                "password)"
+            ) from None
+        if parts.scheme.lower() not in ("smtp", "smtps"):
+            problems.append("must start with smtp:// or smtps://")
+        if not host:
+            problems.append("has no host")
+        if port == 0:
+            problems.append("port must be a number from 1 to 65535")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            problems.append(
+                "takes no path, query or fragment (percent-encode '/', '?', '#' and '@' in the "
+                "password)"
+            )
+        if (parts.username is None) != (parts.password is None):
+            problems.append("must give both user and password, or neither")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _smtp_from(cls, value: str) -> str:
+        # The one address rule EmailNotifier applies (imported here, not at the top: it lives
+        # with the notifier, a floor above; it would sit better in schemas).
+        from notifiers.email_smtp import parse_address
+
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"must be one e-mail address, e.g. govnotify@changan.gov.cn or "
+                f"长安政务 <govnotify@changan.gov.cn>: it {exc}"
+            ) from None
+        return value
+
+    @field_validator("staff_directory", mode="before")
+    @classmethod
+    def _empty_staff_directory(cls, value: object) -> object:
+        # An empty variable means the bundled sample (as documented), not the folder ".".
+        return None if value == "" else value
+
+    @field_validator("staff_directory")
+    @classmethod
+    def _staff_directory(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        # Read and validated in full: a mistyped number or webhook must stop the worker at
+        # start, not lose an alert. schemas may be imported here; at call time, not at import.
+        from schemas.staff import StaffDirectoryError, load_staff_directory
+
+        try:
+            load_staff_directory(value)
+        except StaffDirectoryError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("renewal_sms_offsets", "renewal_call_offsets")
@@ -278,15 +498,26 @@ class Settings(BaseSettings):
                 if not ok
             ]
             raise ValueError(f"Twilio needs all three credentials; missing {', '.join(missing)}")
-        if self.gateway_url and not (self.gateway_key_id and self.gateway_secret):
+        gateway = {
+            "GOVNOTIFY_GATEWAY_URL": self.gateway_url,
+            "GOVNOTIFY_GATEWAY_KEY_ID": self.gateway_key_id,
+            "GOVNOTIFY_GATEWAY_SECRET": self.gateway_secret,
+        }
+        if any(gateway.values()) and not all(gateway.values()):
+            missing = [name for name, value in gateway.items() if not value]
             raise ValueError(
-                "the SMS gateway needs GOVNOTIFY_GATEWAY_KEY_ID and GOVNOTIFY_GATEWAY_SECRET"
+                f"the SMS gateway needs all three settings; missing {', '.join(missing)}"
             )
-        known = {"twilio", "gateway", "sandbox"}
-        for flow, providers in self.sms_routes.items():
-            unknown = [p for p in providers if p not in known]
-            if unknown:
-                raise ValueError(f"route {flow!r}: unknown provider {unknown[0]!r}")
+        if self.gateway_url and not (self.gateway_templates or self.gateway_generic_template):
+            raise ValueError(
+                "the SMS gateway sends approved templates only: set GOVNOTIFY_GATEWAY_TEMPLATES "
+                "or GOVNOTIFY_GATEWAY_GENERIC_TEMPLATE (with neither, nothing could be sent)"
+            )
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                "GOVNOTIFY_KAFKA_MIN_INSYNC_REPLICAS must not exceed "
+                "GOVNOTIFY_KAFKA_REPLICATION_FACTOR"
+            )
         return self
 
     # ---- derived values -------------------------------------------------------------------
@@ -305,6 +536,16 @@ class Settings(BaseSettings):
             return f"127.0.0.1:{EMBEDDED_KAFKA_PORT}"
         parts = [urlsplit(u.strip()).netloc for u in self.kafka_url.replace(",", ";").split(";")]
         return ",".join(p for p in parts if p)
+
+    @property
+    def topic_replication_factor(self) -> int:
+        """Replicas per topic: the setting on a real cluster, 1 on the embedded broker."""
+        return 1 if self.kafka_broker_kind == "tansu" else self.kafka_replication_factor
+
+    @property
+    def topic_min_insync_replicas(self) -> int:
+        """``min.insync.replicas`` per topic: the setting on a real cluster, 1 on Tansu."""
+        return 1 if self.kafka_broker_kind == "tansu" else self.kafka_min_insync_replicas
 
     @property
     def faust_broker(self) -> str:
@@ -356,13 +597,24 @@ class Settings(BaseSettings):
         return f"{self.namespace}.events.dead"
 
     def topic(self, name: str) -> str:
-        """Kafka topic: ``licenses``, ``cases``, ``evaluations`` (ingest) or ``ratings``."""
+        """Kafka topic: ``licenses``, ``cases``, ``evaluations`` (ingest), ``ratings`` or
+        ``epoch``."""
         return f"{self.namespace}.{name}"
 
     @property
-    def topics(self) -> list[str]:
-        """Every topic to pre-create; ``ratings`` re-keys evaluations by department/point."""
+    def stream_topics(self) -> list[str]:
+        """The topics the stream consumes; ``ratings`` re-keys evaluations by department/point."""
         return [self.topic(n) for n in ("licenses", "cases", "evaluations", "ratings")]
+
+    @property
+    def epoch_topic(self) -> str:
+        """Holds the relay's epoch marker: a broker that lost its data has none."""
+        return self.topic("epoch")
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic to pre-create."""
+        return [*self.stream_topics, self.epoch_topic]
 
     def queue(self, name: str) -> str:
         """dramatiq queue name for one kind of work."""
@@ -396,6 +648,26 @@ class Settings(BaseSettings):
                 value = json.dumps(value, ensure_ascii=False)
             out[f"GOVNOTIFY_{name.upper()}"] = str(value)
         return out
+
+
+def _whitespace_note(value: str) -> str:
+    """A hint for a value pasted with a space or line break around it (never the value)."""
+    return "; it has leading or trailing whitespace" if value != value.strip() else ""
+
+
+def _is_token(value: str) -> bool:
+    """Non-blank, with no whitespace anywhere: ids and keys as providers issue them."""
+    return bool(value) and not any(c.isspace() for c in value)
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: traffic that never leaves the machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _field_env_name(loc: tuple[object, ...]) -> str:

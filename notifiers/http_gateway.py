@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -278,14 +279,37 @@ def _parse_reports(body: bytes) -> list[dict[str, Any]]:
     return parsed
 
 
+def _secure_url(url: object) -> bool:
+    """An ``https`` URL with a host, or ``http`` to a loopback host (traffic that stays here)."""
+    try:
+        parts = urlsplit(url if isinstance(url, str) else "")
+        host, port = parts.hostname or "", parts.port
+    except ValueError:  # a bad port or IPv6 literal
+        return False
+    if not host or port == 0:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # ---- the notifier --------------------------------------------------------------------------------
 class HttpGatewayNotifier(Notifier):
     """SMS through a mainland-style HTTP gateway, by approved template.
 
     Parameters:
-      url: the gateway's base URL (``https://sms.example.cn``); paths are appended.
-      key_id: our access key id, sent in ``X-Gateway-Key``.
-      secret: the signing secret (never logged or echoed in errors).
+      url: the gateway's base URL (``https://sms.example.cn``); paths are appended. ``http``
+        only to a loopback host (a local relay, a test fake): every request carries our key
+        id and every message a citizen's number.
+      key_id: our access key id, sent in ``X-Gateway-Key``; no whitespace.
+      secret: the signing secret (never logged or echoed in errors); no whitespace.
       sign_name: the registered signature (签名) the gateway puts in front of every message.
       templates: our template name → the gateway's approved template id.
       generic_template: a template id approved as ``${content}``, for messages with no mapped
@@ -323,13 +347,14 @@ class HttpGatewayNotifier(Notifier):
     ) -> None:
         templates = dict(templates or {})
         problems = []
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-            problems.append("url must be an http(s) URL")
-        if not key_id.strip():
-            problems.append("key_id is empty")
-        if not secret:
-            problems.append("secret is empty")
-        if not sign_name.strip() or len(sign_name) > 12 or "【" in sign_name:
+        if not _secure_url(url):
+            problems.append("url must be an https URL (http only to a loopback host)")
+        for label, value in (("key_id", key_id), ("secret", secret)):
+            if not value or not value.strip():
+                problems.append(f"{label} is empty")
+            elif any(c.isspace() for c in value):
+                problems.append(f"{label} contains whitespace")  # the value is not echoed
+        if not sign_name.strip() or len(sign_name) > 12 or "【" in sign_name or "】" in sign_name:
             problems.append("sign_name must be 1-12 characters, without 【】")
         empty = sorted(name for name, template_id in templates.items() if not template_id.strip())
         if empty:

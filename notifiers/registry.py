@@ -38,6 +38,26 @@ SANDBOX_OUTBOX = "sandbox-outbox.jsonl"
 #: Path of the api's Twilio status callback, under ``settings.api_public_url``.
 TWILIO_STATUS_PATH = "/callbacks/twilio/status"
 
+#: The GOVNOTIFY_* variables each provider is built from, named when it refuses them.
+PROVIDER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "twilio": (
+        "GOVNOTIFY_TWILIO_ACCOUNT_SID",
+        "GOVNOTIFY_TWILIO_AUTH_TOKEN",
+        "GOVNOTIFY_TWILIO_FROM",
+        "GOVNOTIFY_TWILIO_API_BASE",
+        "GOVNOTIFY_PUBLIC_BASE_URL",
+    ),
+    "gateway": (
+        "GOVNOTIFY_GATEWAY_URL",
+        "GOVNOTIFY_GATEWAY_KEY_ID",
+        "GOVNOTIFY_GATEWAY_SECRET",
+        "GOVNOTIFY_GATEWAY_SIGN_NAME",
+        "GOVNOTIFY_GATEWAY_TEMPLATES",
+        "GOVNOTIFY_GATEWAY_GENERIC_TEMPLATE",
+    ),
+    "sandbox": ("GOVNOTIFY_DATA_DIR",),
+}
+
 _factories: dict[str, Callable[..., Notifier]] = {}
 _lock = threading.Lock()
 #: One board of circuit breakers per process and thresholds: every worker thread has its own
@@ -100,9 +120,27 @@ def provider_from_settings(name: str, settings: Settings) -> Notifier:
     """The notifier registered as ``name``, built from its settings.
 
     Raises:
-      NotifierConfigError: when its settings are missing or malformed.
+      NotifierConfigError: when its settings are missing or malformed, or the notifier refuses
+        them; the message names the GOVNOTIFY_* variables it is built from.
       KeyError: when ``name`` is not a provider this function knows how to configure.
     """
+    try:
+        return _build_provider(name, settings)
+    except NotifierConfigError as exc:
+        variables = PROVIDER_SETTINGS.get(name, ())
+        if not variables or any(v in exc.message for v in variables):
+            raise
+        # The notifier speaks of its own parameters (account_sid, url …); the operator fixes
+        # a variable. Settings validation catches these shapes first; this is the backstop.
+        raise NotifierConfigError(
+            f"{name} refused its settings ({', '.join(variables)}): {exc.message}",
+            reason=exc.reason,
+            code=exc.code,
+            provider=exc.provider or name,
+        ) from None
+
+
+def _build_provider(name: str, settings: Settings) -> Notifier:
     factory = get_factory(name)
     if name == "twilio":
         if not settings.twilio_enabled:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -147,6 +148,10 @@ def _classify_exception(exc: BaseException, action: str) -> DeliveryError:
     raise TypeError(mask_pii(f"not a provider error: {exc!r}"))
 
 
+def _matches(pattern: re.Pattern[str], value: object) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
 class _RoutingHttpClient(TwilioHttpClient):
     """Twilio's own HTTP client, with every ``https://*.twilio.com`` URL sent to ``api_base``.
 
@@ -187,9 +192,10 @@ class TwilioSMSNotifier(Notifier):
     """SMS through Twilio's Messages API.
 
     Parameters:
-      account_sid: ``AC…``, 34 characters.
-      auth_token: the account's auth token (never logged or echoed in errors).
-      from_: sender: an E.164 number or an alphanumeric sender id.
+      account_sid: ``AC`` and 32 hex digits (:attr:`account_sid_pattern`).
+      auth_token: the account's Auth Token, 32 hex digits (never logged or echoed in errors).
+      from_: sender: an E.164 number, or a Messaging Service SID (``MG…``) to let Twilio pick
+        from the service's sender pool (:attr:`sender_pattern`).
       api_base: replaces ``https://*.twilio.com`` (a sandbox or a test fake).
       timeout: seconds for connect and for each read.
       status_callback_url: where Twilio should POST status callbacks for every message that
@@ -205,6 +211,14 @@ class TwilioSMSNotifier(Notifier):
     body_maxlen: ClassVar[int] = 500
     #: How far Twilio's clock may be behind ours when the sweep matches a message's creation.
     lookup_clock_skew_s: ClassVar[float] = 30.0
+    #: Account SID: "AC" and 32 hex digits (the pattern in Twilio's API reference). The
+    #: settings check the same shapes at start (GOVNOTIFY_TWILIO_*), naming the variable.
+    account_sid_pattern: ClassVar[re.Pattern[str]] = re.compile(r"AC[0-9a-fA-F]{32}")
+    #: Auth Token: 32 hex digits.
+    auth_token_pattern: ClassVar[re.Pattern[str]] = re.compile(r"[0-9a-fA-F]{32}")
+    #: Sender: an E.164 number ("+" and 7 to 15 digits) or a Messaging Service SID; Twilio
+    #: takes either in ``From`` (see its error 21603). Alphanumeric sender ids are not accepted.
+    sender_pattern: ClassVar[re.Pattern[str]] = re.compile(r"\+[1-9][0-9]{6,14}|MG[0-9a-fA-F]{32}")
 
     def __init__(
         self,
@@ -217,12 +231,16 @@ class TwilioSMSNotifier(Notifier):
         status_callback_url: str | None = None,
     ) -> None:
         problems = []
-        if not (account_sid.startswith("AC") and len(account_sid) == 34):
-            problems.append("account_sid must start with 'AC' and be 34 characters")
+        if not _matches(self.account_sid_pattern, account_sid):
+            problems.append("account_sid must be 'AC' and 32 hex digits")
         if not auth_token:
             problems.append("auth_token is empty")
-        if not from_.strip():
-            problems.append("from_ is empty")
+        elif not _matches(self.auth_token_pattern, auth_token):
+            problems.append("auth_token must be 32 hex digits")  # never echoed
+        if not _matches(self.sender_pattern, from_):
+            problems.append(
+                "from_ must be an E.164 number or a Messaging Service SID ('MG' and 32 hex digits)"
+            )
         if api_base and urlsplit(api_base).scheme not in ("http", "https"):
             problems.append("api_base must be an http(s) URL")
         if not timeout > 0:

@@ -130,7 +130,7 @@ OUR_LOGGERS = ("govnotify", "infra", "notifiers", "producers", "schemas", "strea
 #: The credentials of the test fakes (Twilio's auth token, the gateway's secret): a credential
 #: must never reach a log, so these strings showing up anywhere is a leak like a full number.
 SECRETS = (
-    "fake-auth-token-0123456789abcdef",
+    "f4ce7e570ca1ab1e0123456789abcdef",
     "gw-test-secret-0123456789abcdef",
     "pw-smtp-test-9f8e7d6c5b4a",
     "pw-smtp-e2e-7a6b5c4d3e2f",

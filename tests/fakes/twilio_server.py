@@ -69,7 +69,8 @@ class FakeTwilio(LoopbackServer):
     def __init__(
         self,
         account_sid: str = "AC" + "0" * 31 + "1",
-        auth_token: str = "fake-auth-token-0123456789abcdef",  # noqa: S107 - a fake, not a secret
+        # Both shaped as Twilio's (AC + 32 hex, 32 hex): the settings refuse any other shape.
+        auth_token: str = "f4ce7e570ca1ab1e0123456789abcdef",  # noqa: S107 - a fake, not a secret
     ) -> None:
         super().__init__()
         self.account_sid = account_sid

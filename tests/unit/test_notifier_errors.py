@@ -203,8 +203,8 @@ def test_fail_next_maps_to_error(
 
 
 def test_wrong_token_is_config_error_without_echoing_it(fake: FakeTwilio) -> None:
-    # Given
-    secret = "definitely-not-the-token"
+    # Given: a token of the right shape (32 hex digits) that is not the account's
+    secret = "0badc0de" * 4
     notifier = TwilioSMSNotifier(fake.account_sid, secret, "+15005550006", api_base=fake.base_url)
 
     # When
@@ -293,7 +293,7 @@ def test_config_validated_in_init(kwargs: dict[str, object], match: str) -> None
     # Given
     args: dict[str, object] = {
         "account_sid": "AC" + "1" * 32,
-        "auth_token": "s3cret-token",
+        "auth_token": "5ec2e7" + "0" * 26,
         "from_": "+15005550006",
     }
     args.update(kwargs)
@@ -301,7 +301,7 @@ def test_config_validated_in_init(kwargs: dict[str, object], match: str) -> None
     # When / Then
     with pytest.raises(NotifierConfigError, match=match) as caught:
         TwilioSMSNotifier(**args)  # type: ignore[arg-type]
-    assert "s3cret-token" not in str(caught.value)
+    assert "5ec2e7" + "0" * 26 not in str(caught.value)
 
 
 class _Recorder(Notifier):

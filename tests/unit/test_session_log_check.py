@@ -39,7 +39,7 @@ _PROBE = textwrap.dedent(
         if os.environ.get("PROBE_LEAK") == "credential":
             (tmp_path / "logs").mkdir()
             (tmp_path / "logs" / "api.log").write_text(
-                "auth fake-auth-token-0123456789abcdef refused\\n"
+                "auth f4ce7e570ca1ab1e0123456789abcdef refused\\n"
             )
         if os.environ.get("PROBE_LEAK") == "logging":
             logging.getLogger("govnotify.probe").info("sms to +8613700137000")
