@@ -53,6 +53,7 @@ __all__ = [
     "enable_rabbitmq_prometheus",
     "free_port",
     "kafka_answers",
+    "new_topics",
     "port_open",
     "rabbitmq_prometheus_answers",
     "scrub_password",
@@ -442,11 +443,38 @@ async def _all_partition_counts(admin: Any) -> dict[str, int]:
     return counts
 
 
-async def _create_topics(
-    bootstrap: str, topics: list[str], partitions: int, timeout: float
-) -> list[str]:
+def new_topics(
+    topics: list[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
+) -> list[Any]:
+    """The aiokafka ``NewTopic`` of each topic, as ``create_topics`` sends them.
+
+    ``min_insync_replicas`` becomes the topic config ``min.insync.replicas`` (None: none is
+    sent and the broker's default applies).
+    """
     from aiokafka.admin import NewTopic
 
+    configs = (
+        None if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
+    )
+    return [
+        NewTopic(t, partitions, replication_factor=replication_factor, topic_configs=configs)
+        for t in topics
+    ]
+
+
+async def _create_topics(
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    timeout: float,
+    *,
+    replication_factor: int,
+    min_insync_replicas: int | None,
+) -> list[str]:
     deadline = time.monotonic() + timeout
     admin = _admin(bootstrap, timeout)
     try:
@@ -455,9 +483,17 @@ async def _create_topics(
         _raise_mismatches({t: existing[t] for t in topics if t in existing}, partitions)
         missing = [t for t in topics if t not in existing]
         created: list[str] = []
+        asked = f"{partitions} partitions, replication factor {replication_factor}"
+        if min_insync_replicas is not None:
+            asked += f", min.insync.replicas {min_insync_replicas}"
         if missing:
             response = await admin.create_topics(
-                [NewTopic(t, partitions, replication_factor=1) for t in missing],
+                new_topics(
+                    missing,
+                    partitions,
+                    replication_factor=replication_factor,
+                    min_insync_replicas=min_insync_replicas,
+                ),
                 # The broker's own wait, kept under the client's request timeout so the broker's
                 # answer (say "timed out, still creating") arrives instead of a client timeout.
                 timeout_ms=max(1000, int((deadline - time.monotonic()) * 800)),
@@ -468,9 +504,10 @@ async def _create_topics(
                 elif code not in (_KAFKA_TOPIC_ALREADY_EXISTS, _KAFKA_REQUEST_TIMED_OUT):
                     # Already-exists (a concurrent creator) and timed-out (creation still in
                     # progress) are settled by the check below; anything else is a real refusal.
+                    # Say 38 INVALID_REPLICATION_FACTOR: fewer brokers than replicas asked for.
                     raise ServiceError(
-                        f"Kafka at {bootstrap} refused to create topic {name!r} with "
-                        f"{partitions} partitions: error {code} {message or ''}".rstrip()
+                        f"Kafka at {bootstrap} refused to create topic {name!r} with {asked}: "
+                        f"error {code} {message or ''}".rstrip()
                     )
         # A real Kafka propagates new topics to metadata asynchronously: wait until all show.
         while True:
@@ -503,20 +540,50 @@ def _raise_mismatches(counts: dict[str, int], partitions: int) -> None:
 
 
 def create_topics(
-    bootstrap: str, topics: list[str], partitions: int, *, timeout: float = 30.0
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
+    timeout: float = 30.0,
 ) -> list[str]:
     """Make sure every topic exists with ``partitions`` partitions; return the ones created.
 
     Existing topics with the same count are fine; a different count is a ServiceError naming the
     topic and both counts (a topic's partitioning decides which worker sees which key).
+
+    Topics created here get ``replication_factor`` replicas and, unless it is None, the topic
+    config ``min.insync.replicas`` (with acks=all a write then needs that many replicas).
+    ``services up`` passes ``settings.topic_replication_factor`` and
+    ``settings.topic_min_insync_replicas``: 1 and 1 on the embedded Tansu, the
+    ``GOVNOTIFY_KAFKA_REPLICATION_FACTOR`` / ``GOVNOTIFY_KAFKA_MIN_INSYNC_REPLICAS`` settings
+    on a real cluster. Existing topics are left as they are: changing a topic's replicas takes
+    a partition reassignment, and its config ``kafka-configs --alter``.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, not {partitions}")
+    if replication_factor < 1:
+        raise ValueError(f"replication_factor must be at least 1, not {replication_factor}")
+    if min_insync_replicas is not None and not 1 <= min_insync_replicas <= replication_factor:
+        raise ValueError(
+            f"min_insync_replicas must be between 1 and the replication factor "
+            f"({replication_factor}), not {min_insync_replicas}"
+        )
     wanted = list(dict.fromkeys(topics))
     if not wanted:
         return []
     try:
-        created = _run(_create_topics(bootstrap, wanted, partitions, timeout))
+        created = _run(
+            _create_topics(
+                bootstrap,
+                wanted,
+                partitions,
+                timeout,
+                replication_factor=replication_factor,
+                min_insync_replicas=min_insync_replicas,
+            )
+        )
     except ServiceError:
         raise
     except Exception as exc:
@@ -884,7 +951,13 @@ def services_up(settings: Settings) -> dict[str, str]:
     _save_state(settings, state)
 
     result["kafka"] = _up_kafka(settings, state)
-    created = create_topics(_kafka_bootstrap(settings), settings.topics, settings.kafka_partitions)
+    created = create_topics(
+        _kafka_bootstrap(settings),
+        settings.topics,
+        settings.kafka_partitions,
+        replication_factor=settings.topic_replication_factor,
+        min_insync_replicas=settings.topic_min_insync_replicas,
+    )
     existed = len(settings.topics) - len(created)
     result["topics"] = f"created {len(created)}" + (f", {existed} existed" if existed else "")
     result["database"] = _migrate(settings)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONFIRM_TIMEOUT_S",
     "DEFAULT_WINDOW",
+    "QUEUE_TYPES",
     "REASON_NACK",
     "SEQ_HEADER",
     "Message",
@@ -43,6 +44,7 @@ __all__ = [
     "Publisher",
     "declare_topology",
     "delete_namespace",
+    "queue_arguments",
     "queue_depth",
     "routing_key_of",
 ]
@@ -66,6 +68,22 @@ DEFAULT_CONFIRM_TIMEOUT_S = 30.0
 SEQ_HEADER = "publish_seq"
 
 REASON_NACK = "RabbitMQ refused the message (nack)"
+#: RabbitMQ queue types govnotify declares its queues with (``GOVNOTIFY_RABBITMQ_QUEUE_TYPE``).
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def queue_arguments(queue_type: str) -> dict[str, str]:
+    """The ``queue_declare`` arguments that give a queue its type.
+
+    ``classic`` adds nothing, so queues are declared exactly as before this setting existed
+    and queues made then still match. ``quorum`` adds ``x-queue-type: quorum`` (durable,
+    replicated over the RabbitMQ cluster; one node works too). RabbitMQ refuses to redeclare a
+    queue with another type (406 PRECONDITION_FAILED, "inequivalent arg 'x-queue-type'"): to
+    switch a namespace, drain and delete its queues first, or use a new namespace.
+    """
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue_type must be one of {QUEUE_TYPES}, not {queue_type!r}")
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
 
 
 def _reason_unroutable(routing_key: str) -> str:
@@ -115,12 +133,19 @@ def declare_topology(
     exchange: str,
     relay_queue: str,
     dead_letter_queue: str,
+    *,
+    queue_type: str = "classic",
 ) -> None:
-    """The ingest exchange, the relay's queue bound to every event type, and the DLQ."""
+    """The ingest exchange, the relay's queue bound to every event type, and the DLQ.
+
+    Both queues are of ``queue_type`` (see :func:`queue_arguments`); every declarer of a
+    namespace must pass the same one (``settings.rabbitmq_queue_type``).
+    """
+    arguments = queue_arguments(queue_type) or None
     channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
-    channel.queue_declare(queue=relay_queue, durable=True)
+    channel.queue_declare(queue=relay_queue, durable=True, arguments=arguments)
     channel.queue_bind(queue=relay_queue, exchange=exchange, routing_key="#")
-    channel.queue_declare(queue=dead_letter_queue, durable=True)
+    channel.queue_declare(queue=dead_letter_queue, durable=True, arguments=arguments)
 
 
 def delete_namespace(settings: Settings) -> None:
@@ -152,25 +177,35 @@ def queue_depth(settings: Settings, queue: str) -> int:
 class Publisher:
     """A blocking publisher with confirms; one per thread (pika connections are not shared)."""
 
-    def __init__(self, amqp_url: str, exchange: str, *, topology: tuple[str, str] | None = None):
-        """Connect; with ``topology=(relay_queue, dead_letter_queue)`` declare them as well."""
+    def __init__(
+        self,
+        amqp_url: str,
+        exchange: str,
+        *,
+        topology: tuple[str, str] | None = None,
+        queue_type: str = "classic",
+    ):
+        """Connect; with ``topology=(relay_queue, dead_letter_queue)`` declare them as well,
+        as ``queue_type`` queues."""
         self.exchange = exchange
         self._parameters = pika.URLParameters(amqp_url)
         self._connection = pika.BlockingConnection(self._parameters)
         self._channel = self._connection.channel()
         if topology:
-            declare_topology(self._channel, exchange, *topology)
+            declare_topology(self._channel, exchange, *topology, queue_type=queue_type)
         else:
             self._channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
         self._channel.confirm_delivery()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Publisher:
-        """A publisher to ``settings``' exchange, declaring the relay's queue and the DLQ too."""
+        """A publisher to ``settings``' exchange, declaring the relay's queue and the DLQ too
+        (of ``settings.rabbitmq_queue_type``)."""
         return cls(
             settings.amqp_url,
             settings.exchange,
             topology=(settings.relay_queue, settings.dead_letter_queue),
+            queue_type=settings.rabbitmq_queue_type,
         )
 
     def publish_raw(self, body: bytes, routing_key: str, *, message_id: str | None = None) -> None:
@@ -374,15 +409,16 @@ class _ConfirmPipeline:
         self._connection = connection
         try:
             connection.ioloop.call_later(self.tick_s, self._watchdog)
-            connection.ioloop.start()
+            self._run_ioloop(connection)
         finally:
             if not connection.is_closed:
-                # An exception escaped the ioloop (e.g. KeyboardInterrupt), or the connection
-                # would not close: drop it, and run the loop briefly so the socket is released.
+                # A BaseException escaped the ioloop (e.g. KeyboardInterrupt), pika raised out
+                # of it, or the connection would not close: drop it, and run the loop briefly
+                # so the socket is released.
                 self._fail("publishing interrupted")
                 self._abort_stream()
                 connection.ioloop.call_later(self.close_grace_s, connection.ioloop.stop)
-                connection.ioloop.start()
+                self._run_ioloop(connection)
             connection.ioloop.close()
         if self._error is not None:
             raise self._error
@@ -391,6 +427,26 @@ class _ConfirmPipeline:
         for _ in self._messages:  # never sent: the connection is gone
             outcomes.append((False, reason))
         return outcomes
+
+    def _run_ioloop(self, connection: SelectConnection) -> None:
+        """Run the ioloop until it is stopped; what pika raises out of it is a lost connection.
+
+        pika does not report every socket failure through the connection's callbacks. A peer
+        that accepts the TCP connection and resets it at once (a load balancer in front of
+        RabbitMQ with no broker behind it) makes ``getpeername()`` fail in
+        ``pika.adapters.utils.io_services_utils._AsyncStreamConnector.__init__``, whose
+        ``ValueError("Expected connected socket, but getpeername() failed …")`` propagates
+        out of ``ioloop.start()`` with the connection still "opening". Any ``Exception`` out
+        of the loop is therefore taken as a connection failure (logged with its traceback:
+        it may also be a bug in a callback here); :meth:`run`'s clean-up then aborts the
+        half-open connection. A ``BaseException`` (KeyboardInterrupt) still propagates.
+        """
+        try:
+            connection.ioloop.start()
+        except Exception as exc:
+            log.warning("publish_many: pika raised out of its ioloop", exc_info=True)
+            if not self._done():
+                self._fail(_reason_connection(exc))
 
     # ---- connection and channel -----------------------------------------------------------
     def _on_connection_open(self, connection: SelectConnection) -> None:

@@ -95,7 +95,7 @@ def enqueue(settings: Settings, actor: str, *args: Any) -> None:
     """Put a job on its queue as the stream or the relay would."""
     from workers.broker import make_broker
 
-    broker = make_broker(settings.amqp_url)
+    broker = make_broker(settings.amqp_url, queue_type=settings.rabbitmq_queue_type)
     try:
         broker.enqueue(
             Message(

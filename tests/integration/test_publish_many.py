@@ -4,7 +4,8 @@ Every outcome is checked against what RabbitMQ really holds: a message reported 
 be on its queue, one reported failed carries the reason the per-message path would give. Broker
 trouble is produced for real: a full ``reject-publish`` queue (nack), a routing key without a
 binding (basic.return), an exchange deleted mid-way (channel closed with 404), and a TCP relay
-between the publisher and RabbitMQ that is cut, stalled or closed.
+between the publisher and RabbitMQ that is cut, stalled, closed, or that accepts new connections
+and hangs up at once (as a load balancer with no broker behind it can).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pytest
+from pika.adapters.utils import io_services_utils
 
 import producers.rabbitmq as rabbitmq
 from infra.settings import Settings
@@ -148,7 +152,8 @@ class TcpRelay:
     """A loopback TCP relay to RabbitMQ that a test can break the way networks break.
 
     ``cut()`` drops every connection (RST/FIN to both sides), ``stall()`` keeps them open but
-    forwards nothing (a broker that stopped answering), ``refuse()`` also stops accepting.
+    forwards nothing (a broker that stopped answering), ``refuse()`` also stops accepting, and
+    ``hang_up()`` accepts new connections but closes them at once instead of relaying them.
     """
 
     thread_prefix = "test-tcp-relay"
@@ -163,6 +168,8 @@ class TcpRelay:
         self._threads: list[threading.Thread] = []
         self._stalled = threading.Event()
         self._closed = threading.Event()
+        #: (reset, gate) once hang_up() was called: how new connections are closed.
+        self._hang_up: tuple[bool, threading.Event | None] | None = None
         self._start(self._accept, "accept")
 
     def _start(self, target: Callable[..., None], name: str, *args: object) -> None:
@@ -181,6 +188,9 @@ class TcpRelay:
                 continue
             except OSError:
                 return
+            if self._hang_up is not None:
+                _hang_up_on(client, *self._hang_up)
+                continue
             upstream = socket.create_connection(self._target)
             with self._lock:
                 self._sockets += [client, upstream]
@@ -217,6 +227,12 @@ class TcpRelay:
     def stall(self) -> None:
         self._stalled.set()
 
+    def hang_up(self, *, reset: bool, gate: threading.Event | None = None) -> None:
+        """From now on accept each new connection, then close it: with a FIN, or with a RST
+        (``reset``, SO_LINGER 0); after ``gate`` is set, if one is given. Connections relayed
+        already are left alone."""
+        self._hang_up = (reset, gate)
+
     def refuse(self) -> None:
         self._closed.set()
         self._listener.close()
@@ -231,6 +247,15 @@ class TcpRelay:
         with self._lock:
             for s in self._sockets:
                 s.close()
+
+
+def _hang_up_on(client: socket.socket, reset: bool, gate: threading.Event | None) -> None:
+    if gate is not None:
+        gate.wait(5)  # not set in time: the test's own assertions say what did not happen
+    if reset:
+        # SO_LINGER on with a zero timeout: close() sends RST instead of FIN.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
 
 
 def _shutdown(s: socket.socket) -> None:
@@ -462,6 +487,99 @@ def test_a_failing_connection_fails_every_unconfirmed_message_and_returns(
     accepted = {m[2] for m, (ok, _) in zip(msgs, outcomes, strict=True) if ok}
     assert accepted <= queued
     assert queued <= {m[2] for m in msgs[: breakage.at]}
+
+
+# ---- a peer that accepts, then hangs up -------------------------------------------------------
+#: pika's text when the socket it was told is connected has been reset before it looked.
+GETPEERNAME_FAILED = "ValueError: Expected connected socket, but getpeername() failed"
+
+
+def _wait_until_reset(sock: socket.socket, timeout: float = 5.0) -> None:
+    """Return once the peer's RST has reached ``sock`` (POLLHUP/POLLERR), reading nothing."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(100)):
+            return
+    raise AssertionError(f"the peer's reset did not arrive within {timeout:g} s")
+
+
+def test_a_peer_resetting_a_connection_pika_saw_connected_fails_every_message_and_returns(
+    settings: Settings, relay_tcp: TcpRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a publisher connected through the relay, which from now on resets each new
+    # connection once pika has found the socket connected (SO_ERROR 0) and before it links
+    # its stream to it: the order a load balancer produces by chance, made certain here by
+    # holding pika's stream linkup until the RST is on the socket
+    publisher = Publisher(relay_tcp.url(settings.amqp_url), settings.exchange)
+    connected = threading.Event()
+    raised: list[BaseException] = []
+    linkup = io_services_utils._AsyncStreamConnector.__init__
+
+    def linkup_after_reset(self: object, *args: object, **kwargs: object) -> None:
+        connected.set()
+        _wait_until_reset(kwargs["sock"])  # type: ignore[arg-type]
+        try:
+            linkup(self, *args, **kwargs)  # type: ignore[arg-type]
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    relay_tcp.hang_up(reset=True, gate=connected)
+    try:
+        # When 50 messages are published
+        with monkeypatch.context() as patch:
+            patch.setattr(io_services_utils._AsyncStreamConnector, "__init__", linkup_after_reset)
+            outcomes, _ = _call_within(
+                CALL_DEADLINE_S, lambda: publisher.publish_many(_messages(50), window=10)
+            )
+    finally:
+        publisher.close()
+
+    # Then pika did raise its getpeername ValueError, and it came back as every message's
+    # connection failure instead of out of publish_many
+    assert [type(e) for e in raised] == [ValueError]
+    assert len(outcomes) == 50
+    assert {accepted for accepted, _ in outcomes} == {False}
+    assert {reason for _, reason in outcomes} == {_reason_text(raised[0])}
+    assert outcomes[0][1].startswith(CONNECTION_FAILED + GETPEERNAME_FAILED)
+    # and nothing reached RabbitMQ
+    assert queue_depth(settings, settings.relay_queue) == 0
+
+
+def _reason_text(error: BaseException) -> str:
+    return f"{CONNECTION_FAILED}{type(error).__name__}: {error}"
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed (FIN)", "reset (RST, SO_LINGER 0)"])
+def test_a_peer_that_accepts_and_hangs_up_at_once_fails_every_message_every_time(
+    settings: Settings, relay_tcp: TcpRelay, reset: bool
+) -> None:
+    # Given a publisher connected through the relay, which from now on accepts each new
+    # connection and closes it at once (unpatched: pika meets the hang-up wherever it falls)
+    publisher = Publisher(relay_tcp.url(settings.amqp_url), settings.exchange)
+    relay_tcp.hang_up(reset=reset)
+    calls, n = 100, 5
+
+    def publish_repeatedly() -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for _ in range(calls):
+            outcomes += publisher.publish_many(_messages(n), window=2)
+        return outcomes
+
+    try:
+        # When messages are published, in 100 calls
+        outcomes, _ = _call_within(CALL_DEADLINE_S, publish_repeatedly)
+    finally:
+        publisher.close()
+
+    # Then every call returned, every message with a connection failure, never an exception
+    assert len(outcomes) == calls * n
+    failed = [(ok, reason.startswith(CONNECTION_FAILED)) for ok, reason in outcomes]
+    assert failed == [(False, True)] * (calls * n), {r for _, r in outcomes}
+    # and nothing reached RabbitMQ
+    assert queue_depth(settings, settings.relay_queue) == 0
 
 
 def test_an_error_raised_by_the_input_propagates_after_the_connection_is_closed(
