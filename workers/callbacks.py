@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import dramatiq
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from infra.db import session
 from notifiers.errors import PermanentDeliveryError
@@ -70,6 +70,11 @@ def open_callback_task(
     The owner is told through the department head's webhook until one took it
     (``notified_at``): a webhook failure raises, and the actor's retry finds the task open but
     untold, so it tells them then rather than never.
+
+    The task's row is locked (``FOR UPDATE``) from reading its status until the escalation is
+    scheduled: a completion closing it meanwhile waits, then finds the escalation to cancel; a
+    completion that closed it first is seen, and nothing is scheduled (see
+    :func:`complete_callback_task`).
     """
     key = f"callback:{case_id}:{kind}"
     with session(settings) as s:
@@ -92,7 +97,7 @@ def open_callback_task(
             "idempotency_key",
         )
         task = s.execute(
-            select(CallbackTask).where(CallbackTask.idempotency_key == key)
+            select(CallbackTask).where(CallbackTask.idempotency_key == key).with_for_update()
         ).scalar_one()
         if task.status == "done":
             # The steward's completion came first and left the task done: fill in what only
@@ -110,8 +115,14 @@ def open_callback_task(
             )
             s.commit()
             return task
+        # Commits, and so releases the row: the escalation exists before anyone can close it.
         schedule(s, _escalation_key(key), due_at, "escalate_callback_task", task.id)
-    if task.notified_at is None:
+        # A completion may have closed it since: then remind nobody of a call already made.
+        status = s.execute(
+            select(CallbackTask.status).where(CallbackTask.id == task.id)
+        ).scalar_one()
+        s.commit()
+    if task.notified_at is None and status == "open":
         _tell_department_head(task)
     return task
 
@@ -190,59 +201,63 @@ def open_key_project_callback(job: dict[str, Any]) -> None:
 
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def complete_callback_task(job: dict[str, Any]) -> None:
-    """Close the task named by ``callback_id`` (our task id); unknown ids close the case's tasks."""
+    """Close the task ``callback_id`` names, once, and cancel its escalation.
+
+    ``callback_id`` names a kind (the case's task of that kind, opened or not yet), our task id,
+    or neither (then every open task of the case is closed). The completion and the job opening
+    the task leave the stream in one batch and workers run them side by side, so nothing here
+    reads whether a task exists and then acts on the answer: each step is one statement whose
+    outcome says what happened (an insert that conflicted, an update that matched), and a
+    miss is followed by a re-check of what may have appeared since.
+    """
     done = parse_job(CallbackDoneJob, job, "complete_callback_task")
     if done is None:
         return
     with session(settings) as s:
-        tasks = _open_tasks(s, done.case_id)
-        if not tasks:
-            done_already = s.execute(
-                select(CallbackTask.id).where(CallbackTask.case_id == done.case_id)
-            ).first()
-            if done_already is None:
-                if done.callback_id not in KINDS:
-                    # Named by a task id we have not written yet: retry until it exists; out
-                    # of retries, it is a dead letter.
-                    raise CallbackTaskNotOpenYet(f"no callback task for case {done.case_id} yet")
-                # The completion overtook the job that opens the task (both come from one
-                # stream batch, and workers run jobs side by side): record the task done now,
-                # under the key the opening uses, so it finds it done instead of escalating a
-                # call that was made.
-                if _record_early_completion(s, done):
-                    return
-                # The opening inserted its task meanwhile: close that one, as below.
-                tasks = _open_tasks(s, done.case_id)
-        named = [t for t in tasks if done.callback_id in (t.id, t.kind)]
-        for task in named or tasks:
-            s.execute(
-                update(CallbackTask)
-                .where(CallbackTask.id == task.id, CallbackTask.status == "open")
-                .values(status="done", completed_at=done.completed_at, outcome=done.outcome)
-            )
-            cancel(s, _escalation_key(task.idempotency_key))
+        if done.callback_id in KINDS:
+            closed = _complete_kind(s, done)
+        else:
+            closed = _complete_by_id(s, done)
+            if closed is None:
+                closed = _complete_case(s, done)
+        # In the transaction that closed the tasks (cancel commits): an opening scheduling an
+        # escalation holds the task's row until it is scheduled, so it is there to cancel.
+        for key in closed:
+            cancel(s, _escalation_key(key))
         s.commit()
 
 
-def _open_tasks(s: Any, case_id: str) -> list[CallbackTask]:
+def _close(s: Any, done: CallbackDoneJob, *where: Any) -> list[str]:
+    """Close the open tasks matching ``where`` (one UPDATE); their idempotency keys.
+
+    READ COMMITTED: a task being opened (its row locked) is waited for, then closed.
+    """
     return list(
         s.execute(
-            select(CallbackTask).where(
-                CallbackTask.case_id == case_id, CallbackTask.status == "open"
-            )
+            update(CallbackTask)
+            .where(*where, CallbackTask.status == "open")
+            .values(status="done", completed_at=done.completed_at, outcome=done.outcome)
+            .returning(CallbackTask.idempotency_key)
+            .execution_options(synchronize_session=False)
         ).scalars()
     )
 
 
-def _record_early_completion(s: Any, done: CallbackDoneJob) -> bool:
-    """A done task keyed like the one ``open_callback_task`` will open (it fills in the rest);
-    False if that task was inserted meanwhile."""
+def _complete_kind(s: Any, done: CallbackDoneJob) -> list[str]:
+    """The case's task of the kind ``callback_id`` names, by the key the opening uses.
+
+    Inserted done if it does not exist yet: the completion overtook the job opening it (both
+    come from one stream batch), and the opening will find it done, fill in the rest and
+    schedule nothing. If it exists, closed if it is still open; a row that exists and is not
+    open is done already (status only moves forward), and a redelivery closes nothing.
+    """
+    key = f"callback:{done.case_id}:{done.callback_id}"
     created = ledger.insert_ignore(
         s,
         CallbackTask.__table__,
         {
             "id": uuid.uuid4().hex,
-            "idempotency_key": f"callback:{done.case_id}:{done.callback_id}",
+            "idempotency_key": key,
             "case_id": done.case_id,
             "kind": done.callback_id,
             "owner_staff_id": done.staff_id,
@@ -259,7 +274,47 @@ def _record_early_completion(s: Any, done: CallbackDoneJob) -> bool:
     )
     if created:
         log.info("callback for case %s completed before its task was opened", done.case_id)
-    return created
+        return []
+    return _close(s, done, CallbackTask.idempotency_key == key)
+
+
+def _complete_by_id(s: Any, done: CallbackDoneJob) -> list[str] | None:
+    """The case's task whose id is ``callback_id``; None if the case has no such task."""
+    by_id = (CallbackTask.id == done.callback_id, CallbackTask.case_id == done.case_id)
+    while True:
+        closed = _close(s, done, *by_id)
+        if closed:
+            return closed
+        status = s.execute(select(CallbackTask.status).where(*by_id)).scalar_one_or_none()
+        if status is None:
+            return None
+        if status != "open":
+            return []  # done already: a redelivery
+        # Opened between the two statements: the next update closes it (or finds it done).
+
+
+def _complete_case(s: Any, done: CallbackDoneJob) -> list[str]:
+    """Every open task of the case (``callback_id`` names none of them).
+
+    Raises CallbackTaskNotOpenYet while the case has no task at all: the job opening it has
+    not run yet, or ``callback_id`` is our id of a task not written yet. Retried until it
+    exists; out of retries, it is a dead letter.
+    """
+    while True:
+        closed = _close(s, done, CallbackTask.case_id == done.case_id)
+        if closed:
+            return closed
+        tasks, still_open = s.execute(
+            select(
+                func.count(),
+                func.count().filter(CallbackTask.status == "open"),
+            ).where(CallbackTask.case_id == done.case_id)
+        ).one()
+        if not tasks:
+            raise CallbackTaskNotOpenYet(f"no callback task for case {done.case_id} yet")
+        if not still_open:
+            return []  # every task of the case is done already: a redelivery
+        # Opened between the two statements: the next update closes it.
 
 
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
