@@ -166,6 +166,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_renewals(args: argparse.Namespace) -> int:
+    """``govnotify renewals scan [--since DAY]``: the daily renewal scan, now."""
+    import time
+
+    from infra.clock import Clock
+    from workers.reminders import renewal_scan
+
+    started = time.monotonic()
+    handed = renewal_scan(Clock.from_settings(_settings()), since=args.since)
+    print(f"{handed} reminders handed to the queues in {time.monotonic() - started:.2f}s")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from workers.sweep import sweep
 
@@ -431,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_relay)
 
-    p = sub.add_parser("stream", help="run the Faust stream rules (license registry, what is due)")
+    p = sub.add_parser("stream", help="run the Faust stream rules (cases, satisfaction windows)")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("worker", help="run the dramatiq workers that deliver notifications")
@@ -445,6 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these work queues (registry, reminders, delivery); default all",
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("renewals", help="run the daily renewal scan of the license registry now")
+    p.add_argument("action", choices=["scan"])
+    p.add_argument(
+        "--since",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="scan every reminder date from this day on, whatever the last scan did "
+        "(reminders already sent are not sent again)",
+    )
+    p.set_defaults(func=cmd_renewals)
 
     p = sub.add_parser("sweep", help="re-queue or resolve notifications stuck in created/sending")
     p.set_defaults(func=cmd_sweep)
@@ -548,7 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["GOVNOTIFY_TODAY"] = args.today.isoformat()
         get_settings.cache_clear()
     try:
-        get_settings()
+        from infra.clock import install_clock
+
+        # One clock for every decision and every row stamp this process makes.
+        install_clock(get_settings())
         return int(args.func(args) or 0)
     except SettingsError as exc:
         print(f"govnotify: {exc}", file=sys.stderr)

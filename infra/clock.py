@@ -3,22 +3,33 @@
 ``GOVNOTIFY_TODAY`` (or ``--today``) pins the local date so the demo and the tests run "as of" a
 day; the time of day still moves. ``GOVNOTIFY_NOW`` pins the instant the clock starts at; it then
 runs forward in real time, so delays and deadlines still pass. ``GOVNOTIFY_NOW_EPOCH`` (Unix
-time) says when the pinned instant was; without it each process starts its clock at its own
-start, so processes started seconds apart would disagree about deadlines by those seconds. All
-local dates are in the configured time zone (Asia/Shanghai by default), never the machine's.
+time) says when the pinned instant was; without it a process's clock starts at the process's
+first reading, so processes started seconds apart would disagree about deadlines by those
+seconds. All local dates are in the configured time zone (Asia/Shanghai by default), never the
+machine's.
+
+One clock per process: :meth:`Clock.from_settings` gives every caller with the same settings
+the same clock, and :func:`install_clock` makes it the source of ``schemas.models.utcnow``, the
+stamp of every row. A claim, the sweep that judges it stuck and the retention purge then all
+read one clock, whatever ``GOVNOTIFY_NOW`` says.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import threading
 import time
+from typing import Any
 from zoneinfo import ZoneInfo
 
-__all__ = ["Clock"]
+from schemas.models import set_utc_source, utcnow
+
+__all__ = ["Clock", "install_clock", "to_wall_time", "uninstall_clock"]
 
 
 class Clock:
-    """Local time in one zone, optionally pinned to a given date."""
+    """Local time in one zone, optionally pinned to a given date or started at an instant."""
 
     def __init__(
         self,
@@ -56,10 +67,40 @@ class Clock:
         return self.now().astimezone(dt.UTC)
 
     @classmethod
-    def from_settings(cls, settings: object) -> Clock:
-        return cls(
-            settings.tz,  # type: ignore[attr-defined]
-            settings.today,  # type: ignore[attr-defined]
-            settings.now,  # type: ignore[attr-defined]
-            settings.now_epoch,  # type: ignore[attr-defined]
-        )
+    def from_settings(cls, settings: Any) -> Clock:
+        """The process's clock for ``settings``: one object per distinct clock setting, so two
+        modules asking get the same pinned start (not each its own)."""
+        return _shared(settings.timezone, settings.today, settings.now, settings.now_epoch)
+
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _shared(
+    timezone: str, today: dt.date | None, now: dt.datetime | None, epoch: float | None
+) -> Clock:
+    with _lock:
+        return Clock(ZoneInfo(timezone), today, now, epoch)
+
+
+def install_clock(settings: Any) -> Clock:
+    """Make ``settings``' clock the one every row stamp (``schemas.models.utcnow``) reads."""
+    clock = Clock.from_settings(settings)
+    set_utc_source(clock.utcnow)
+    return clock
+
+
+def uninstall_clock() -> None:
+    """Back to the wall clock for row stamps (tests that installed a pinned clock)."""
+    set_utc_source(None)
+
+
+def to_wall_time(instant: dt.datetime) -> dt.datetime:
+    """``instant`` on the process clock as the real world's clock reads it.
+
+    Providers stamp messages with the real time; a row stamped on a pinned clock
+    (``GOVNOTIFY_NOW`` in the demo and the tests) is looked up at the provider by the real
+    instant it was written at. In production the two are the same and this changes nothing.
+    """
+    return instant - (utcnow() - dt.datetime.now(dt.UTC))

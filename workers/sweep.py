@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from infra.clock import to_wall_time
 from infra.db import session
 from infra.metrics import NOTIFICATIONS
 from notifiers.errors import DeliveryError, LookupUnsupportedError, PermanentDeliveryError
@@ -148,7 +149,8 @@ def _resolve_sending(
     now: dt.datetime,
     requeue: Callable[[str], object],
 ) -> str | None:
-    since = (ledger.as_utc(row.claimed_at) or now) - LOOKUP_SKEW
+    # The provider stamps messages with the real time; the claim is on the process clock.
+    since = to_wall_time(ledger.as_utc(row.claimed_at) or now) - LOOKUP_SKEW
     try:
         found = notifier.find(
             row.recipient or "",

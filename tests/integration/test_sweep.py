@@ -136,6 +136,40 @@ def processed(settings: Settings) -> float:
 
 
 # ---- workers killed mid-send -------------------------------------------------------------------
+def test_one_clock_a_claim_on_a_clock_pinned_to_another_day_is_resolved_once(
+    twilio_settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given every process on a clock pinned months ahead (the demo's and the tests' way), and a
+    # worker whose Twilio answer is held after Twilio took the message
+    pipeline.set_env(GOVNOTIFY_NOW="2027-03-01T10:00:00+08:00", GOVNOTIFY_SWEEP_SENDING_AFTER_S="1")
+    worker = pipeline.worker()
+    fake_twilio.hold_next(1, taken=True)
+    notification_id = add_notification(twilio_settings, recipient=mobile(3), status="created")
+    enqueue(twilio_settings, "delivery", "deliver_notification", notification_id)
+    fake_twilio.wait_held(1, timeout=60)
+    [message] = fake_twilio.messages
+
+    # When the worker is killed mid-send and the sweep runs, on the same pinned clock
+    worker.kill()
+    wait_until(lambda: fake_twilio.held == 0, 10, message="the fake saw no hang-up")
+    claimed = notification(twilio_settings, notification_id).claimed_at
+    resolved: dict[str, int] = {}
+
+    def swept() -> bool:
+        resolved.update(run_sweep(pipeline))
+        return resolved.get("confirmed_sent", 0) == 1
+
+    wait_until(swept, 30, interval=1.0, message=lambda: f"sweep counts: {resolved}")
+
+    # Then the claim, stamped on the pinned clock, was judged stuck by that clock, and the
+    # message was found at Twilio (which stamps the real time): recorded once, never resent
+    assert claimed is not None and claimed.year == 2027
+    row = notification(twilio_settings, notification_id)
+    assert (row.status, row.provider_ref) == ("sent", message["sid"])
+    assert fake_twilio.attempts == 1
+    assert len(fake_twilio.messages) == 1
+
+
 def test_a_worker_killed_before_twilio_took_the_message_is_sent_once_after_the_sweep(
     twilio_settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
 ) -> None:

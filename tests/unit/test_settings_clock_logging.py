@@ -18,6 +18,9 @@ from infra.clock import Clock
 from infra.logging import MaskingFilter, MaskingFormatter, mask_mobile, mask_pii
 from infra.settings import EMBEDDED_KAFKA_PORT, SettingsError, load_settings
 
+#: A well-formed Twilio Account SID (the shapes themselves: tests/unit/test_provider_config.py).
+SID = "AC" + "0123456789abcdef" * 2
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,9 +43,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"GOVNOTIFY_KAFKA_URL": "http://a:1"}, ["GOVNOTIFY_KAFKA_URL"]),
         ({"GOVNOTIFY_RENEWAL_SMS_OFFSETS": "[30, -1]"}, ["GOVNOTIFY_RENEWAL_SMS_OFFSETS"]),
         (
-            {"GOVNOTIFY_TWILIO_ACCOUNT_SID": "AC123"},
+            {"GOVNOTIFY_TWILIO_ACCOUNT_SID": SID},
             ["GOVNOTIFY_TWILIO_AUTH_TOKEN", "GOVNOTIFY_TWILIO_FROM"],
         ),
+        ({"GOVNOTIFY_TWILIO_ACCOUNT_SID": "AC123"}, ["GOVNOTIFY_TWILIO_ACCOUNT_SID"]),
+        (
+            {"GOVNOTIFY_GATEWAY_URL": "https://sms.example.cn"},
+            ["GOVNOTIFY_GATEWAY_KEY_ID", "GOVNOTIFY_GATEWAY_SECRET"],
+        ),
+        ({"GOVNOTIFY_SMS_ROUTES": '{"default": ["twilio"]}'}, ["GOVNOTIFY_SMS_ROUTES"]),
+        ({"GOVNOTIFY_STAFF_DIRECTORY": "/nonexistent/staff.json"}, ["GOVNOTIFY_STAFF_DIRECTORY"]),
         (
             {"GOVNOTIFY_TIMEZONE": "Mars/Base", "GOVNOTIFY_KAFKA_PARTITIONS": "0"},
             ["GOVNOTIFY_TIMEZONE", "GOVNOTIFY_KAFKA_PARTITIONS"],
@@ -68,7 +78,7 @@ def test_bad_setting_error_names_the_variable(
 
 def test_only_account_sid_does_not_name_it_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given only the Twilio account sid
-    monkeypatch.setenv("GOVNOTIFY_TWILIO_ACCOUNT_SID", "AC123")
+    monkeypatch.setenv("GOVNOTIFY_TWILIO_ACCOUNT_SID", SID)
 
     # When settings are loaded
     with pytest.raises(SettingsError) as info:
@@ -81,8 +91,8 @@ def test_only_account_sid_does_not_name_it_as_missing(monkeypatch: pytest.Monkey
 
 def test_all_three_twilio_credentials_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given all three credentials
-    monkeypatch.setenv("GOVNOTIFY_TWILIO_ACCOUNT_SID", "AC123")
-    monkeypatch.setenv("GOVNOTIFY_TWILIO_AUTH_TOKEN", "tok")
+    monkeypatch.setenv("GOVNOTIFY_TWILIO_ACCOUNT_SID", SID)
+    monkeypatch.setenv("GOVNOTIFY_TWILIO_AUTH_TOKEN", "0123456789abcdef" * 2)
     monkeypatch.setenv("GOVNOTIFY_TWILIO_FROM", "+15005550006")
 
     # When / Then
@@ -105,6 +115,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "govnotify.cases",
         "govnotify.evaluations",
         "govnotify.ratings",
+        "govnotify.epoch",
     ]
     assert s.queue("delivery") == "govnotify.delivery"
     assert s.resolved_database_url == f"sqlite:///{tmp_path.resolve() / '.govnotify/govnotify.db'}"
@@ -152,7 +163,7 @@ def test_namespace_and_data_dir_drive_names_and_sqlite_path(
 
     # Then every name carries the namespace and SQLite lives under the data folder
     assert s.exchange == "t1.events"
-    assert s.topics == ["t1.licenses", "t1.cases", "t1.evaluations", "t1.ratings"]
+    assert s.topics == ["t1.licenses", "t1.cases", "t1.evaluations", "t1.ratings", "t1.epoch"]
     assert s.resolved_database_url == f"sqlite:///{tmp_path / 'd' / 'govnotify.db'}"
 
 
