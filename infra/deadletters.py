@@ -283,7 +283,7 @@ def _replay_ingest(settings: Settings, letter: DeadLetter) -> str:
 
 
 def _enqueue(settings: Settings, message) -> None:  # type: ignore[no-untyped-def]
-    from workers.broker import make_broker
+    from infra.jobs import make_broker
 
     broker = make_broker(settings.amqp_url, queue_type=settings.rabbitmq_queue_type)
     try:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "JOB_QUEUES",
     "CallbackDoneJob",
     "CaseJob",
     "CloseRectificationJob",
@@ -21,6 +22,38 @@ __all__ = [
     "RenewalJob",
     "renewal_key",
 ]
+
+
+#: Every job by its actor's name → the queue (short name, see ``Settings.queue``) that actor
+#: consumes. Whoever hands a job over by name (the stream, the relay's fast path, the
+#: scheduler) finds its queue here instead of importing the worker that declares the actor;
+#: tests/unit/test_job_queues.py checks that each actor is declared on the queue named here.
+JOB_QUEUES: dict[str, str] = {
+    # green channel: the highest priority, a queue of its own
+    "raise_green_channel_alert": "alerts",
+    "acknowledge_green_channel_alert": "alerts",
+    "escalate_green_channel_alert": "alerts",
+    # renewal reminders (无感续证)
+    "record_licenses": "registry",
+    "send_renewal_reminder": "reminders",
+    "add_call_list_entry": "reminders",
+    "send_call_list_digests": "reminders",
+    # surveys and evaluations (好差评)
+    "schedule_survey": "surveys",
+    "send_survey": "surveys",
+    "record_default_rating": "surveys",
+    "record_evaluation": "evaluations",
+    "remind_rectification": "evaluations",
+    "flag_rectification_overdue": "evaluations",
+    "close_rectification": "evaluations",
+    # follow-up callbacks (跟踪回访)
+    "open_key_project_callback": "callbacks",
+    "complete_callback_task": "callbacks",
+    "escalate_callback_task": "callbacks",
+    # delivery of persisted notifications (sweep, scheduler, replay) and its retries
+    "deliver_notification": "delivery",
+    "retry_delivery": "delivery-retry",
+}
 
 
 def renewal_key(license_id: str, expires_on: dt.date, offset_days: int, kind: str) -> str:
@@ -33,13 +66,23 @@ class _Job(BaseModel):
 
 
 class LicenseStateJob(_Job):
-    """The latest state of a license, recorded so send-time checks can stop stale reminders."""
+    """A license event for the registry (``license_record``, the system of record).
+
+    ``live`` carries every field a reminder needs; ``revoked`` names only the license and when
+    (a revocation changes the status of what the registry holds, or, for a license never seen,
+    records it revoked so that a late ``issued`` stays dead).
+    """
 
     license_id: str = Field(min_length=1, max_length=64)
     status: Literal["live", "revoked"]
-    category: str = Field(max_length=40)
-    issuing_department: str = Field(max_length=100)
+    category: str = Field(default="", max_length=40)
+    holder_name: str = Field(default="", max_length=100)
+    holder_mobile: str = Field(default="", pattern=r"^(\+861[3-9][0-9]{9})?$")
+    issuing_department: str = Field(default="", max_length=100)
+    issued_on: dt.date | None = None
+    #: The expiry of a live license; the revocation date of a revoked one.
     expires_on: dt.date
+    #: occurred_at of the event: a newer state wins, an older one changes nothing.
     state_at: AwareDatetime
 
 

@@ -100,6 +100,8 @@ def pipeline_settings(
         amqp_url=amqp_url,
         kafka_url=kafka_url,
         database_url=database_url,
+        # Reminders go out at once unless a test sets a settle window (pipeline.set_env).
+        renewal_settle_s=0,
         **free_ports(),
     )
     create_topics(s.kafka_bootstrap, s.topics, s.kafka_partitions)
@@ -114,11 +116,13 @@ def publish(settings: Settings, events: list[Event]) -> None:
 
 
 def enqueue(settings: Settings, queue: str, actor_name: str, *args: object) -> None:
-    """Put one dramatiq job on ``settings``' queue ``queue``, as the stream or sweep would."""
+    """Put one dramatiq job on ``settings``' queue ``queue``, as the stream or sweep would
+    (declaring the queue as the workers do: of ``settings.rabbitmq_queue_type``)."""
     import dramatiq
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    broker = RabbitmqBroker(url=settings.amqp_url, confirm_delivery=True)
+    from infra.jobs import make_broker
+
+    broker = make_broker(settings.amqp_url, queue_type=settings.rabbitmq_queue_type)
     try:
         broker.enqueue(
             dramatiq.Message(
@@ -174,8 +178,10 @@ class Pipeline(ProcessGroup):
 
     def set_env(self, **extra: str) -> None:
         if "GOVNOTIFY_NOW" in extra and "GOVNOTIFY_NOW_EPOCH" not in extra:
-            # A newly pinned instant starts when the next child does, not at an older epoch.
-            self.env.pop("GOVNOTIFY_NOW_EPOCH", None)
+            # A newly pinned instant starts now, for every child alike (one clock: a sweep run
+            # later judges the worker's claims by the worker's own clock).
+            self.started = time.time()
+            extra = {**extra, "GOVNOTIFY_NOW_EPOCH": repr(self.started)}
         self.env.update(extra)
 
     def relay(self) -> Child:

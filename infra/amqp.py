@@ -1,0 +1,406 @@
+"""AMQP plumbing shared by every publisher: pipelined publisher confirms, queue types.
+
+:class:`ConfirmPipeline` publishes many messages on a ``SelectConnection`` with up to
+``window`` of them unconfirmed at once and reports, per message, whether RabbitMQ took it.
+Upstream bulk loads (``producers.rabbitmq.Publisher.publish_many``) and the hand-over of jobs
+to the work queues (:mod:`infra.jobs`) both use it: a confirm per message limits a publisher
+to about a thousand messages a second, pipelined confirms to what the broker can write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import pika
+from pika.exceptions import AMQPError
+
+if TYPE_CHECKING:
+    from pika.adapters.select_connection import SelectConnection
+    from pika.channel import Channel
+    from pika.frame import Method
+
+__all__ = [
+    "DEFAULT_CONFIRM_TIMEOUT_S",
+    "DEFAULT_WINDOW",
+    "QUEUE_TYPES",
+    "REASON_NACK",
+    "SEQ_HEADER",
+    "ConfirmPipeline",
+    "Message",
+    "Outcome",
+    "properties",
+    "queue_arguments",
+    "reason_connection",
+    "reason_unroutable",
+]
+
+log = logging.getLogger("govnotify.publisher")
+
+#: One message for :meth:`Publisher.publish_many`: body, routing key, message id (or None).
+Message = tuple[bytes, str, str | None]
+#: What became of one message: ``(True, "")`` once RabbitMQ acked it, else ``(False, reason)``.
+Outcome = tuple[bool, str]
+
+#: Messages published but not yet confirmed, at most, in ``publish_many``: enough to keep the
+#: broker busy (confirms come back in batches), small enough to bound memory on a huge file.
+DEFAULT_WINDOW = 1000
+#: ``publish_many`` gives up when RabbitMQ has not confirmed anything (or not finished opening
+#: the connection) for this long: a broker that stopped answering must not hang a bulk load.
+DEFAULT_CONFIRM_TIMEOUT_S = 30.0
+#: Header carrying a message's position in its ``publish_many`` call (its delivery tag). A
+#: basic.return has no delivery tag, and message ids may be missing or repeated in an input
+#: file, so this is what matches a returned message to its result.
+SEQ_HEADER = "publish_seq"
+
+REASON_NACK = "RabbitMQ refused the message (nack)"
+#: RabbitMQ queue types govnotify declares its queues with (``GOVNOTIFY_RABBITMQ_QUEUE_TYPE``).
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def queue_arguments(queue_type: str) -> dict[str, str]:
+    """The ``queue_declare`` arguments that give a queue its type.
+
+    ``classic`` adds nothing, so queues are declared exactly as before this setting existed
+    and queues made then still match. ``quorum`` adds ``x-queue-type: quorum`` (durable,
+    replicated over the RabbitMQ cluster; one node works too). RabbitMQ refuses to redeclare a
+    queue with another type (406 PRECONDITION_FAILED, "inequivalent arg 'x-queue-type'"): to
+    switch a namespace, drain and delete its queues first, or use a new namespace.
+    """
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue_type must be one of {QUEUE_TYPES}, not {queue_type!r}")
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+
+
+def reason_unroutable(routing_key: str) -> str:
+    return f"no queue is bound for routing key {routing_key!r}"
+
+
+def reason_connection(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return f"connection to RabbitMQ failed: {error}"
+    text = str(error)
+    detail = f": {text}" if text and text != "()" else ""
+    return f"connection to RabbitMQ failed: {type(error).__name__}{detail}"
+
+
+def properties(message_id: str | None, now: float, seq: int | None = None) -> pika.BasicProperties:
+    """Persistent JSON with the publish time: AMQP ``timestamp`` (seconds) and, in a header,
+    milliseconds, so the relay can report how long events waited in the queue."""
+    headers: dict[str, int] = {"timestamp_in_ms": int(now * 1000)}
+    if seq is not None:
+        headers[SEQ_HEADER] = seq
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        content_type="application/json",
+        message_id=message_id,
+        timestamp=int(now),
+        headers=headers,
+    )
+
+
+class ConfirmPipeline:
+    """One ``publish_many`` call: a SelectConnection whose ioloop runs in the calling thread.
+
+    Publishing is driven from callbacks: once the channel is in confirm mode, messages are
+    taken from the input while fewer than ``window`` are unconfirmed; each basic.ack/nack
+    (``multiple=True`` covering every tag up to it) settles messages and makes room for more.
+    Delivery tags count from 1 on the channel, so tag ``n`` is the ``n``-th message and its
+    result sits at ``results[n - 1]``. RabbitMQ sends basic.return before the basic.ack of the
+    same message, so a returned message is remembered (by its ``publish_seq`` header) and
+    reported failed when its ack arrives. A watchdog timer enforces ``confirm_timeout`` and
+    keeps the caller's blocking connection alive; the ioloop stops when the connection is
+    closed, after success or failure.
+    """
+
+    #: Seconds between watchdog runs.
+    tick_s = 0.25
+    #: Longest a pump keeps the ioloop from reading confirms and flushing writes.
+    pump_slice_s = 0.05
+    #: After asking the connection to close, how long to wait for it before stopping anyway.
+    close_grace_s = 5.0
+
+    def __init__(
+        self,
+        parameters: pika.connection.Parameters,
+        exchange: str,
+        messages: Iterable[Message],
+        *,
+        window: int,
+        confirm_timeout: float,
+        keepalive: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._parameters = parameters
+        self._exchange = exchange
+        self._messages = iter(messages)
+        self._window = window
+        self._confirm_timeout = confirm_timeout
+        self._keepalive = keepalive
+        #: Outcome per message by delivery tag - 1; None while unconfirmed.
+        self._results: list[Outcome | None] = []
+        #: Delivery tag -> why, for messages RabbitMQ returned and has not acked yet.
+        self._returned: dict[int, str] = {}
+        self._oldest = 1  # smallest delivery tag not yet settled
+        self._unconfirmed = 0
+        self._exhausted = False
+        self._ready = False  # channel open and in confirm mode
+        self._stopping = False  # no more publishing: all done, or failed
+        self._failure: str | None = None
+        self._error: Exception | None = None  # raised by the input; re-raised by run()
+        self._last_progress = time.monotonic()
+        self._closing_since: float | None = None
+        self._aborted = False
+        self._connection: SelectConnection | None = None
+        self._channel: Channel | None = None
+
+    # ---- the call -----------------------------------------------------------------------
+    def run(self) -> list[Outcome]:
+        first = next(self._messages, None)
+        if first is None:
+            return []  # nothing to send: no connection needed
+        self._messages = _prepend(first, self._messages)
+        connection = pika.SelectConnection(
+            self._parameters,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_connection_open_error,
+            on_close_callback=self._on_connection_closed,
+        )
+        self._connection = connection
+        try:
+            connection.ioloop.call_later(self.tick_s, self._watchdog)
+            self._run_ioloop(connection)
+        finally:
+            if not connection.is_closed:
+                # A BaseException escaped the ioloop (e.g. KeyboardInterrupt), pika raised out
+                # of it, or the connection would not close: drop it, and run the loop briefly
+                # so the socket is released.
+                self._fail("publishing interrupted")
+                self._abort_stream()
+                connection.ioloop.call_later(self.close_grace_s, connection.ioloop.stop)
+                self._run_ioloop(connection)
+            connection.ioloop.close()
+        if self._error is not None:
+            raise self._error
+        reason = self._failure or reason_connection("closed before every message was confirmed")
+        outcomes = [r if r is not None else (False, reason) for r in self._results]
+        for _ in self._messages:  # never sent: the connection is gone
+            outcomes.append((False, reason))
+        return outcomes
+
+    def _run_ioloop(self, connection: SelectConnection) -> None:
+        """Run the ioloop until it is stopped; what pika raises out of it is a lost connection.
+
+        pika does not report every socket failure through the connection's callbacks. A peer
+        that accepts the TCP connection and resets it at once (a load balancer in front of
+        RabbitMQ with no broker behind it) makes ``getpeername()`` fail in
+        ``pika.adapters.utils.io_services_utils._AsyncStreamConnector.__init__``, whose
+        ``ValueError("Expected connected socket, but getpeername() failed …")`` propagates
+        out of ``ioloop.start()`` with the connection still "opening". Any ``Exception`` out
+        of the loop is therefore taken as a connection failure (logged with its traceback:
+        it may also be a bug in a callback here); :meth:`run`'s clean-up then aborts the
+        half-open connection. A ``BaseException`` (KeyboardInterrupt) still propagates.
+        """
+        try:
+            connection.ioloop.start()
+        except Exception as exc:
+            log.warning("publish_many: pika raised out of its ioloop", exc_info=True)
+            if not self._done():
+                self._fail(reason_connection(exc))
+
+    # ---- connection and channel -----------------------------------------------------------
+    def _on_connection_open(self, connection: SelectConnection) -> None:
+        self._progress()
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_open_error(self, _connection: object, error: BaseException | str) -> None:
+        self._fail(reason_connection(error))
+        self._stop_ioloop()
+
+    def _on_connection_closed(self, _connection: object, reason: BaseException) -> None:
+        if not self._done():
+            self._fail(reason_connection(reason))
+        self._stop_ioloop()
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self._progress()
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_ok)
+
+    def _on_confirm_ok(self, _frame: Method) -> None:
+        self._progress()
+        self._ready = True
+        self._pump()
+
+    def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
+        # E.g. 404 when the exchange is gone: every unconfirmed message is lost with it.
+        if not self._done():
+            self._fail(reason_connection(reason))
+        self._close_connection()
+
+    # ---- publishing and confirms ----------------------------------------------------------
+    def _pump(self) -> None:
+        """Publish while the window has room, for at most a slice, then let the ioloop run."""
+        if self._stopping or not self._ready or self._channel is None:
+            return
+        started = time.monotonic()
+        while self._unconfirmed < self._window and not self._exhausted:
+            if time.monotonic() - started > self.pump_slice_s:
+                # Back soon: meanwhile confirms are read and buffered frames written out.
+                self._call_later(0, self._pump)
+                return
+            asked = time.monotonic()
+            try:
+                body, routing_key, message_id = next(self._messages)
+            except StopIteration:
+                self._exhausted = True
+                break
+            except Exception as exc:
+                self._error = exc
+                self._fail("publishing aborted: the input raised an error")
+                self._close_connection()
+                return
+            finally:
+                # Time spent waiting for the input is not time RabbitMQ failed to confirm.
+                self._last_progress += time.monotonic() - asked
+            self._results.append(None)
+            tag = len(self._results)
+            self._unconfirmed += 1
+            try:
+                self._channel.basic_publish(
+                    exchange=self._exchange,
+                    routing_key=routing_key,
+                    body=body,
+                    properties=properties(message_id, time.time(), seq=tag),
+                    mandatory=True,
+                )
+            except AMQPError as exc:
+                self._fail(reason_connection(exc))
+                self._close_connection()
+                return
+        if self._exhausted and self._unconfirmed == 0:
+            self._stopping = True
+            self._close_connection()
+
+    def _on_return(
+        self,
+        _channel: Channel,
+        method: pika.spec.Basic.Return,
+        properties: pika.BasicProperties,
+        _body: bytes,
+    ) -> None:
+        tag = (properties.headers or {}).get(SEQ_HEADER)
+        if (
+            isinstance(tag, int)
+            and 0 < tag <= len(self._results)
+            and self._results[tag - 1] is None
+        ):
+            self._returned[tag] = reason_unroutable(method.routing_key)
+        else:
+            log.warning("basic.return for an unknown message (%s=%r)", SEQ_HEADER, tag)
+
+    def _on_confirm(self, frame: Method) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        last = method.delivery_tag
+        first = self._oldest if method.multiple else last
+        for tag in range(first, last + 1):
+            if self._results[tag - 1] is None:
+                self._settle(tag, acked)
+        while self._oldest <= len(self._results) and self._results[self._oldest - 1] is not None:
+            self._oldest += 1
+        self._progress()
+        self._pump()
+
+    def _settle(self, tag: int, acked: bool) -> None:
+        returned = self._returned.pop(tag, None)
+        if returned is not None:
+            outcome: Outcome = (False, returned)
+        elif acked:
+            outcome = (True, "")
+        else:
+            outcome = (False, REASON_NACK)
+        self._results[tag - 1] = outcome
+        self._unconfirmed -= 1
+
+    # ---- failure, deadline, shutdown ------------------------------------------------------
+    def _done(self) -> bool:
+        """Every message taken was confirmed and the input is exhausted."""
+        return self._exhausted and self._unconfirmed == 0 and self._failure is None
+
+    def _fail(self, reason: str) -> None:
+        """Stop publishing; every unconfirmed message fails with ``reason`` (the first one)."""
+        self._stopping = True
+        if self._failure is None:
+            self._failure = reason
+            log.warning("publish_many: %s", reason)
+        for index, outcome in enumerate(self._results):
+            if outcome is None:
+                self._results[index] = (False, self._failure)
+        self._unconfirmed = 0
+        self._returned.clear()
+
+    def _watchdog(self) -> None:
+        self._keepalive()
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            return
+        now = time.monotonic()
+        if self._closing_since is not None:
+            waited = now - self._closing_since
+            if waited > 2 * self.close_grace_s:
+                log.warning("publish_many: connection did not close, stopping anyway")
+                self._stop_ioloop()
+                return
+            if waited > self.close_grace_s:
+                self._abort_stream()  # no answer to the AMQP close: drop the socket
+        elif (not self._ready or self._unconfirmed) and (
+            now - self._last_progress > self._confirm_timeout
+        ):
+            self._fail(reason_connection(f"no confirm within {self._confirm_timeout:g} s"))
+            self._closing_since = now
+            self._abort_stream()  # the broker is not answering: no graceful close to wait for
+        self._call_later(self.tick_s, self._watchdog)
+
+    def _progress(self) -> None:
+        self._last_progress = time.monotonic()
+
+    def _close_connection(self) -> None:
+        connection = self._connection
+        if self._aborted or connection is None or connection.is_closing or connection.is_closed:
+            return
+        if self._closing_since is None:
+            self._closing_since = time.monotonic()
+        connection.close()
+
+    def _abort_stream(self) -> None:
+        """Drop the TCP connection now, without the AMQP close handshake.
+
+        pika has no public call for this; ``_terminate_stream`` is what its own heartbeat
+        checker uses on a dead peer. The close callback then runs as for a lost connection.
+        """
+        connection = self._connection
+        if self._aborted or connection is None or connection.is_closed:
+            return
+        self._aborted = True
+        terminate = getattr(connection, "_terminate_stream", None)
+        if terminate is not None:
+            terminate(pika.exceptions.AMQPConnectionError(self._failure or "aborted"))
+        elif not connection.is_closing:
+            connection.close()
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._connection is not None:
+            self._connection.ioloop.call_later(delay, callback)
+
+    def _stop_ioloop(self) -> None:
+        if self._connection is not None:
+            self._connection.ioloop.stop()
+
+
+def _prepend(first: Message, rest: Iterator[Message]) -> Iterator[Message]:
+    yield first
+    yield from rest
