@@ -96,7 +96,7 @@ def relayed(settings: Settings) -> float:
     """This process's govnotify_events_relayed_total over the namespace's topics."""
     return sum(
         REGISTRY.get_sample_value("govnotify_events_relayed_total", {"topic": t}) or 0.0
-        for t in settings.topics
+        for t in settings.stream_topics
     )
 
 

@@ -122,6 +122,8 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
             kafka_broker_kind="tansu",
             database_url=db_url,
             today=TODAY,
+            # No scheduler runs in the throughput benchmarks: reminders go out at once.
+            renewal_settle_s=0,
             # Explicitly empty: the worker uses the sandbox notifier, never Twilio.
             twilio_account_sid="",
             twilio_auth_token="",

@@ -30,11 +30,12 @@ from schemas.models import (
     CallbackTask,
     CallListEntry,
     DeadLetter,
+    LicenseRecord,
     Notification,
     RectificationTicket,
     StaffAlert,
 )
-from streams.rules import due_renewal_jobs
+from workers.renewal_rules import due_renewal_jobs
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -62,9 +63,13 @@ def _demo_settings(settings: Settings, run_id: str) -> Settings:
         "namespace": f"demo{run_id}",
         "today": today,
         "now": now,
+        # Every process of the demo on one clock, however far apart they start.
+        "now_epoch": time.time(),
         # A day's timings compressed into the demo's minute: survey invitations 30 s after
         # completion instead of 30 min, escalations after 20-30 s instead of 10 min / 3 days.
         "survey_delay_s": 30,
+        # Reminders due at once wait 3 s (not a minute) for a renewal that supersedes them.
+        "renewal_settle_s": 3,
         "green_escalate_after_s": 20,
         "callback_due_after_s": 30,
     }
@@ -78,16 +83,16 @@ def _expected(registry, settings: Settings) -> Counter[tuple[str, int]]:  # type
     """Reminders due today for the final state of every license (what a perfect run sends)."""
     expected: Counter[tuple[str, int]] = Counter()
     for license_id, (status, expires_on) in registry.final.items():
-        state = {
-            "license_id": license_id,
-            "status": status,
-            "expires_on": expires_on.isoformat(),
-            "category": "",
-            "holder_name": "",
-            "holder_mobile": "+8613800138000",
-            "issuing_department": "",
-            "state_at": "2026-01-01T00:00:00+00:00",
-        }
+        state = LicenseRecord(
+            license_id=license_id,
+            status=status,
+            expires_on=expires_on,
+            category="",
+            holder_name="",
+            holder_mobile="+8613800138000",
+            issuing_department="",
+            last_event_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        )
         for job in due_renewal_jobs(
             state, settings.today, settings.renewal_sms_offsets, settings.renewal_call_offsets
         ):

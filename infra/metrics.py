@@ -55,7 +55,8 @@ EVENTS_RELAYED = Counter(
 )
 STREAM_EVENTS = Counter(
     "govnotify_stream_events_total",
-    "Events processed by the stream rules, by outcome (applied, stale, invalid).",
+    "Events processed by the stream rules, by outcome (applied; duplicate: applied before, "
+    "delivered again; invalid).",
     ["event_type", "outcome"],
 )
 JOBS_ENQUEUED = Counter(

@@ -22,15 +22,24 @@ callback_task        outcome → NULL (notes of the call)         completed befo
 scheduled_job        payload (the job, with the applicant's)    handed over or cancelled before
                      → a marker                                 the cut-off (pending jobs run)
 dead_letter          raw → b'', detail → marker                 last seen before the cut-off
+license_record       holder_name, holder_mobile → ''            expired (or revoked) before the
+                                                                cut-off: no reminder is left
+ingest_event         the whole row is deleted                   applied before now minus
+                                                                ``journal_keep_days``
 ==================== ========================================== ===============================
+
+The journal (``ingest_event``) is the one table whose rows go: each row is a whole upstream
+event, kept only as long as it can still be needed to re-drive Kafka, to recognise an
+upstream's repeat, or to rebuild a case's stream state.
 
 Kept on purpose:
 
 * ``opt_out`` and ``suppression`` are the citizen's own standing instructions (a refusal, a
   number that must not be texted): deleting them would make us text people who said no. They
   end when the citizen lifts them, not by age.
-* ``license_record``, ``evaluation_record``, ``staff_alert``, ``notification_status_event``
-  hold no personal data (license and case ids, departments, ratings, provider references).
+* ``license_record`` keeps its holder while the license lives: the reminders need them.
+* ``evaluation_record``, ``staff_alert``, ``notification_status_event`` hold no personal data
+  (license and case ids, departments, ratings, provider references).
 * ``callback_task.owner_name`` is the staff member's name as the owner of a work item, a
   business record of the centre, not a citizen's data.
 """
@@ -51,6 +60,7 @@ from schemas.models import (
     CallbackTask,
     CallListEntry,
     DeadLetter,
+    LicenseRecord,
     Notification,
     NotificationStatus,
     RectificationTicket,
@@ -158,11 +168,24 @@ def _rules() -> list[_Rule]:
             ),
             {"raw": b"", "detail": DETAIL_MARKER},
         ),
+        _Rule(
+            "license_record",
+            LicenseRecord,
+            LicenseRecord.license_id,
+            lambda cutoff: and_(
+                or_(
+                    LicenseRecord.expires_on < cutoff.date(),
+                    and_(LicenseRecord.status == "revoked", LicenseRecord.last_event_at < cutoff),
+                ),
+                or_(LicenseRecord.holder_name != "", LicenseRecord.holder_mobile != ""),
+            ),
+            {"holder_name": "", "holder_mobile": ""},
+        ),
     ]
 
 
 #: The tables the purge touches, in the order it does them.
-TABLES = tuple(rule.table for rule in _rules())
+TABLES = (*(rule.table for rule in _rules()), "ingest_event")
 
 
 def purge(
@@ -205,7 +228,29 @@ def purge(
                 if len(ids) < batch_size:
                     break
             counts[rule.table] = done
+        counts["ingest_event"] = _purge_journal(
+            s, (now or utcnow()) - dt.timedelta(days=settings.journal_keep_days), dry_run
+        )
     return counts
+
+
+def _purge_journal(s: Any, applied_before: dt.datetime, dry_run: bool) -> int:
+    """Delete journaled events applied before ``applied_before`` (never unapplied ones)."""
+    from infra.journal import purge_applied
+    from schemas.models import IngestEvent
+
+    if dry_run:
+        return int(
+            s.execute(
+                select(func.count())
+                .select_from(IngestEvent)
+                .where(IngestEvent.applied_at < applied_before)
+            ).scalar_one()
+        )
+    done = purge_applied(s, applied_before)
+    if done:
+        RETENTION_PURGED.labels(table="ingest_event").inc(done)
+    return done
 
 
 def cli(args: argparse.Namespace) -> int:

@@ -10,11 +10,13 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 __all__ = ["KafkaSink"]
 
 Record = tuple[str, bytes, bytes]  # topic, key, value
+#: Kafka record headers: (name, value) pairs.
+Headers = list[tuple[str, bytes]]
 
 
 class KafkaSink:
@@ -22,6 +24,7 @@ class KafkaSink:
 
     def __init__(self, bootstrap: str, *, timeout_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
+        self._bootstrap = bootstrap
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="kafka-sink", daemon=True
@@ -44,16 +47,59 @@ class KafkaSink:
     def _call(self, coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout_s + 5)
 
-    async def _send(self, records: Sequence[Record]) -> None:
+    async def _send(self, records: Sequence[Record], headers: Headers | None) -> None:
         futures = [
-            await self._producer.send(topic, value=value, key=key) for topic, key, value in records
+            await self._producer.send(topic, value=value, key=key, headers=headers)
+            for topic, key, value in records
         ]
         await asyncio.gather(*futures)
 
-    def send_batch(self, records: Sequence[Record]) -> None:
-        """Write ``records`` in order per key; raises if any is not acknowledged."""
+    def send_batch(self, records: Sequence[Record], *, headers: Headers | None = None) -> None:
+        """Write ``records`` in order per key, each with ``headers``; raises if any is not
+        acknowledged."""
         if records:
-            self._call(self._send(records))
+            self._call(self._send(records, headers))
+
+    # ---- the epoch marker ---------------------------------------------------------------
+    async def _read_last(self, topic: str) -> bytes | None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            request_timeout_ms=int(self.timeout_s * 1000),
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            last: bytes | None = None
+            deadline = asyncio.get_running_loop().time() + self.timeout_s
+            while await consumer.position(tp) < end:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"reading {topic} did not reach offset {end}")
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for record in batch.get(tp, []):
+                    last = record.value
+            return last
+        finally:
+            await consumer.stop()
+
+    def read_last(self, topic: str) -> bytes | None:
+        """The value of the last record on partition 0 of ``topic``; None when it is empty.
+
+        Each marker is written as its own batch, so the end offset Tansu reports for it (the
+        first offset of the last batch, plus one) is exact here.
+        """
+        return self._call(self._read_last(topic))
+
+    async def _write_marker(self, topic: str, value: bytes) -> None:
+        await self._producer.send_and_wait(topic, value=value, key=b"epoch", partition=0)
+
+    def write_marker(self, topic: str, value: bytes) -> None:
+        """Write ``value`` to partition 0 of ``topic``; returns once Kafka acknowledged it."""
+        self._call(self._write_marker(topic, value))
 
     def close(self) -> None:
         try:

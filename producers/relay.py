@@ -1,9 +1,18 @@
-"""The relay: RabbitMQ ingest queue → validated events in Kafka topics.
+"""The relay: RabbitMQ ingest queue → validated events in the journal and in Kafka topics.
 
-It takes messages in batches, validates each, writes the good ones to Kafka keyed by entity id,
-and acknowledges RabbitMQ only after Kafka acknowledged the batch. Bad messages become dead
-letters (a database row with reason and raw bytes, plus a copy on the RabbitMQ dead-letter
-queue) and are acknowledged: never dropped silently, never a crash, never redelivered forever.
+It takes messages in batches, validates each, journals the good ones in PostgreSQL
+(``ingest_event``, keyed by ``event_id``), writes them to Kafka keyed by entity id, and
+acknowledges RabbitMQ only after both. Bad messages become dead letters (a database row with
+reason and raw bytes, plus a copy on the RabbitMQ dead-letter queue) and are acknowledged:
+never dropped silently, never a crash, never redelivered forever. An event whose id the
+journal already holds is not written again (an upstream publishing it twice); the same id with
+other content is a dead letter (``duplicate_event_id``).
+
+Kafka may come back empty (the embedded Tansu keeps nothing across a restart). The relay keeps
+an epoch marker in Kafka and checks it every ``kafka_epoch_check_s``; when it is gone, a new
+epoch begins (:mod:`producers.epochs`) and every journaled event the stream has not applied
+is written again. Every record carries its epoch in a header, so the stream knows when the
+log it was reading is gone.
 """
 
 from __future__ import annotations
@@ -19,11 +28,14 @@ from prometheus_client import Counter, Gauge
 
 from infra.db import session
 from infra.deadletters import record_dead_letter
+from infra.jobs import JobSender
+from infra.journal import EPOCH_HEADER, Epoch, JournalEntry, journal, mark_relayed
 from infra.metrics import (
     EVENTS_RECEIVED,
     EVENTS_REJECTED,
     EVENTS_RELAYED,
 )
+from producers.epochs import EpochKeeper
 from producers.kafka import KafkaSink
 from producers.rabbitmq import declare_topology
 from schemas.errors import EventRejected
@@ -32,7 +44,7 @@ from schemas.events import Event, event_types, parse_event
 if TYPE_CHECKING:
     from infra.settings import Settings
 
-__all__ = ["Relay", "published_at"]
+__all__ = ["REASON_DUPLICATE_ID", "Relay", "epoch_headers", "published_at"]
 
 log = logging.getLogger("govnotify.relay")
 
@@ -52,6 +64,15 @@ FAST_PATH = Counter(
     "Green-channel jobs the relay sent straight to the alerts queue.",
     ["actor"],
 )
+DUPLICATES = Counter(
+    "govnotify_events_duplicate_total",
+    "Events whose id the journal already held with the same content (an upstream repeat): "
+    "acknowledged, not written to Kafka again.",
+    ["event_type"],
+)
+
+#: Dead-letter reason of an event id seen before with other content.
+REASON_DUPLICATE_ID = "duplicate_event_id"
 
 
 def green_channel_job(event: Event, elderly_age: int) -> tuple[str, dict[str, object]] | None:
@@ -65,6 +86,13 @@ def green_channel_job(event: Event, elderly_age: int) -> tuple[str, dict[str, ob
         None, event.event_type, event.payload.model_dump(mode="json"), elderly_age=elderly_age
     )
     return jobs[0] if jobs else None
+
+
+def epoch_headers(epoch: Epoch | None) -> list[tuple[str, bytes]] | None:
+    """The Kafka headers of a record written in ``epoch`` (none before the first epoch)."""
+    if epoch is None:
+        return None
+    return [(EPOCH_HEADER, str(epoch.generation).encode())]
 
 
 def published_at(properties: pika.BasicProperties | None, received: float) -> float:
@@ -98,31 +126,77 @@ class Relay:
         self.settings = settings
         self.sink = sink or KafkaSink(settings.kafka_bootstrap)
         self._known_types = set(event_types())
+        self.epochs = EpochKeeper(settings, self.sink)
+        self.jobs = JobSender(settings)
 
     def _type_label(self, routing_key: str) -> str:
         # Bounded label values: whatever a sender puts in the routing key is not a label.
         return routing_key if routing_key in self._known_types else "unknown"
 
+    #: Longest wait between attempts to reach RabbitMQ again.
+    reconnect_max_s = 30.0
+
     def run(self, stop: threading.Event) -> None:
-        s = self.settings
-        connection = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
+        """Relay until ``stop`` is set, reconnecting when RabbitMQ goes away.
+
+        A lost connection loses nothing: what was not acknowledged is redelivered, and what the
+        journal already holds is not written to Kafka twice. A RabbitMQ that is down at start is
+        waited for the same way (``/readyz`` says so meanwhile).
+        """
         done = threading.Event()
         depth = threading.Thread(
             target=self._watch_depth, args=(stop, done), name="relay-queue-depth", daemon=True
         )
+        delay = 1.0
+        try:
+            while not stop.is_set():
+                try:
+                    self._consume(stop, depth)
+                    return
+                except AMQPError as exc:
+                    log.warning(
+                        "RabbitMQ connection lost (%s); reconnecting in %.0fs",
+                        type(exc).__name__,
+                        delay,
+                    )
+                stop.wait(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
+        finally:
+            done.set()
+            self.sink.close()
+            self.jobs.close()
+            if depth.is_alive():
+                depth.join(5)
+
+    def _consume(self, stop: threading.Event, depth: threading.Thread) -> None:
+        """One connection's life: declare, consume and flush batches until ``stop``."""
+        s = self.settings
+        connection = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
         try:
             channel = connection.channel()
-            declare_topology(channel, s.exchange, s.relay_queue, s.dead_letter_queue)
+            declare_topology(
+                channel,
+                s.exchange,
+                s.relay_queue,
+                s.dead_letter_queue,
+                queue_type=s.rabbitmq_queue_type,
+            )
             channel.basic_qos(prefetch_count=self.batch_size)
             dlq = connection.channel()
             dlq.confirm_delivery()
             log.info("relay consuming %s into Kafka at %s", s.relay_queue, s.kafka_bootstrap)
-            # Started once the queue is declared, so the first reading finds it.
-            depth.start()
+            if depth.ident is None:
+                # Started once the queue is declared, so the first reading finds it.
+                depth.start()
+            # Kafka's epoch before the first event: a broker that came back empty while we
+            # were down gets its missing events re-driven before new ones follow.
+            self.epochs.check(keepalive=lambda: connection.process_data_events(0))
             pending: list[tuple[int, str, bytes, float]] = []
             for method, props, body in channel.consume(
                 s.relay_queue, inactivity_timeout=self.linger_s
             ):
+                if self.epochs.due() and not pending:
+                    self.epochs.check(keepalive=lambda: connection.process_data_events(0))
                 if method is not None:
                     pending.append(
                         (
@@ -139,14 +213,10 @@ class Relay:
                     break
             channel.cancel()
         finally:
-            done.set()
             try:
                 connection.close()
             except AMQPError:
                 pass
-            self.sink.close()
-            if depth.is_alive():
-                depth.join(5)
 
     def _watch_depth(self, stop: threading.Event, done: threading.Event) -> None:
         """Set ``govnotify_relay_queue_messages`` every ``depth_interval_s``, off the hot path.
@@ -175,8 +245,7 @@ class Relay:
                 pass
 
     def _flush(self, channel, dlq, pending: list[tuple[int, str, bytes, float]]) -> None:  # type: ignore[no-untyped-def]
-        records = []
-        alerts: list[tuple[str, dict[str, object]]] = []
+        entries: list[tuple[JournalEntry, Event]] = []
         rejected: list[tuple[bytes, str, EventRejected]] = []
         for _tag, routing_key, body, _published in pending:
             label = self._type_label(routing_key)
@@ -186,18 +255,45 @@ class Relay:
             except EventRejected as exc:
                 rejected.append((body, label, exc))
                 continue
-            records.append(
-                (self.settings.topic(event.family), event.key.encode(), event.to_json_bytes())
+            entry = JournalEntry(
+                event_id=event.event_id,
+                event_type=event.event_type,
+                family=event.family,
+                entity_key=event.key,
+                occurred_at=event.envelope.occurred_at,
+                body=event.to_json_bytes(),
             )
-            if self.settings.green_fast_path:
-                fast = green_channel_job(event, self.settings.elderly_age)
-                if fast is not None:
-                    alerts.append(fast)
+            entries.append((entry, event))
         last_tag = pending[-1][0]
+        epoch = self.epochs.current
         try:
-            self.sink.send_batch(records)
+            # Journal first: once Kafka has an event, the journal must know it, so that a
+            # broker that loses it can be given it again.
+            with session(self.settings) as s:
+                verdict = journal(s, [entry for entry, _event in entries])
+            records = [
+                (self.settings.topic(e.family), e.entity_key.encode(), e.body)
+                for e in verdict.forward
+            ]
+            self.sink.send_batch(records, headers=epoch_headers(epoch))
+            with session(self.settings) as s:
+                mark_relayed(
+                    s, [e.event_id for e in verdict.forward], epoch.generation if epoch else 0
+                )
             for body, label, exc in rejected:
                 self._dead_letter(dlq, body, label, exc)
+            for entry in verdict.conflicts:
+                self._dead_letter(
+                    dlq,
+                    entry.body,
+                    entry.event_type,
+                    EventRejected(
+                        REASON_DUPLICATE_ID,
+                        f"event id {entry.event_id} was accepted before with other content",
+                        event_type=entry.event_type,
+                        event_id=entry.event_id,
+                    ),
+                )
         except Exception:
             # Kafka or the database is unavailable: hand the whole batch back and slow down.
             # Dead letters already written are counted again on redelivery (same fingerprint).
@@ -211,8 +307,20 @@ class Relay:
         RELAY_LAG.set(max(0.0, time.time() - oldest))
         for topic, _key, _value in records:
             EVENTS_RELAYED.labels(topic=topic).inc()
-        if alerts:
-            self._fast_path(alerts)
+        for entry in verdict.duplicates:
+            DUPLICATES.labels(event_type=entry.event_type).inc()
+        if verdict.duplicates:
+            log.info("%d repeated events acknowledged, not relayed again", len(verdict.duplicates))
+        if self.settings.green_fast_path:
+            forwarded = {e.event_id for e in verdict.forward}
+            alerts = [
+                fast
+                for entry, event in entries
+                if entry.event_id in forwarded
+                and (fast := green_channel_job(event, self.settings.elderly_age)) is not None
+            ]
+            if alerts:
+                self._fast_path(alerts)
 
     def _fast_path(self, jobs: list[tuple[str, dict[str, object]]]) -> None:
         """Green-channel alerts and acks straight to their priority queue, not behind the
@@ -222,16 +330,12 @@ class Relay:
         that a no-op, and if this best-effort send fails the stream's path still delivers.
         """
         try:
-            import dramatiq
-
-            from workers import green_channel  # noqa: F401  (declares the actors)
-
-            broker = dramatiq.get_broker()
-            for actor_name, job in jobs:
-                broker.get_actor(actor_name).send(job)
-                FAST_PATH.labels(actor=actor_name).inc()
+            self.jobs.send_many(jobs)
         except Exception:
             log.exception("green-channel fast path failed; the stream will still deliver")
+            return
+        for actor_name, _job in jobs:
+            FAST_PATH.labels(actor=actor_name).inc()
 
     def _dead_letter(self, dlq, body: bytes, label: str, exc: EventRejected) -> None:  # type: ignore[no-untyped-def]
         with session(self.settings) as s:

@@ -17,6 +17,9 @@ REJECT_REASONS: tuple[str, ...] = (
     "unknown_type",
     "unknown_version",
     "schema_violation",
+    # The id of an event accepted before, now with other content (the ingest journal keeps
+    # the first; an upstream reusing ids would otherwise have its second event lost unseen).
+    "duplicate_event_id",
 )
 
 #: Longest ``detail`` kept; dead-letter headers and metric exemplars stay small.

@@ -9,16 +9,30 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from collections.abc import Callable
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, String, Text, TypeDecorator, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 __all__ = [
     "STATUS_RANK",
     "CallListEntry",
     "CallbackTask",
+    "Checkpoint",
     "DeadLetter",
     "EvaluationRecord",
+    "IngestEvent",
+    "KafkaEpoch",
     "LicenseRecord",
     "Notification",
     "NotificationStatus",
@@ -28,6 +42,7 @@ __all__ = [
     "ScheduledJob",
     "StaffAlert",
     "Suppression",
+    "set_utc_source",
     "utcnow",
 ]
 
@@ -62,8 +77,21 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 TZ = UTCDateTime()
 
 
+#: Where :func:`utcnow` reads the time; ``infra.clock.install_clock`` points it at the settable
+#: clock at a process's start, so every stamp a row gets is on the clock its decisions read.
+_utc_source: Callable[[], dt.datetime] | None = None
+
+
+def set_utc_source(source: Callable[[], dt.datetime] | None) -> None:
+    """Make :func:`utcnow` read ``source`` (None: the wall clock)."""
+    global _utc_source
+    _utc_source = source
+
+
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    """The process clock's current instant, in UTC (the wall clock until one is installed)."""
+    source = _utc_source
+    return source() if source is not None else dt.datetime.now(dt.UTC)
 
 
 def _new_id() -> str:
@@ -215,14 +243,26 @@ class Suppression(SQLModel, table=True):
 
 
 class LicenseRecord(SQLModel, table=True):
-    """The latest known state of a license, read again at send time to stop stale reminders."""
+    """The license registry: the latest known state of every license, the system of record.
+
+    Licenses live for years, so their state lives here, not in the stream: every field a
+    reminder needs, written by ``record_licenses`` (a newer event wins, a late or replayed
+    older one changes nothing), read by the scheduler's daily renewal scan (an indexed query on
+    ``(status, expires_on)``) and again at send time to stop stale reminders.
+    """
 
     __tablename__ = "license_record"
+    __table_args__ = (Index("ix_license_record_status_expires", "status", "expires_on"),)
 
     license_id: str = Field(primary_key=True, max_length=64)
     status: str = Field(max_length=16)  # live | revoked
     category: str = Field(max_length=40)
     issuing_department: str = Field(max_length=100)
+    #: The holder's name and E.164 mobile, for the reminder; kept while the license lives
+    #: (the reminder needs them), scrubbed by the retention purge once it has expired.
+    holder_name: str = Field(default="", max_length=100)
+    holder_mobile: str = Field(default="", max_length=20)
+    issued_on: dt.date | None = None
     expires_on: dt.date
     #: occurred_at of the event that produced this state; older events never overwrite it.
     last_event_at: dt.datetime = Field(sa_type=TZ)
@@ -396,3 +436,78 @@ class OptOut(SQLModel, table=True):
     category: str = Field(primary_key=True, max_length=24)
     source: str = Field(default="cli", max_length=32)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class IngestEvent(SQLModel, table=True):
+    """The ingest journal: every valid event the relay accepted, before RabbitMQ is acked.
+
+    Kafka carries the stream, but a broker can come back empty (the embedded Tansu keeps
+    nothing across a restart). An event is ``applied`` once the stream has handed its effects
+    on; anything accepted and not applied is re-driven into Kafka from here after a reset. The
+    ``event_id`` key also de-duplicates an upstream that publishes the same event twice, and
+    the stream rebuilds a case's state from the applied events here. Rows are deleted
+    ``journal_keep_days`` after they were applied (they hold personal data).
+    """
+
+    __tablename__ = "ingest_event"
+    __table_args__ = (
+        # Re-drive and the "oldest unapplied" gauge read only what is not applied yet.
+        Index(
+            "ix_ingest_event_unapplied",
+            "received_at",
+            postgresql_where=text("applied_at IS NULL"),
+            sqlite_where=text("applied_at IS NULL"),
+        ),
+        Index("ix_ingest_event_entity", "family", "entity_key"),
+        Index("ix_ingest_event_applied_at", "applied_at"),
+    )
+
+    event_id: str = Field(primary_key=True, max_length=64)
+    event_type: str = Field(max_length=64)
+    #: The topic family (licenses, cases, evaluations) and the record key in it.
+    family: str = Field(max_length=16)
+    entity_key: str = Field(max_length=64)
+    occurred_at: dt.datetime = Field(sa_type=TZ)
+    #: The validated event as written to Kafka (JSON bytes).
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    #: sha256 of ``body``: the same id with other content is a conflict, not a repeat.
+    fingerprint: str = Field(max_length=64)
+    received_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    #: When Kafka acknowledged it (last time: a re-drive writes it again).
+    relayed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    #: The Kafka epoch it was last written in (see :class:`KafkaEpoch`).
+    epoch: int = 0
+    #: When the stream had handed its effects on (jobs confirmed by RabbitMQ).
+    applied_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    redriven: int = 0
+
+
+class KafkaEpoch(SQLModel, table=True):
+    """One life of the Kafka cluster's data, as seen by govnotify.
+
+    The relay writes the current epoch as a marker record into Kafka. A broker that lost its
+    data (a restarted embedded Tansu) has no marker: a new epoch begins, and every event in the
+    journal not applied yet is re-driven into Kafka. Records carry their epoch in a header, so
+    a stream that sees a newer one knows its position and state belong to a lost log.
+    """
+
+    __tablename__ = "kafka_epoch"
+
+    generation: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    nonce: str = Field(max_length=32)
+    started_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    #: Why it began: ``first`` (a new installation) or ``reset`` (the marker was gone).
+    reason: str = Field(default="first", max_length=16)
+    #: Events re-driven from the journal when it began.
+    redriven: int = 0
+
+
+class Checkpoint(SQLModel, table=True):
+    """A named, durable mark of work done once (the day a scan last ran, the Kafka epoch a
+    stream table was rebuilt for), so a restarted process neither repeats nor skips it."""
+
+    __tablename__ = "checkpoint"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=200)
+    updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)

@@ -1,30 +1,83 @@
 """The Faust application: topics, tables and agents, built from the settings.
 
-Kafka is the durable, replayable event log and the home of stream state. Processing is
-at-least-once (Tansu has no transactional producer, and a worker crash replays), so every effect
-leaving the stream carries a deterministic idempotency key and the workers make it exactly-once.
+Kafka carries the events and Faust shapes them: ordering per key, short-lived case state, the
+satisfaction windows. Nothing that must outlive a broker lives only here. The license registry
+is in PostgreSQL; every event is in the ingest journal until the stream marks it applied (after
+its jobs are confirmed by RabbitMQ), and an event the journal says was applied is skipped when
+Kafka delivers it again. Processing is at-least-once (Tansu has no transactional producer, and
+a worker crash replays), so every effect leaving the stream carries a deterministic idempotency
+key and the workers make it exactly-once.
+
+When the relay finds that Kafka lost its data it begins a new epoch (``producers.epochs``) and
+writes every unapplied event again, each record tagged with the epoch. A stream that meets a
+newer epoch than the one it started in exits (status :data:`EXIT_NEW_EPOCH`): its positions
+and table state belong to a log that is gone, and its supervisor starts it afresh, reading the
+new log from the start. Case state it no longer has is rebuilt from the journal when a case
+is next seen; the satisfaction windows are rebuilt from the evaluations in PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import threading
 import weakref
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 from faust.streams import _current_event
+from prometheus_client import Counter
 
 from infra.clock import Clock
+from infra.db import session
+from infra.jobs import JobSender
+from infra.journal import EPOCH_HEADER, applied_ids, current_epoch, mark_applied
+from infra.metrics import JOBS_ENQUEUED
 
 if TYPE_CHECKING:
     from infra.health import ReadyCheck
     from infra.settings import Settings
 
-__all__ = ["StreamContext", "create_app", "ready_check", "use_event"]
+__all__ = [
+    "EXIT_NEW_EPOCH",
+    "StreamContext",
+    "changelog_configs",
+    "create_app",
+    "event_epoch",
+    "ready_check",
+    "use_event",
+]
 
 log = logging.getLogger("govnotify.streams")
+
+#: Exit status of a stream that met a newer Kafka epoch (EX_TEMPFAIL): restart it.
+EXIT_NEW_EPOCH = 75
+
+SKIPPED_APPLIED = Counter(
+    "govnotify_stream_events_already_applied_total",
+    "Events Kafka delivered again that the journal says were applied: skipped.",
+    ["topic"],
+)
+
+T = TypeVar("T")
+
+
+def event_epoch(event: faust.EventT) -> int | None:
+    """The Kafka epoch a record was written in (its header), or None if it carries none."""
+    headers = event.message.headers
+    if not headers:
+        return None
+    items = headers.items() if hasattr(headers, "items") else headers
+    for name, value in items:
+        if name == EPOCH_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def use_event(event: faust.EventT) -> None:
@@ -40,13 +93,113 @@ def use_event(event: faust.EventT) -> None:
 
 
 class StreamContext:
-    """What the agents share: settings, clock, and one thread for blocking job sends."""
+    """What the agents share: settings, clock, the Kafka epoch, and one thread for blocking
+    calls (job sends, the journal)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.clock = Clock.from_settings(settings)
-        # pika and dramatiq's send() block; run them off the event loop, in order, on one thread.
+        # pika, dramatiq's send() and the database block; run them off the event loop, in
+        # order, on one thread.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-sender")
+        #: Jobs go to the work queues by actor name: the stream never imports the workers.
+        self.jobs = JobSender(settings)
+        #: The epoch this process started in; 0 while none is known (adopt the first seen).
+        self.epoch = 0
+        #: How a newer epoch ends this process (replaced in tests).
+        self.exit: Callable[[int], object] = _exit_now
+
+    def load_epoch(self) -> None:
+        """The current epoch from the database, at start; unknown (0) if it cannot be read."""
+        try:
+            with session(self.settings) as s:
+                epoch = current_epoch(s)
+        except Exception:
+            log.warning("could not read the Kafka epoch; adopting the first one seen")
+            return
+        self.epoch = epoch.generation if epoch else 0
+
+    def check_epochs(self, events: Iterable[faust.EventT]) -> None:
+        """Exit before handling ``events`` if one was written in a newer epoch than ours."""
+        newest = max((g for e in events if (g := event_epoch(e)) is not None), default=None)
+        self.check_generation(newest)
+
+    def check_generation(self, generation: int | None) -> None:
+        if generation is None or generation <= self.epoch:
+            return
+        if self.epoch == 0:
+            self.epoch = generation  # first epoch seen by a stream started before any
+            return
+        log.critical(
+            "Kafka epoch %d began (this stream started in %d): the log it read is gone; "
+            "exiting to start afresh in the new one",
+            generation,
+            self.epoch,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self.exit(EXIT_NEW_EPOCH)
+
+    async def blocking(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the blocking thread, retried until it works.
+
+        faust acknowledges a batch once the agent moves on, so giving up here would lose its
+        effects. Stalling the partition while RabbitMQ or PostgreSQL is down is the correct
+        back-pressure; whatever a retry repeats is harmless (idempotency keys).
+        """
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            try:
+                return await loop.run_in_executor(self.executor, fn, *args)
+            except Exception:
+                log.exception("%s failed; retrying in %.1fs", what, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def send_jobs(self, jobs: list[tuple[str, Any]]) -> None:
+        """Hand ``(actor, payload)`` jobs to RabbitMQ (confirmed), retrying until it works."""
+        if jobs:
+            await self.blocking(f"handing {len(jobs)} jobs to RabbitMQ", self._send, jobs)
+
+    def _send(self, jobs: list[tuple[str, Any]]) -> None:
+        self.jobs.send_many(jobs)
+        for actor_name, _payload in jobs:
+            JOBS_ENQUEUED.labels(kind=actor_name).inc()
+
+    async def already_applied(self, topic: str, event_ids: list[str]) -> set[str]:
+        """Those of ``event_ids`` the journal says were applied (Kafka delivers again)."""
+        if not event_ids:
+            return set()
+        found = await self.blocking("reading the journal", self._applied, event_ids)
+        if found:
+            SKIPPED_APPLIED.labels(topic=topic).inc(len(found))
+        return found
+
+    async def mark_applied(self, event_ids: list[str]) -> None:
+        """Record in the journal that these events' effects are handed on."""
+        if event_ids:
+            await self.blocking("marking events applied", self._mark, event_ids)
+
+    def _applied(self, event_ids: list[str]) -> set[str]:
+        with session(self.settings) as s:
+            return applied_ids(s, event_ids)
+
+    def _mark(self, event_ids: list[str]) -> int:
+        with session(self.settings) as s:
+            return mark_applied(s, event_ids)
+
+
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs of a table's changelog: ``min.insync.replicas`` as for every topic (faust
+    has no app-wide setting for it; the replication factor is ``topic_replication_factor``)."""
+    return {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+
+
+def _exit_now(status: int) -> None:
+    # Not sys.exit: that unwinds through faust, which would commit the offsets of the records
+    # this batch did not handle. Nothing of this batch was handed on yet.
+    os._exit(status)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -64,7 +217,7 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="json",
         # Changelog topics must have the source topics' partition count (co-partitioning).
         topic_partitions=settings.kafka_partitions,
-        topic_replication_factor=1 if tansu else settings.kafka_replication_factor,
+        topic_replication_factor=settings.topic_replication_factor,
         # Group joins take ~half the rebalance timeout; 10 s makes a worker ready in ~8 s.
         broker_session_timeout=10,
         broker_rebalance_timeout=10,
@@ -80,6 +233,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
     )
     ctx = StreamContext(settings)
+    ctx.load_epoch()
     from streams.agents import cases, licenses, ratings
 
     licenses.attach(app, ctx)
@@ -90,7 +244,28 @@ def create_app(settings: Settings) -> faust.App:
 
     lag.attach(app, settings)
     _track_first_recovery(app)
+    _watch_epoch(app, ctx)
     return app
+
+
+def _watch_epoch(app: faust.App, ctx: StreamContext) -> None:
+    """Exit as soon as the database knows a newer epoch, before any record of it arrives: a
+    stream positioned in the lost log could otherwise skip the start of the new one."""
+
+    def newest() -> int | None:
+        with session(ctx.settings) as s:
+            epoch = current_epoch(s)
+        return epoch.generation if epoch else None
+
+    @app.timer(interval=ctx.settings.kafka_epoch_check_s, name="watch-kafka-epoch")
+    async def watch_kafka_epoch() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            generation = await loop.run_in_executor(ctx.executor, newest)
+        except Exception:
+            log.warning("could not read the Kafka epoch; trying again", exc_info=True)
+            return
+        ctx.check_generation(generation)
 
 
 #: Set once an app has had its first partitions assigned and its tables recovered.

@@ -165,7 +165,7 @@ def attach(app: faust.App, settings: Settings, interval_s: float = LAG_INTERVAL_
     ``max by (topic, partition)``, not ``sum``.
     """
     CONSUMER_LAG_TRUSTWORTHY.set(0 if settings.kafka_broker_kind == "tansu" else 1)
-    monitor = ConsumerLagMonitor(settings.kafka_bootstrap, app.conf.id, settings.topics)
+    monitor = ConsumerLagMonitor(settings.kafka_bootstrap, app.conf.id, settings.stream_topics)
     state = {"last_log": 0.0}
 
     @app.timer(interval=interval_s, name=f"{settings.namespace}-consumer-lag")

@@ -1,9 +1,10 @@
 """Forgetting stream state nobody needs any more, so the tables do not grow for ever.
 
-A city's registry gains every license ever issued and its case table every case ever handled:
-in memory, and replayed from the changelog on every restart. An entry is dropped once the rules
-can no longer need it (``prunable_license``, ``prunable_case``), by writing a tombstone to the
-table's changelog, so a restarted or rebalanced worker does not recover it either.
+A city's case table gains every case ever handled: in memory, and replayed from the changelog
+on every restart. An entry is dropped once the rules can no longer need it
+(``prunable_case``), by writing a tombstone to the table's changelog, so a restarted or
+rebalanced worker does not recover it either. (Licenses are not stream state at all: the
+registry lives in PostgreSQL.)
 
 A table writes its changelog to the partition of the current event, and a timer has none. So
 every entry carries the partition it was written from (``PARTITION``), and only partitions this
@@ -29,7 +30,6 @@ __all__ = [
     "STREAM_TABLE_PRUNED",
     "owned_partitions",
     "prunable_case",
-    "prunable_license",
     "prune",
     "record_entries",
     "stamp",
@@ -65,22 +65,6 @@ def record_entries(table: faust.Table) -> None:
 def stamp(state: dict[str, Any], partition: int) -> dict[str, Any]:
     """``state`` as stored: with the partition it is written from."""
     return {**state, PARTITION: partition}
-
-
-def prunable_license(state: dict[str, Any], today: dt.date, keep_days: int) -> bool:
-    """Expired more than ``keep_days`` ago: no reminder can be due, and a replayed ``issued``
-    of the same license would only bring back an expired one (still no reminder).
-
-    A revocation of a license never seen issued is kept: its date is the revocation's, not the
-    expiry's, so only it stops a late ``issued`` from reviving the license.
-    """
-    if state.get("status") == "revoked" and not state.get("category"):
-        return False
-    try:
-        expires_on = dt.date.fromisoformat(state["expires_on"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return expires_on < today - dt.timedelta(days=keep_days)
 
 
 def prunable_case(state: dict[str, Any], now: dt.datetime, keep_days: int) -> bool:

@@ -18,6 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from infra.clock import Clock
 from infra.db import session
+from infra.jobs import JobSender
+from infra.journal import get_checkpoint, set_checkpoint
 from infra.metrics import CALL_LIST_ENTRIES, NOTIFICATIONS
 from notifiers.errors import (
     PermanentDeliveryError,
@@ -35,8 +37,17 @@ from workers.delivery import (
     register_stale_check,
 )
 from workers.jobs import parse_job
+from workers.renewal_rules import due_renewal_jobs, scan_windows
+from workers.scheduler import schedule_many
 
-__all__ = ["add_call_list_entry", "record_licenses", "send_renewal_reminder"]
+__all__ = [
+    "SCAN_CHECKPOINT",
+    "add_call_list_entry",
+    "record_licenses",
+    "reminder_actor",
+    "renewal_scan",
+    "send_renewal_reminder",
+]
 
 log = logging.getLogger("govnotify.reminders")
 
@@ -45,6 +56,8 @@ FLOW = "renewal"
 TEMPLATE = load_templates()["renewal_reminder"]
 CATEGORIES = load_categories()
 CLOCK = Clock.from_settings(settings)
+#: Checkpoint holding the local day the daily renewal scan last completed.
+SCAN_CHECKPOINT = "renewal_scan"
 
 
 def _dialect() -> str:
@@ -61,12 +74,79 @@ def _stale(s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime) 
     return _outdated(record, expires_on.isoformat())
 
 
+#: Columns a newer live state sets; a revocation sets only the status.
+_LIVE_COLUMNS = (
+    "status",
+    "category",
+    "holder_name",
+    "holder_mobile",
+    "issuing_department",
+    "issued_on",
+    "expires_on",
+    "last_event_at",
+    "updated_at",
+)
+_REVOKED_COLUMNS = ("status", "last_event_at", "updated_at")
+
+
+def _upsert(s: Any, states: list[LicenseStateJob], columns: tuple[str, ...]) -> None:
+    """Insert or update ``states`` in the registry; only a newer state wins."""
+    if not states:
+        return
+    table = LicenseRecord.__table__
+    insert = postgresql.insert if _dialect() == "postgresql" else sqlite.insert
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["license_id"],
+        set_={k: stmt.excluded[k] for k in columns},
+        # Only a newer state wins; a late or replayed older event changes nothing.
+        where=table.c.last_event_at < stmt.excluded.last_event_at,
+    )
+    now = utcnow()
+    s.execute(
+        stmt,
+        [
+            {
+                "license_id": st.license_id,
+                "status": st.status,
+                "category": st.category,
+                "holder_name": st.holder_name,
+                "holder_mobile": st.holder_mobile,
+                "issuing_department": st.issuing_department,
+                "issued_on": st.issued_on,
+                "expires_on": st.expires_on,
+                "last_event_at": st.state_at,
+                "updated_at": now,
+            }
+            for st in states
+        ],
+    )
+
+
+def reminder_actor(job: RenewalJob) -> str:
+    """The actor that carries out a due reminder."""
+    return "send_renewal_reminder" if job.kind == "sms" else "add_call_list_entry"
+
+
+#: Reminders handed over by name, confirms pipelined (a day's scan is thousands of jobs).
+JOBS = JobSender(settings)
+
+
+def _send_jobs(jobs: list[RenewalJob]) -> None:
+    JOBS.send_many([(reminder_actor(job), job.model_dump(mode="json")) for job in jobs])
+
+
 @dramatiq.actor(queue_name=settings.queue("registry"), **RETRY_OPTIONS)
 def record_licenses(jobs: list[dict[str, Any]]) -> None:
-    """Record the latest state of a batch of licenses; cancel reminders made for older states.
+    """Record a batch of license events in the registry and plan what they make due.
 
     One job per stream batch (not per event) and one transaction per job: the registry sees
-    every license event, so this is the busiest actor.
+    every license event, so this is the busiest actor. In that transaction: the registry rows
+    (a newer state wins), the reminders due today for the licenses as they now stand (held
+    for the settle window, ``renewal_settle_s``, then checked against the registry again, so
+    an issue followed at once by a renewal or revocation texts nobody), and the cancellation
+    of pending work made for states the registry no longer has. A retry does it all again
+    harmlessly: reminders are keyed, the registry only moves forward.
     """
     states = [st for job in jobs if (st := parse_job(LicenseStateJob, job, "record_licenses"))]
     if not states:
@@ -76,48 +156,38 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
     for st in states:
         if st.license_id not in latest or latest[st.license_id].state_at < st.state_at:
             latest[st.license_id] = st
-    table = LicenseRecord.__table__
-    insert = postgresql.insert if _dialect() == "postgresql" else sqlite.insert
-    stmt = insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["license_id"],
-        set_={
-            k: stmt.excluded[k]
-            for k in (
-                "status",
-                "category",
-                "issuing_department",
-                "expires_on",
-                "last_event_at",
-                "updated_at",
-            )
-        },
-        # Only a newer state wins; a late or replayed older event changes nothing.
-        where=table.c.last_event_at < stmt.excluded.last_event_at,
-    )
-    now = utcnow()
-    rows = [
-        {
-            "license_id": st.license_id,
-            "status": st.status,
-            "category": st.category,
-            "issuing_department": st.issuing_department,
-            "expires_on": st.expires_on,
-            "last_event_at": st.state_at,
-            "updated_at": now,
-        }
-        for st in latest.values()
-    ]
     ids = list(latest)
+    today, now = CLOCK.today(), CLOCK.utcnow()
     with session(settings) as s:
-        s.execute(stmt, rows)
-        s.commit()
+        _upsert(s, [st for st in latest.values() if st.status == "live"], _LIVE_COLUMNS)
+        _upsert(s, [st for st in latest.values() if st.status == "revoked"], _REVOKED_COLUMNS)
         records = {
             r.license_id: r
             for r in s.execute(
                 select(LicenseRecord).where(LicenseRecord.license_id.in_(ids))
             ).scalars()
         }
+        due = [
+            job
+            for record in records.values()
+            for job in due_renewal_jobs(
+                record, today, settings.renewal_sms_offsets, settings.renewal_call_offsets
+            )
+        ]
+        settle = dt.timedelta(seconds=settings.renewal_settle_s)
+        if due and settle:
+            schedule_many(
+                s,
+                [
+                    (
+                        f"settle:{job.idempotency_key}",
+                        now + settle,
+                        reminder_actor(job),
+                        job.model_dump(mode="json"),
+                    )
+                    for job in due
+                ],
+            )
         # Pending work for a state the record no longer has (renewed: other expiry; revoked).
         pending = s.execute(
             select(Notification.id, Notification.idempotency_key, Notification.subject_id).where(
@@ -126,12 +196,11 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
                 Notification.status == NotificationStatus.CREATED,
             )
         ).all()
-        for notification_id, key, license_id in pending:
-            reason = _outdated(records.get(license_id), key.rsplit(":", 2)[1])
-            if reason and ledger.advance(
-                s, notification_id, NotificationStatus.CANCELLED, status_reason=reason
-            ):
-                NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
+        cancelled = [
+            (notification_id, reason)
+            for notification_id, key, license_id in pending
+            if (reason := _outdated(records.get(license_id), key.rsplit(":", 2)[1]))
+        ]
         open_calls = (
             s.execute(
                 select(CallListEntry).where(
@@ -145,6 +214,83 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
             if _outdated(records.get(entry.license_id), entry.expires_on.isoformat()):
                 entry.status = "cancelled"
         s.commit()
+        for notification_id, reason in cancelled:
+            if ledger.advance(
+                s, notification_id, NotificationStatus.CANCELLED, status_reason=reason
+            ):
+                NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
+    if due and not settle:
+        _send_jobs(due)
+
+
+def renewal_scan(
+    clock: Clock, send: Any = None, *, batch: int = 2000, since: dt.date | None = None
+) -> int:
+    """Hand the reminders that time brought due to the queues, once per local day.
+
+    An indexed query on the registry (``status``, ``expires_on``), ``batch`` rows at a time:
+    only licenses whose reminder date falls on a day since the last scan (the checkpoint
+    ``renewal_scan``; the first scan ever looks back as far as the largest offset), so a
+    scheduler that was down for days catches up, and a scan that runs twice in a day finds its
+    checkpoint and does nothing. ``since`` scans from that day whatever the checkpoint says
+    (``govnotify renewals scan --since``). Reminders sent before are found by their keys and not
+    sent again. Returns the jobs handed over.
+    """
+    send = send or _send_jobs
+    today = clock.today()
+    with session(settings) as s:
+        last = get_checkpoint(s, SCAN_CHECKPOINT)
+    if last == today.isoformat() and since is None:
+        return 0
+    offsets = [*settings.renewal_sms_offsets, *settings.renewal_call_offsets]
+    # A reminder date further back than the largest offset belongs to an expired license, so
+    # the first scan ever (or one after a long outage) looks back that far and no further.
+    first = today - dt.timedelta(days=max(offsets, default=0))
+    if since is not None:
+        first = min(today, max(first, since))
+    elif last is not None:
+        first = min(today, max(first, dt.date.fromisoformat(last) + dt.timedelta(days=1)))
+    total = 0
+    for low, high in scan_windows(first, today, offsets):
+        after: tuple[dt.date, str] | None = None
+        while True:
+            query = select(LicenseRecord).where(
+                LicenseRecord.status == "live",
+                LicenseRecord.expires_on >= low,
+                LicenseRecord.expires_on <= high,
+            )
+            if after is not None:
+                query = query.where(
+                    (LicenseRecord.expires_on > after[0])
+                    | (
+                        (LicenseRecord.expires_on == after[0])
+                        & (LicenseRecord.license_id > after[1])
+                    )
+                )
+            with session(settings) as s:
+                rows = list(
+                    s.scalars(
+                        query.order_by(LicenseRecord.expires_on, LicenseRecord.license_id).limit(
+                            batch
+                        )
+                    )
+                )
+            jobs = [
+                job
+                for row in rows
+                for job in due_renewal_jobs(
+                    row, today, settings.renewal_sms_offsets, settings.renewal_call_offsets
+                )
+            ]
+            send(jobs)
+            total += len(jobs)
+            if len(rows) < batch:
+                break
+            after = (rows[-1].expires_on, rows[-1].license_id)
+    with session(settings) as s:
+        set_checkpoint(s, SCAN_CHECKPOINT, today.isoformat())
+    log.info("renewal scan for %s: %d reminders handed to the queues", today, total)
+    return total
 
 
 def _outdated(record: LicenseRecord | None, expires_on: str) -> str | None:

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from infra.db import session
+from infra.jobs import JobSender
 from schemas.models import ScheduledJob, utcnow
 from workers import ledger
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from infra.clock import Clock
     from infra.settings import Settings
 
-__all__ = ["cancel", "run_scheduler", "schedule", "tick"]
+__all__ = ["cancel", "run_scheduler", "schedule", "schedule_many", "tick"]
 
 log = logging.getLogger("govnotify.scheduler")
 
@@ -45,7 +47,18 @@ def _pending_gauge() -> Gauge:
 
 
 #: At most this many due jobs per tick, oldest first.
-BATCH = 500
+BATCH = 1000
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    # Not str(): a model stringified would reach its actor as an unreadable job.
+    raise TypeError(f"a scheduled job's payload must be JSON data, not {type(value).__name__}")
+
+
+def _to_json(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, default=_json_default)
 
 
 def schedule(s: Session, key: str, run_at: dt.datetime, actor_name: str, payload: Any) -> bool:
@@ -58,12 +71,39 @@ def schedule(s: Session, key: str, run_at: dt.datetime, actor_name: str, payload
             "key": key,
             "run_at": run_at.astimezone(dt.UTC),
             "actor_name": actor_name,
-            "payload": json.dumps(payload, ensure_ascii=False, default=str),
+            "payload": _to_json(payload),
             "status": "pending",
             "created_at": utcnow(),
         },
         "key",
     )
+
+
+def schedule_many(s: Session, jobs: list[tuple[str, dt.datetime, str, Any]]) -> int:
+    """:func:`schedule` for many ``(key, run_at, actor_name, payload)`` in one statement, in
+    the caller's transaction (not committed); returns how many were new. Each payload is the
+    actor's one argument as JSON-ready data (a model's ``model_dump(mode="json")``)."""
+    if not jobs:
+        return 0
+    table = ScheduledJob.__table__
+    dialect = s.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = utcnow()
+    rows = [
+        {
+            "id": uuid.uuid4().hex,
+            "key": key,
+            "run_at": run_at.astimezone(dt.UTC),
+            "actor_name": actor_name,
+            "payload": _to_json(payload),
+            "status": "pending",
+            "created_at": now,
+            "enqueued_at": None,
+        }
+        for key, run_at, actor_name, payload in jobs
+    ]
+    stmt = insert(table).on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key)
+    return len(s.scalars(stmt, rows).all())
 
 
 def cancel(s: Session, key: str) -> bool:
@@ -77,11 +117,9 @@ def cancel(s: Session, key: str) -> bool:
     return result.rowcount == 1
 
 
-def tick(settings: Settings, clock: Clock) -> int:
-    """Enqueue every job due by ``clock``'s now; returns how many."""
-    import dramatiq
-
-    broker = dramatiq.get_broker()
+def tick(settings: Settings, clock: Clock, sender: JobSender | None = None) -> int:
+    """Enqueue every job due by ``clock``'s now, ``BATCH`` at a time; returns how many."""
+    sender = sender or _sender(settings)
     now = clock.utcnow()
     with session(settings) as s:
         due = (
@@ -94,10 +132,11 @@ def tick(settings: Settings, clock: Clock) -> int:
             .scalars()
             .all()
         )
-        for job in due:
-            broker.get_actor(job.actor_name).send(json.loads(job.payload))
-            SCHEDULED.labels(actor=job.actor_name).inc()
         if due:
+            # Confirms pipelined: a batch is one round of writes, not a round trip per job.
+            sender.send_many([(job.actor_name, json.loads(job.payload)) for job in due])
+            for job in due:
+                SCHEDULED.labels(actor=job.actor_name).inc()
             s.execute(
                 update(ScheduledJob)
                 .where(ScheduledJob.id.in_([j.id for j in due]), ScheduledJob.status == "pending")
@@ -114,11 +153,21 @@ def tick(settings: Settings, clock: Clock) -> int:
     return len(due)
 
 
+_senders: dict[tuple[str, str, str], JobSender] = {}
+
+
+def _sender(settings: Settings) -> JobSender:
+    """One job sender per RabbitMQ, namespace and queue type (it caches declared queues)."""
+    key = (settings.amqp_url, settings.namespace, settings.rabbitmq_queue_type)
+    if key not in _senders:
+        _senders[key] = JobSender(settings)
+    return _senders[key]
+
+
 def run_scheduler(settings: Settings, stop: threading.Event) -> None:
     """Tick until ``stop`` is set; errors are logged and retried on the next tick."""
     from infra.clock import Clock
     from infra.workdays import WorkdayCalendar
-    from workers import actors  # noqa: F401  (declares every actor on the broker)
     from workers.call_list import schedule_digests
 
     clock = Clock.from_settings(settings)
@@ -130,6 +179,11 @@ def run_scheduler(settings: Settings, stop: threading.Event) -> None:
         threading.Thread(
             target=_sweep_loop, args=(settings, stop), name="sweep", daemon=True
         ).start()
+    # The daily renewal scan, also in its own thread: a large registry's scan must not hold up
+    # the escalations that come due meanwhile.
+    threading.Thread(
+        target=_renewal_scan_loop, args=(settings, clock, stop), name="renewal-scan", daemon=True
+    ).start()
     while not stop.is_set():
         try:
             if digests_for != clock.today():
@@ -141,6 +195,26 @@ def run_scheduler(settings: Settings, stop: threading.Event) -> None:
         except Exception:
             log.exception("scheduler tick failed; retrying")
         stop.wait(settings.scheduler_interval_s)
+
+
+#: How often the scan thread looks whether a new local day began.
+SCAN_POLL_S = 5.0
+
+
+def _renewal_scan_loop(settings: Settings, clock: Clock, stop: threading.Event) -> None:
+    """Run the renewal scan once per local day (its checkpoint makes a restart not repeat it)."""
+    from workers.reminders import renewal_scan
+
+    scanned: dt.date | None = None
+    while not stop.is_set():
+        today = clock.today()
+        if scanned != today:
+            try:
+                renewal_scan(clock)
+                scanned = today
+            except Exception:
+                log.exception("renewal scan failed; retrying")
+        stop.wait(SCAN_POLL_S)
 
 
 def _sweep_loop(settings: Settings, stop: threading.Event) -> None:

@@ -3,43 +3,48 @@
 One agent reads the cases and evaluations topics together: both are keyed by case id, so a
 case's events and its rating meet in the same partition and the same table entry (which is how
 "no survey once rated" holds even when the rating comes first).
+
+The case table is short-lived state, and it may be gone: a broker that lost its data took the
+changelog with it, and a case older than ``stream_state_keep_days`` was pruned. A case first
+met without state is rebuilt from its applied events in the journal (the same pure rules,
+their jobs discarded: they were handed on when those events were applied), one query per
+batch for all such cases. Events the journal says were applied already are skipped, so a
+rating Kafka delivers twice is forwarded to the satisfaction windows once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 import faust
+from prometheus_client import Counter
 
-from infra.metrics import JOBS_ENQUEUED, STREAM_EVENTS
+from infra.db import session
+from infra.journal import history
+from infra.metrics import STREAM_EVENTS
 from schemas.errors import EventRejected
-from schemas.events import parse_event
-from streams.app import use_event
+from schemas.events import Event, parse_event
+from streams.app import changelog_configs, use_event
 from streams.case_rules import Job, apply_case_event
 from streams.pruning import owned_partitions, prunable_case, prune, record_entries, stamp
+from streams.satisfaction import rating_records
 
 if TYPE_CHECKING:
     from streams.app import StreamContext
 
-__all__ = ["attach"]
+__all__ = ["attach", "rebuild_case"]
+
+#: The journal's families whose events make up a case's state.
+CASE_FAMILIES = ("cases", "evaluations")
 
 log = logging.getLogger("govnotify.streams.cases")
 
-
-def _send_jobs(jobs: list[Job]) -> None:
-    """Blocking: publish to RabbitMQ with confirms (runs on the context's sender thread)."""
-    import dramatiq
-
-    from workers import actors  # noqa: F401  (declares every actor on the broker)
-
-    broker = dramatiq.get_broker()
-    for actor_name, payload in jobs:
-        broker.get_actor(actor_name).send(payload)
-        JOBS_ENQUEUED.labels(kind=actor_name).inc()
+REBUILT = Counter(
+    "govnotify_stream_cases_rebuilt_total",
+    "Case states rebuilt from the journal because the case table no longer had them.",
+)
 
 
 def _latest(previous: dict[str, Any] | None, occurred_at: dt.datetime) -> str:
@@ -51,22 +56,38 @@ def _latest(previous: dict[str, Any] | None, occurred_at: dt.datetime) -> str:
     return at.isoformat()
 
 
+def rebuild_case(events: list[tuple[str, bytes]], elderly_age: int) -> dict[str, Any] | None:
+    """A case's state from its applied events, oldest first (their jobs are discarded)."""
+    state: dict[str, Any] | None = None
+    for _event_type, body in events:
+        try:
+            event = parse_event(body)
+        except EventRejected:
+            continue  # journaled by an older contract: skip rather than guess
+        previous = state
+        state, _jobs = apply_case_event(
+            previous,
+            event.event_type,
+            event.payload.model_dump(mode="json"),
+            elderly_age=elderly_age,
+            source=event.envelope.source,
+        )
+        state["last_event_at"] = _latest(previous, event.envelope.occurred_at)
+    return state
+
+
 async def _forward_rating(ratings: faust.TopicT, payload: dict[str, Any]) -> None:
     """Re-key an evaluation by department and by service point for the satisfaction rates.
 
     A replayed evaluation already in the case's state is not forwarded, so not counted twice.
     """
-    for dimension, value in (
-        ("department", payload["department"]),
-        ("service_point", payload["service_point_id"]),
+    for key, value in rating_records(
+        payload["department"],
+        payload["service_point_id"],
+        payload["rating"],
+        payload["evaluated_at"],
     ):
-        body = {
-            "dimension": dimension,
-            "key": value,
-            "rating": payload["rating"],
-            "evaluated_at": payload["evaluated_at"],
-        }
-        await ratings.send(key=f"{dimension}:{value}".encode(), value=json.dumps(body).encode())
+        await ratings.send(key=key, value=value)
 
 
 def attach(app: faust.App, ctx: StreamContext) -> None:
@@ -77,38 +98,56 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
         key_serializer="raw",
         value_serializer="raw",
     )
-    cases = app.Table("case-state", default=None, partitions=settings.kafka_partitions)
+    cases = app.Table(
+        "case-state",
+        default=None,
+        partitions=settings.kafka_partitions,
+        extra_topic_configs=changelog_configs(settings),
+    )
     ratings = app.topic(settings.topic("ratings"), key_serializer="raw", value_serializer="raw")
 
-    async def dispatch(jobs: list[Job]) -> None:
-        """Hand jobs to RabbitMQ, retrying until it works (see licenses.dispatch for why)."""
-        if not jobs:
+    def load_history(keys: list[str]) -> dict[str, list[tuple[str, bytes]]]:
+        with session(settings) as s:
+            return history(s, CASE_FAMILIES, keys)
+
+    async def restore(batch: list[tuple[faust.EventT, Event]]) -> None:
+        """Rebuild, from the journal, the state of cases this batch meets without one."""
+        missing: dict[str, faust.EventT] = {}
+        for record, event in batch:
+            if event.key not in missing and cases.get(event.key) is None:
+                missing[event.key] = record
+        if not missing:
             return
-        loop = asyncio.get_running_loop()
-        delay = 0.5
-        while True:
-            try:
-                await loop.run_in_executor(ctx.executor, _send_jobs, jobs)
-                return
-            except Exception:
-                log.exception(
-                    "handing %d jobs to RabbitMQ failed; retrying in %.1fs", len(jobs), delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        found = await ctx.blocking("reading case history", load_history, list(missing))
+        for key, events in found.items():
+            state = rebuild_case(events, settings.elderly_age)
+            if state is None:
+                continue
+            record = missing[key]
+            use_event(record)
+            cases[key] = stamp(state, record.message.partition)
+            REBUILT.inc()
 
     @app.agent(topic, name=f"{settings.namespace}-cases")
     async def process_cases(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(200, within=0.02):
-            jobs: list[Job] = []
+            ctx.check_epochs(batch)
+            parsed: list[tuple[faust.EventT, Event]] = []
             for record in batch:
-                use_event(record)  # table writes go to this record's partition
                 try:
                     event = parse_event(record.value, max_bytes=settings.max_event_bytes)
                 except EventRejected as exc:
                     STREAM_EVENTS.labels(event_type="unknown", outcome="invalid").inc()
                     log.error("invalid record on the case topics: %s", exc.reason)
                     continue
+                parsed.append((record, event))
+            ids = [event.event_id for _record, event in parsed]
+            applied = await ctx.already_applied("cases", ids)
+            fresh = [(r, e) for r, e in parsed if e.event_id not in applied]
+            await restore(fresh)
+            jobs: list[Job] = []
+            for record, event in fresh:
+                use_event(record)  # table writes go to this record's partition
                 payload: dict[str, Any] = event.payload.model_dump(mode="json")
                 previous = cases.get(event.key)
                 state, new_jobs = apply_case_event(
@@ -128,7 +167,11 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     await _forward_rating(ratings, payload)
                 STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
                 jobs.extend(new_jobs)
-            await dispatch(jobs)
+            for _record, event in parsed:
+                if event.event_id in applied:
+                    STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
+            await ctx.send_jobs(jobs)
+            await ctx.mark_applied(ids)
             record_entries(cases)
 
     prune_state: dict[str, Any] = {"last_day": None}

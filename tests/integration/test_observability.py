@@ -291,7 +291,9 @@ def test_stream_reports_its_lag_per_topic_and_partition(
         series = parse_samples(text).get("govnotify_kafka_consumer_lag_messages", {})
         return {(dict(k)["topic"], dict(k)["partition"]): v for k, v in series.items()}
 
-    expected = {(t, str(p)) for t in settings.topics for p in range(settings.kafka_partitions)}
+    expected = {
+        (t, str(p)) for t in settings.stream_topics for p in range(settings.kafka_partitions)
+    }
     wait_until(
         lambda: set(lag_series()) == expected and not any(lag_series().values()),
         30,

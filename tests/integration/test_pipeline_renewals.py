@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pika
@@ -204,13 +205,18 @@ def test_replayed_events_and_a_killed_worker_still_send_exactly_one_sms_each(
     pipeline.stream()
     worker = pipeline.worker()
 
-    # When: the events are published twice, and the worker is killed mid-run, then restarted
+    # When: the events are published, the worker is killed mid-run, then the upstream sends
+    # them all again (same event ids: repeats) and again as new events (replays), and a new
+    # worker starts
     publish(settings, events)
     fake_twilio.wait_for(n // 4, timeout=90)
     worker.kill()
-    publish(settings, events)
+    replays = [issued(f"LIC-K-{i:04d}", 20, f"1370000{i:04d}") for i in range(n)]
+    publish(settings, events + replays)
     pipeline.worker(name="worker-2")
     wait_until(lambda: stream_processed(settings) >= 2 * n, 90)
+    # (the repeats were recognised by the relay's journal, and not relayed again)
+    assert metric(scrape(settings.relay_metrics_port), "govnotify_events_duplicate_total") == n
 
     def resolved() -> bool:
         # The sweep resolves rows the kill left in `sending` (asking the fake provider) and
@@ -236,10 +242,12 @@ def test_replayed_events_and_a_killed_worker_still_send_exactly_one_sms_each(
 def test_a_queued_reminder_is_stopped_at_send_time_by_a_later_renewal_or_revocation(
     settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
 ) -> None:
-    # Given: reminders already queued for two due licenses while no worker runs
+    # Given: reminders already queued for two due licenses (the registry worker recorded the
+    # licenses and queued them) while no worker takes reminders
     pipeline.set_env(**twilio_env(fake_twilio))
     pipeline.relay()
     pipeline.stream()
+    registry_worker = pipeline.worker("--queues", "registry", name="registry-worker")
     publish(settings, [issued("LIC-R-1", 20, "13600000001"), issued("LIC-V-1", 20, "13600000002")])
     wait_until(lambda: queue_depth(settings, settings.queue("reminders")) == 2, 90)
 
@@ -253,8 +261,6 @@ def test_a_queued_reminder_is_stopped_at_send_time_by_a_later_renewal_or_revocat
             revoked("LIC-V-1", later),
         ],
     )
-    wait_until(lambda: stream_processed(settings) >= 4, 60)
-    registry_worker = pipeline.worker("--queues", "registry", name="registry-worker")
     wait_until(
         lambda: count_rows(settings, LicenseRecord, LicenseRecord.last_event_at == later) == 2, 60
     )
@@ -379,28 +385,33 @@ def test_transient_errors_are_retried_and_exhausted_retries_say_why(
     )
 
 
-def test_a_restarted_stream_recovers_the_registry_and_sends_what_became_due_on_a_later_day(
+def test_the_registry_in_postgresql_sends_what_became_due_on_a_later_day(
     settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
 ) -> None:
     # Given: 60 licenses that are not due yet on day 1, recorded by a running pipeline
     n = 60
     events = [issued(f"LIC-D-{i:03d}", 35, f"1320000{i:04d}") for i in range(n)]
     events.append(issued("LIC-D-LATER", 90, "13210000000"))
-    pipeline.set_env(**twilio_env(fake_twilio), GOVNOTIFY_STREAM_SCAN_INTERVAL_S="0.5")
+    pipeline.set_env(**twilio_env(fake_twilio))
     pipeline.relay()
     stream = pipeline.stream()
     worker = pipeline.worker()
     publish(settings, events)
     wait_until(lambda: count_rows(settings, LicenseRecord) == n + 1, 90)
     assert fake_twilio.messages == []
+    with session(settings) as s:
+        record = s.get(LicenseRecord, "LIC-D-007")
+    assert record is not None
+    assert (record.holder_mobile, record.status) == ("+8613200000007", "live")
+    assert record.expires_on == TODAY + dt.timedelta(days=35)
 
-    # When: six days later, the stream and the worker start again (the stream's table comes
-    # back from its Kafka changelog; nothing is published again)
+    # When: six days later, only a worker and the scheduler run (no stream, nothing published
+    # again): the scheduler's daily scan reads the registry
     stream.stop()
     worker.stop()
     pipeline.set_env(GOVNOTIFY_NOW=at_ten(TODAY + dt.timedelta(days=6)))
-    pipeline.stream(name="stream-day-7")
     pipeline.worker(name="worker-day-7")
+    scheduler = pipeline.scheduler()
     wait_until(
         lambda: settled(settings, n) and len(fake_twilio.messages) >= n,
         90,
@@ -413,3 +424,83 @@ def test_a_restarted_stream_recovers_the_registry_and_sends_what_became_due_on_a
     assert all("距今29天" in body for body in bodies)
     assert len({body.split("证号")[1].split("）")[0] for body in bodies}) == n
     assert count_rows(settings, Notification) == n
+    # and a restarted scheduler does not scan the same day again
+    scheduler.stop()
+    pipeline.scheduler()
+    assert count_rows(settings, Notification) == n
+
+
+def test_a_license_renewed_or_revoked_within_the_settle_window_texts_nobody(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio, hooks
+) -> None:
+    # Given: reminders due at once wait 15 s and are checked against the registry again
+    settle_s = 15
+    webhooks, directory = hooks
+    pipeline.set_env(
+        **twilio_env(fake_twilio),
+        GOVNOTIFY_RENEWAL_SETTLE_S=str(settle_s),
+        GOVNOTIFY_STAFF_DIRECTORY=str(directory),
+    )
+    pipeline.all()
+    now = pipeline.now(dt.datetime.fromisoformat(at_ten(TODAY)))
+    later = now + dt.timedelta(seconds=1)
+    # 40 licenses due today, each renewed (20) or revoked (20) a second after it was issued, and
+    # 5 that stay as issued
+    events: list[Event] = []
+    for i in range(40):
+        events.append(issued(f"LIC-S-{i:03d}", 20, f"1350000{i:04d}", at=now))
+        if i % 2:
+            events.append(
+                issued(
+                    f"LIC-S-{i:03d}",
+                    20 + 1826,
+                    f"1350000{i:04d}",
+                    at=later,
+                    event_type="license.renewed",
+                )
+            )
+        else:
+            events.append(revoked(f"LIC-S-{i:03d}", later))
+    events += [issued(f"LIC-KEEP-{i}", 20, f"1351000000{i}", at=now) for i in range(5)]
+    # … and a green-channel case: a critical alert, which never waits
+    alert = make_event(
+        "case.submitted",
+        {
+            "case_id": "G-SETTLE",
+            "service_item": "食品经营许可证核发",
+            "department": "市场监督管理局",
+            "service_point": {
+                "id": "SC-CHANGAN",
+                "name": "长安区政务服务中心",
+                "level": "service_centre",
+            },
+            "applicant": {
+                "kind": "citizen",
+                "name": "王秀英",
+                "mobile": "13900000001",
+                "special_groups": ["disabled"],
+            },
+            "key_project": False,
+            "submitted_at": now.isoformat(),
+        },
+        source="case-system",
+        occurred_at=now,
+    )
+
+    # When they are published together
+    published = time.monotonic()
+    publish(settings, [*events, alert])
+
+    # Then the alert reaches the on-duty staff while every reminder still waits
+    webhooks.wait_for(1, timeout=60)
+    assert fake_twilio.messages == []
+    # … the 5 licenses left as issued are texted, not before the settle window ended
+    fake_twilio.wait_for(5, timeout=120)
+    assert time.monotonic() - published >= settle_s
+    wait_until(lambda: settled(settings, count_rows(settings, Notification)), 60)
+    # … and none of the 40 superseded ones ever is
+    texted = sorted(m["body"].split("证号")[1].split("）")[0] for m in fake_twilio.messages)
+    assert texted == [f"LIC-KEEP-{i}" for i in range(5)]
+    with session(settings) as s:
+        rows = s.execute(select(Notification.subject_id, Notification.status)).all()
+    assert {status for subject, status in rows if subject.startswith("LIC-S-")} <= {"cancelled"}

@@ -22,6 +22,8 @@ from schemas.models import (
     CallbackTask,
     CallListEntry,
     DeadLetter,
+    IngestEvent,
+    LicenseRecord,
     Notification,
     NotificationStatus,
     OptOut,
@@ -159,7 +161,48 @@ def seed(settings: Settings, now: dt.datetime) -> tuple[dt.datetime, dt.datetime
                 last_seen=at,
             )
         )
+        for status, expires_on in (("live", at.date()), ("revoked", now.date() + dt.timedelta(60))):
+            # expired (or revoked) at ``at``: its holder is needed no more once that is old
+            rows.append(
+                LicenseRecord(
+                    license_id=f"LIC-{status}-{at:%Y%m%d}",
+                    status=status,
+                    category="food_business",
+                    issuing_department="市场监督管理局",
+                    holder_name="周七",
+                    holder_mobile="+8613900139222",
+                    expires_on=expires_on,
+                    last_event_at=at,
+                )
+            )
+        for applied in (True, False):
+            # an event journaled at ``at``, applied by the stream then (or still waiting)
+            rows.append(
+                IngestEvent(
+                    event_id=f"E-{applied}-{at:%Y%m%d}",
+                    event_type="license.issued",
+                    family="licenses",
+                    entity_key="LIC-9",
+                    occurred_at=at,
+                    body=b'{"holder_mobile": "+8613900139111"}',
+                    fingerprint="0" * 64,
+                    received_at=at,
+                    relayed_at=at,
+                    applied_at=at if applied else None,
+                )
+            )
     rows += [
+        # a license that lives on keeps its holder, however old its last event
+        LicenseRecord(
+            license_id="LIC-LIVE",
+            status="live",
+            category="food_business",
+            issuing_department="市场监督管理局",
+            holder_name="吴八",
+            holder_mobile="+8613900139000",
+            expires_on=now.date() + dt.timedelta(days=400),
+            last_event_at=old,
+        ),
         OptOut(recipient="+8613900139444", category="surveys", created_at=old),
         Suppression(
             recipient="+8613900139333", category="reminders", reason="unsubscribed", created_at=old
@@ -227,6 +270,10 @@ EXPECTED = {
     # the enqueued job; the pending one still runs
     "scheduled_job": 1,
     "dead_letter": 1,
+    # the license expired 40 days ago and the one revoked then; not those of 5 days ago
+    "license_record": 2,
+    # the event applied 40 days ago; not the recent one, never an unapplied one
+    "ingest_event": 1,
 }
 
 
@@ -287,6 +334,18 @@ def test_purge_scrubs_old_personal_data_and_keeps_statistics(settings: Settings)
     [old_letter] = rows("dead_letter", last_seen=old)
     assert (bytes(old_letter["raw"]), old_letter["detail"]) == (b"", DETAIL_MARKER)
     assert bytes(rows("dead_letter", last_seen=recent)[0]["raw"]).startswith(b'{"holder')
+    # … holders of licenses long over, and old applied events of the journal
+    for license_id, holder in (
+        (f"LIC-live-{old:%Y%m%d}", ""),
+        (f"LIC-revoked-{old:%Y%m%d}", ""),
+        (f"LIC-live-{recent:%Y%m%d}", "+8613900139222"),
+        ("LIC-LIVE", "+8613900139000"),
+    ):
+        [license_row] = rows("license_record", license_id=license_id)
+        assert license_row["holder_mobile"] == holder, license_id
+    assert sorted(r["event_id"] for r in after["ingest_event"]) == sorted(
+        [f"E-False-{old:%Y%m%d}", f"E-True-{recent:%Y%m%d}", f"E-False-{recent:%Y%m%d}"]
+    )
     # … and the citizen's standing instructions are kept, whatever their age
     assert after["opt_out"] == before["opt_out"] and after["suppression"] == before["suppression"]
     assert after["opt_out"] and after["suppression"]

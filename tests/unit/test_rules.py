@@ -1,4 +1,6 @@
-"""streams.rules: how license events change the registry, and which reminders are due when."""
+"""Renewal rules: a license event as a registry job (streams.rules), and which reminders a
+registry entry has due when (workers.renewal_rules). The registry's "newer state wins" is SQL,
+tested on PostgreSQL in tests/integration/test_license_registry.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from typing import Any
 import pytest
 
 from schemas.commands import LicenseStateJob, renewal_key
-from streams.rules import apply_license_event, due_renewal_jobs, state_job
+from schemas.models import LicenseRecord
+from streams.rules import license_state_job
+from workers.renewal_rules import due_renewal_jobs, scan_windows
 
 TODAY = dt.date(2026, 6, 1)
 T0 = dt.datetime(2026, 5, 1, 9, 0, tzinfo=dt.UTC)
@@ -32,140 +36,92 @@ def _payload(license_id: str = "SX-SP-2024-0001", **changes: Any) -> dict[str, A
     return payload
 
 
-def _live(expires_on: dt.date, license_id: str = "SX-SP-2024-0001") -> dict[str, Any]:
-    state = apply_license_event(
-        None, "license.issued", _payload(license_id, expires_on=expires_on.isoformat()), T0
+def _record(job: LicenseStateJob) -> LicenseRecord:
+    """The registry row ``record_licenses`` writes for ``job`` on an empty registry."""
+    return LicenseRecord(
+        license_id=job.license_id,
+        status=job.status,
+        category=job.category,
+        holder_name=job.holder_name,
+        holder_mobile=job.holder_mobile,
+        issuing_department=job.issuing_department,
+        issued_on=job.issued_on,
+        expires_on=job.expires_on,
+        last_event_at=job.state_at,
     )
-    assert state is not None
-    return state
+
+
+def _live(expires_on: dt.date, license_id: str = "SX-SP-2024-0001") -> LicenseRecord:
+    return _record(
+        license_state_job(
+            "license.issued", _payload(license_id, expires_on=expires_on.isoformat()), T0
+        )
+    )
 
 
 def _due(jobs: list[Any]) -> set[tuple[str, int]]:
     return {(job.kind, job.offset_days) for job in jobs}
 
 
-# ---- apply_license_event ---------------------------------------------------------------------
-def test_issued_on_empty_state_gives_a_live_entry() -> None:
-    # Given no registry entry
-    # When the license is issued
-    state = apply_license_event(None, "license.issued", _payload(), T0)
+# ---- license_state_job -------------------------------------------------------------------------
+def test_issued_gives_a_live_state_with_every_field_a_reminder_needs() -> None:
+    # When
+    job = license_state_job("license.issued", _payload(), T0)
 
-    # Then the entry is live with the event's details and time (in UTC)
-    assert state == {
-        "license_id": "SX-SP-2024-0001",
-        "status": "live",
-        "category": "food_business",
-        "holder_name": "长安区某某餐饮店",
-        "holder_mobile": "+8613800138000",
-        "issuing_department": "长安区市场监督管理局",
-        "issued_on": "2021-06-01",
-        "expires_on": "2026-06-21",
-        "state_at": "2026-05-01T09:00:00+00:00",
-    }
+    # Then
+    assert job.status == "live"
+    assert job.holder_mobile == "+8613800138000"
+    assert job.holder_name == "长安区某某餐饮店"
+    assert job.issuing_department == "长安区市场监督管理局"
+    assert job.issued_on == dt.date(2021, 6, 1)
+    assert job.expires_on == dt.date(2026, 6, 21)
+    assert job.state_at == T0
 
 
-def test_occurred_at_in_another_zone_is_stored_as_utc() -> None:
-    # Given an event stamped in Asia/Shanghai local time
-    local = dt.datetime(2026, 5, 1, 17, 0, tzinfo=SHANGHAI)
+def test_occurred_at_in_another_zone_is_kept_as_the_same_instant_in_utc() -> None:
+    # Given an event stamped in Shanghai time
+    local = T0.astimezone(SHANGHAI)
 
-    # When it is applied
-    state = apply_license_event(None, "license.issued", _payload(), local)
+    # When
+    job = license_state_job("license.renewed", _payload(), local)
 
-    # Then the state time is the same instant, in UTC
-    assert state is not None
-    assert state["state_at"] == "2026-05-01T09:00:00+00:00"
+    # Then
+    assert job.state_at == T0
+    assert job.state_at.utcoffset() == dt.timedelta(0)
 
 
-def test_renewed_replaces_expiry() -> None:
-    # Given a live license expiring 2026-06-21
-    state = apply_license_event(None, "license.issued", _payload(), T0)
-
-    # When a later renewal moves the expiry five years on
-    renewed = apply_license_event(
-        state,
-        "license.renewed",
-        _payload(issued_on="2026-06-01", expires_on="2031-06-21"),
-        T0 + dt.timedelta(days=30),
+def test_revoked_names_only_the_license_and_its_date() -> None:
+    # When
+    job = license_state_job(
+        "license.revoked", {"license_id": "L-9", "revoked_on": "2026-05-02", "reason": ""}, T0
     )
 
-    # Then the entry is live with the new expiry and the renewal's time
-    assert renewed is not None
-    assert renewed["status"] == "live"
-    assert renewed["expires_on"] == "2031-06-21"
-    assert renewed["issued_on"] == "2026-06-01"
-    assert renewed["state_at"] == (T0 + dt.timedelta(days=30)).isoformat()
-
-
-def test_revoked_marks_a_known_license_revoked_and_keeps_its_details() -> None:
-    # Given a live license
-    state = apply_license_event(None, "license.issued", _payload(), T0)
-    assert state is not None
-
-    # When it is revoked later
-    revoked = apply_license_event(
-        state,
-        "license.revoked",
-        {"license_id": "SX-SP-2024-0001", "reason": "吊销", "revoked_on": "2026-05-02"},
-        T0 + dt.timedelta(days=1),
-    )
-
-    # Then it is revoked, with the details it had
-    assert revoked is not None
-    assert revoked["status"] == "revoked"
-    assert revoked["expires_on"] == state["expires_on"]
-    assert revoked["holder_name"] == state["holder_name"]
-    assert revoked["state_at"] == (T0 + dt.timedelta(days=1)).isoformat()
-
-
-@pytest.mark.parametrize(
-    ("event_type", "delta"),
-    [
-        ("license.issued", dt.timedelta(seconds=-1)),
-        ("license.renewed", dt.timedelta(days=-10)),
-        ("license.revoked", dt.timedelta(microseconds=-1)),
-        # a replay of the very event that made the state changes nothing either
-        ("license.issued", dt.timedelta(0)),
-    ],
-)
-def test_event_not_newer_than_the_state_is_stale(event_type: str, delta: dt.timedelta) -> None:
-    # Given a live license whose state comes from an event at T0
-    state = apply_license_event(None, "license.issued", _payload(), T0)
-    payload = (
-        {"license_id": "SX-SP-2024-0001", "revoked_on": "2026-05-01"}
-        if event_type == "license.revoked"
-        else _payload(expires_on="2040-01-01")
-    )
-
-    # When an event that happened at or before T0 arrives
-    result = apply_license_event(state, event_type, payload, T0 + delta)
-
-    # Then it is ignored as stale
-    assert result is None
-
-
-def test_revocation_of_unknown_license_is_remembered_so_a_late_issue_stays_dead() -> None:
-    # Given a revocation of a license never seen before
-    revoked = apply_license_event(
-        None,
-        "license.revoked",
-        {"license_id": "SX-SP-2024-0001", "reason": "吊销", "revoked_on": "2026-05-02"},
-        T0 + dt.timedelta(days=1),
-    )
-    assert revoked is not None
-    assert revoked["status"] == "revoked"
-
-    # When the (earlier) issue event arrives late
-    late = apply_license_event(revoked, "license.issued", _payload(), T0)
-
-    # Then it is stale: the registry keeps the revocation and nothing is due
-    assert late is None
-    assert due_renewal_jobs(revoked, TODAY, SMS_OFFSETS, CALL_OFFSETS) == []
+    # Then
+    assert (job.status, job.license_id, job.expires_on) == ("revoked", "L-9", dt.date(2026, 5, 2))
+    assert job.holder_mobile == job.holder_name == job.category == ""
 
 
 def test_unknown_event_type_is_an_error() -> None:
-    # Given / When / Then
     with pytest.raises(ValueError, match="not a license event"):
-        apply_license_event(None, "case.completed", _payload(), T0)
+        license_state_job("case.completed", _payload(), T0)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload"),
+    [
+        ("license.issued", _payload()),
+        ("license.revoked", {"license_id": "SX-SP-2024-0001", "revoked_on": "2026-05-02"}),
+    ],
+)
+def test_state_job_round_trips_through_json(event_type: str, payload: dict[str, Any]) -> None:
+    # Given a registry job
+    job = license_state_job(event_type, payload, T0)
+
+    # When it crosses the queue as JSON
+    again = LicenseStateJob.model_validate_json(job.model_dump_json())
+
+    # Then nothing is lost
+    assert again == job
 
 
 # ---- due_renewal_jobs ------------------------------------------------------------------------
@@ -203,10 +159,10 @@ def test_due_reminders_by_days_to_expiry(days_left: int, expected: set[tuple[str
         assert job.expires_on == expires_on
         assert job.due_on == expires_on - dt.timedelta(days=job.offset_days)
         assert job.due_on <= TODAY
-        assert job.license_id == state["license_id"]
+        assert job.license_id == state.license_id
         assert job.holder_mobile == "+8613800138000"
         assert job.idempotency_key == renewal_key(
-            state["license_id"], expires_on, job.offset_days, job.kind
+            state.license_id, expires_on, job.offset_days, job.kind
         )
 
 
@@ -241,15 +197,19 @@ def test_due_reminders_with_custom_offsets(
 
 def test_revoked_license_has_nothing_due() -> None:
     # Given a license revoked 20 days before expiry
-    state = apply_license_event(
-        _live(TODAY + dt.timedelta(days=20)),
-        "license.revoked",
-        {"license_id": "SX-SP-2024-0001", "revoked_on": TODAY.isoformat()},
-        T0 + dt.timedelta(days=1),
-    )
-    assert state is not None
+    state = _live(TODAY + dt.timedelta(days=20))
+    state.status = "revoked"
 
     # When / Then
+    assert due_renewal_jobs(state, TODAY, SMS_OFFSETS, CALL_OFFSETS) == []
+
+
+def test_a_live_entry_without_a_mobile_has_nothing_due() -> None:
+    # Given a registry row from before the registry kept holders (migrated, not republished)
+    state = _live(TODAY + dt.timedelta(days=5))
+    state.holder_mobile = ""
+
+    # When / Then: nothing is sent rather than a job nobody can deliver
     assert due_renewal_jobs(state, TODAY, SMS_OFFSETS, CALL_OFFSETS) == []
 
 
@@ -296,27 +256,43 @@ def test_jobs_of_one_day_have_distinct_keys() -> None:
     assert len({j.idempotency_key for j in jobs}) == 2
 
 
-# ---- state_job -------------------------------------------------------------------------------
+# ---- scan_windows ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("event_type", "payload"),
+    ("first", "offsets", "expected"),
     [
-        ("license.issued", _payload()),
-        ("license.revoked", {"license_id": "SX-SP-2024-0001", "revoked_on": "2026-05-02"}),
+        # one day: the exact expiry dates whose reminder date is today
+        (TODAY, (30, 7, 3), [(3, 3), (7, 7), (30, 30)]),
+        # three days (a scheduler down two days catches up): a range per offset
+        (TODAY - dt.timedelta(days=2), (30, 7, 3), [(1, 3), (5, 7), (28, 30)]),
+        # touching ranges are merged
+        (TODAY - dt.timedelta(days=3), (30, 7, 3), [(0, 7), (27, 30)]),
+        # a long outage: overlapping ranges become one
+        (TODAY - dt.timedelta(days=10), (30, 7, 3), [(-7, 7), (20, 30)]),
+        (TODAY, (), []),
     ],
 )
-def test_state_job_round_trips_through_json(event_type: str, payload: dict[str, Any]) -> None:
-    # Given a registry entry (live, or revoked without ever being seen issued)
-    state = apply_license_event(None, event_type, payload, T0)
-    assert state is not None
+def test_scan_windows_cover_every_reminder_date_since_the_last_scan(
+    first: dt.date, offsets: tuple[int, ...], expected: list[tuple[int, int]]
+) -> None:
+    # When
+    windows = scan_windows(first, TODAY, offsets)
 
-    # When it becomes a job and crosses the queue as JSON
-    job = state_job(state)
-    again = LicenseStateJob.model_validate_json(job.model_dump_json())
+    # Then the expiry ranges, as days after today, are these
+    assert [((lo - TODAY).days, (hi - TODAY).days) for lo, hi in windows] == expected
 
-    # Then nothing is lost
-    assert again == job
-    assert again.license_id == state["license_id"]
-    assert again.status == state["status"]
-    assert again.expires_on.isoformat() == state["expires_on"]
-    assert again.state_at == T0
-    assert again.state_at.isoformat() == state["state_at"]
+
+@pytest.mark.parametrize("days_back", [0, 1, 2, 5, 29, 40])
+def test_every_license_with_a_reminder_date_in_the_span_is_in_a_window(days_back: int) -> None:
+    # Given a scan covering the days from ``first`` to today
+    first = TODAY - dt.timedelta(days=days_back)
+    windows = scan_windows(first, TODAY, (*SMS_OFFSETS, *CALL_OFFSETS))
+
+    # Then a license is in a window exactly when one of its reminder dates is in the span
+    for days_left in range(-50, 80):
+        expires_on = TODAY + dt.timedelta(days=days_left)
+        dated = any(
+            first <= expires_on - dt.timedelta(days=o) <= TODAY
+            for o in (*SMS_OFFSETS, *CALL_OFFSETS)
+        )
+        inside = any(lo <= expires_on <= hi for lo, hi in windows)
+        assert inside == dated, days_left
