@@ -288,7 +288,12 @@ def deliver_claimed(row: Notification) -> None:
         with session(settings) as s:
             s.execute(
                 Notification.__table__.update()
-                .where(Notification.id == notification_id)
+                # Only while still ours to resolve: a sweep or a callback may have settled it
+                # already (statuses move forward only; so does what explains them).
+                .where(
+                    Notification.id == notification_id,
+                    Notification.status == NotificationStatus.SENDING,
+                )
                 .values(
                     status_reason="provider timeout: outcome unknown",
                     # The sweep asks this provider (only) whether it took the message.
