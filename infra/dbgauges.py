@@ -12,10 +12,11 @@ phone, case or citizen id, and if an upstream system ever put one in a departmen
 value is shown as ``redacted``; beyond ``MAX_LABEL_VALUES`` values the rest are summed as
 ``other``.
 
-Time bases: ages of notification rows are measured from their ``created_at``/``updated_at``/
-``sent_at`` (real time, written by the database layer); deadlines, due times and alert times
-are the settable clock's (``GOVNOTIFY_NOW``), so "overdue" agrees with the rest of the pipeline
-in the demo and the tests. In production the two are the same clock.
+Time bases: one clock. Every row stamp (``created_at``, ``updated_at``, ``sent_at``, ``claimed_at``)
+and every deadline, due time and alert time is written by the settable clock of the process
+that wrote it (``GOVNOTIFY_NOW``/``GOVNOTIFY_NOW_EPOCH``; the wall clock in production), and
+these gauges read the same clock, so "oldest" and "overdue" agree with the rest of the pipeline
+in the demo and the tests.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from schemas.models import (
     CallbackTask,
     CallListEntry,
     DeadLetter,
+    IngestEvent,
     Notification,
     NotificationStatus,
     RectificationTicket,
@@ -125,6 +127,16 @@ _HELP = {
     "govnotify_dead_letters_open": (
         "Dead letters not replayed yet, by stage (ingest, delivery, job, callback).",
         ["stage"],
+    ),
+    "govnotify_ingest_unapplied_events": (
+        "Events the relay accepted (journaled) that the stream has not applied yet: Kafka's "
+        "backlog, and what a Kafka that lost its data would get re-driven.",
+        [],
+    ),
+    "govnotify_ingest_oldest_unapplied_seconds": (
+        "How long the oldest accepted event has waited for the stream to apply it; 0 when "
+        "none waits.",
+        [],
     ),
     "govnotify_database_gauges_up": (
         "1 if the last reading of the database gauges succeeded, else 0 (the others then "
@@ -354,6 +366,16 @@ class DatabaseGauges(Collector):
         ):
             letters[_label(stage)] = letters.get(_label(stage), 0.0) + total
         out["govnotify_dead_letters_open"] = _keyed(_bounded(letters))
+
+        # Events accepted but not applied by the stream yet (the ingest journal).
+        i = IngestEvent
+        waiting_events, first_received = conn.execute(
+            select(func.count(), func.min(i.received_at)).where(i.applied_at.is_(None))
+        ).one()
+        out["govnotify_ingest_unapplied_events"] = {(): float(waiting_events)}
+        out["govnotify_ingest_oldest_unapplied_seconds"] = {
+            (): _age(real_now, _as_datetime(first_received))
+        }
         return out
 
     # ---- helpers -------------------------------------------------------------------------
