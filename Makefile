@@ -4,7 +4,7 @@ VENV ?= .venv
 PY   := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench services-up services-down clean
+.PHONY: demo test lint bench chaos services-up services-down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks
+
+# The fault run: 100,000 licenses while components are killed and the brokers restarted
+# (RabbitMQ and PostgreSQL too: CHAOS_ARGS=--no-service-restarts spares the shared ones).
+chaos: $(VENV)/.installed
+	$(PY) -m benchmarks.chaos $(CHAOS_ARGS)
 
 services-up: $(VENV)/.installed
 	$(VENV)/bin/govnotify services up
