@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_NEW_EPOCH",
     "StreamContext",
+    "app_id",
     "changelog_configs",
     "create_app",
     "event_epoch",
@@ -104,20 +105,21 @@ class StreamContext:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-sender")
         #: Jobs go to the work queues by actor name: the stream never imports the workers.
         self.jobs = JobSender(settings)
-        #: The epoch this process started in; 0 while none is known (adopt the first seen).
-        self.epoch = 0
+        #: The epoch this process started in (1 before the relay first wrote one).
+        self.epoch = 1
         #: How a newer epoch ends this process (replaced in tests).
         self.exit: Callable[[int], object] = _exit_now
 
     def load_epoch(self) -> None:
-        """The current epoch from the database, at start; unknown (0) if it cannot be read."""
+        """The current epoch from the database, at start (1 if none yet, or unreadable: the
+        relay's first epoch is 1)."""
         try:
             with session(self.settings) as s:
                 epoch = current_epoch(s)
         except Exception:
-            log.warning("could not read the Kafka epoch; adopting the first one seen")
+            log.warning("could not read the Kafka epoch; taking the first")
             return
-        self.epoch = epoch.generation if epoch else 0
+        self.epoch = epoch.generation if epoch else 1
 
     def check_epochs(self, events: Iterable[faust.EventT]) -> None:
         """Exit before handling ``events`` if one was written in a newer epoch than ours."""
@@ -126,9 +128,6 @@ class StreamContext:
 
     def check_generation(self, generation: int | None) -> None:
         if generation is None or generation <= self.epoch:
-            return
-        if self.epoch == 0:
-            self.epoch = generation  # first epoch seen by a stream started before any
             return
         log.critical(
             "Kafka epoch %d began (this stream started in %d): the log it read is gone; "
@@ -202,14 +201,28 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
+def app_id(settings: Settings, generation: int) -> str:
+    """The Faust app id (consumer group, changelog topic prefix) in Kafka epoch ``generation``.
+
+    A new epoch gets a new group: the offsets a stream of the lost epoch committed into the
+    broker that came back (it reads the new, empty topics at its old positions for a moment
+    before it notices) would otherwise make the new stream skip the start of the new log.
+    Epoch 1 keeps the plain name.
+    """
+    base = f"{settings.namespace}-streams"
+    return base if generation <= 1 else f"{base}-e{generation}"
+
+
 def create_app(settings: Settings) -> faust.App:
     """A Faust app for ``settings``; agents are attached by ``streams.agents``."""
     tansu = settings.kafka_broker_kind == "tansu"
     datadir = (settings.data_dir / "faust" / settings.namespace).resolve()
     # faust creates datadir itself but not its parents.
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    ctx = StreamContext(settings)
+    ctx.load_epoch()
     app = faust.App(
-        f"{settings.namespace}-streams",
+        app_id(settings, ctx.epoch),
         broker=settings.faust_broker,
         # Table keys and values (and so their changelogs) are JSON; source topics carry raw bytes
         # (validated JSON from the relay) that agents parse themselves.
@@ -232,8 +245,6 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         topic_allow_declare=True,
     )
-    ctx = StreamContext(settings)
-    ctx.load_epoch()
     from streams.agents import cases, licenses, ratings
 
     licenses.attach(app, ctx)
