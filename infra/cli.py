@@ -179,6 +179,19 @@ def cmd_renewals(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journal(args: argparse.Namespace) -> int:
+    """``govnotify journal redrive [--older-than-minutes N] [--dry-run]``."""
+    from producers.epochs import redrive_stuck
+
+    older = dt.timedelta(minutes=args.older_than_minutes)
+    count = redrive_stuck(_settings(), older, dry_run=args.dry_run)
+    verb = "would be re-driven" if args.dry_run else "re-driven into Kafka"
+    print(
+        f"{count} events relayed over {args.older_than_minutes:g} min ago and not applied: {verb}"
+    )
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from workers.sweep import sweep
 
@@ -469,6 +482,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(reminders already sent are not sent again)",
     )
     p.set_defaults(func=cmd_renewals)
+
+    p = sub.add_parser(
+        "journal", help="re-drive accepted events the stream has not applied (see the runbook)"
+    )
+    p.add_argument("action", choices=["redrive"])
+    p.add_argument(
+        "--older-than-minutes",
+        type=float,
+        default=15.0,
+        help="only events relayed longer ago than this (default 15)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count them, send nothing")
+    p.set_defaults(func=cmd_journal)
 
     p = sub.add_parser("sweep", help="re-queue or resolve notifications stuck in created/sending")
     p.set_defaults(func=cmd_sweep)

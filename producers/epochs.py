@@ -18,13 +18,14 @@ carries an idempotency key, and the stream skips events the journal says it appl
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from infra.db import session
 from infra.journal import (
@@ -36,13 +37,13 @@ from infra.journal import (
     record_redriven,
 )
 from infra.services import create_topics
+from producers.kafka import KafkaSink
 from schemas.models import IngestEvent, utcnow
 
 if TYPE_CHECKING:
     from infra.settings import Settings
-    from producers.kafka import KafkaSink
 
-__all__ = ["EpochKeeper"]
+__all__ = ["EpochKeeper", "redrive", "redrive_stuck"]
 
 log = logging.getLogger("govnotify.epochs")
 
@@ -126,45 +127,101 @@ class EpochKeeper:
 
     def _redrive(self, epoch: Epoch, keepalive: Callable[[], object]) -> int:
         """Write again every event relayed in an older epoch and not applied; returns how many."""
-        s = self.settings
-        headers = [(EPOCH_HEADER, str(epoch.generation).encode())]
-        total = 0
-        while True:
-            with session(s) as db:
-                page = list(
-                    db.scalars(
-                        select(IngestEvent)
-                        .where(
-                            IngestEvent.applied_at.is_(None),
-                            IngestEvent.relayed_at.is_not(None),
-                            IngestEvent.epoch < epoch.generation,
-                        )
-                        .order_by(IngestEvent.received_at, IngestEvent.event_id)
-                        .limit(REDRIVE_PAGE)
-                    )
-                )
-            if not page:
-                break
-            self.sink.send_batch(
-                [(s.topic(e.family), e.entity_key.encode(), bytes(e.body)) for e in page],
-                headers=headers,
+        return redrive(
+            self.settings,
+            self.sink,
+            epoch,
+            IngestEvent.epoch < epoch.generation,
+            keepalive=keepalive,
+        )
+
+
+def redrive(
+    settings: Settings,
+    sink: KafkaSink,
+    epoch: Epoch,
+    *where: Any,
+    keepalive: Callable[[], object] = lambda: None,
+) -> int:
+    """Write again, tagged with ``epoch``, every journaled event relayed and not applied that
+    matches ``where``, oldest first, a page at a time; returns how many."""
+    headers = [(EPOCH_HEADER, str(epoch.generation).encode())]
+    total = 0
+    after: tuple[dt.datetime, str] | None = None
+    while True:
+        query = select(IngestEvent).where(
+            IngestEvent.applied_at.is_(None), IngestEvent.relayed_at.is_not(None), *where
+        )
+        if after is not None:
+            query = query.where(
+                (IngestEvent.received_at > after[0])
+                | ((IngestEvent.received_at == after[0]) & (IngestEvent.event_id > after[1]))
             )
-            with session(s) as db:
-                db.execute(
-                    update(IngestEvent)
-                    .where(IngestEvent.event_id.in_([e.event_id for e in page]))
-                    .values(
-                        epoch=epoch.generation,
-                        relayed_at=utcnow(),
-                        redriven=IngestEvent.redriven + 1,
+        with session(settings) as db:
+            page = list(
+                db.scalars(
+                    query.order_by(IngestEvent.received_at, IngestEvent.event_id).limit(
+                        REDRIVE_PAGE
                     )
                 )
-                db.commit()
-            total += len(page)
-            REDRIVEN.inc(len(page))
-            keepalive()  # the relay's AMQP connection answers heartbeats meanwhile
-        if total:
-            with session(s) as db:
-                record_redriven(db, epoch.generation, total)
-            log.warning("re-drove %d events into Kafka epoch %d", total, epoch.generation)
-        return total
+            )
+        if not page:
+            break
+        sink.send_batch(
+            [(settings.topic(e.family), e.entity_key.encode(), bytes(e.body)) for e in page],
+            headers=headers,
+        )
+        with session(settings) as db:
+            db.execute(
+                update(IngestEvent)
+                .where(IngestEvent.event_id.in_([e.event_id for e in page]))
+                .values(
+                    epoch=epoch.generation,
+                    relayed_at=utcnow(),
+                    redriven=IngestEvent.redriven + 1,
+                )
+            )
+            db.commit()
+        total += len(page)
+        after = (page[-1].received_at, page[-1].event_id)
+        REDRIVEN.inc(len(page))
+        keepalive()  # the relay's AMQP connection answers heartbeats meanwhile
+    if total:
+        with session(settings) as db:
+            record_redriven(db, epoch.generation, total)
+        log.warning("re-drove %d events into Kafka epoch %d", total, epoch.generation)
+    return total
+
+
+def redrive_stuck(settings: Settings, older_than: dt.timedelta, *, dry_run: bool = False) -> int:
+    """``govnotify journal redrive``: write again every accepted event the stream has not
+    applied although it was relayed more than ``older_than`` ago, whatever its epoch.
+
+    For the operator when GovnotifyEventsNotApplied fires and the stream runs: events the
+    stream applied meanwhile are skipped by it, and every effect is keyed, so a re-drive can
+    only repeat work, never send twice. Returns how many (with ``dry_run``: would be).
+    """
+    cutoff = utcnow() - older_than
+    condition = IngestEvent.relayed_at < cutoff
+    if dry_run:
+        with session(settings) as db:
+            return int(
+                db.execute(
+                    select(func.count())
+                    .select_from(IngestEvent)
+                    .where(
+                        IngestEvent.applied_at.is_(None),
+                        IngestEvent.relayed_at.is_not(None),
+                        condition,
+                    )
+                ).scalar_one()
+            )
+    with session(settings) as db:
+        epoch = current_epoch(db)
+    if epoch is None:
+        return 0  # nothing was ever relayed
+    sink = KafkaSink(settings.kafka_bootstrap)
+    try:
+        return redrive(settings, sink, epoch, condition)
+    finally:
+        sink.close()

@@ -41,6 +41,7 @@ from tests.support import (
     pipeline_settings,
     publish,
     purge_namespace,
+    run_cli,
     scrape,
     wait_until,
 )
@@ -291,3 +292,46 @@ def test_the_journal_turns_an_upstream_repeat_into_nothing_and_a_reused_id_into_
     samples = scrape(settings.relay_metrics_port)
     assert metric(samples, "govnotify_events_duplicate_total") == 1
     assert metric(samples, "govnotify_events_relayed_total") == 1
+
+
+def test_the_operator_re_drives_events_the_stream_has_not_applied_and_each_takes_effect_once(
+    settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
+) -> None:
+    # Given 12 due licenses the relay accepted while no stream ran (relayed, not applied)
+    pipeline.set_env(
+        GOVNOTIFY_TWILIO_ACCOUNT_SID=fake_twilio.account_sid,
+        GOVNOTIFY_TWILIO_AUTH_TOKEN=fake_twilio.auth_token,
+        GOVNOTIFY_TWILIO_FROM="+15017122661",
+        GOVNOTIFY_TWILIO_API_BASE=fake_twilio.base_url,
+        GOVNOTIFY_NOW=NOW.isoformat(),
+    )
+    pipeline.relay()
+    publish(settings, [due(f"LIC-J-{i:03d}", f"1360000{i:04d}") for i in range(12)])
+    wait_until(
+        lambda: count_rows(settings, IngestEvent, IngestEvent.relayed_at.is_not(None)) == 12, 60
+    )
+
+    # When the operator counts, then re-drives them (GovnotifyEventsNotApplied's runbook)
+    dry = run_cli("journal", "redrive", "--older-than-minutes", "0", "--dry-run", env=pipeline.env)
+    real = run_cli("journal", "redrive", "--older-than-minutes", "0", env=pipeline.env)
+    again = run_cli("journal", "redrive", "--older-than-minutes", "30", env=pipeline.env)
+    # … and the stream runs: it meets each event twice in Kafka
+    pipeline.stream()
+    pipeline.worker()
+
+    # Then each license is texted once, every event applied, the copies skipped
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("12 events relayed over 0 min ago and not applied: would be")
+    assert real.stdout.startswith("12 events relayed over 0 min ago and not applied: re-driven")
+    assert again.stdout.startswith("0 events")
+    wait_until(lambda: len(sms_per_license(fake_twilio)) == 12 and unapplied(settings) == 0, 120)
+    assert set(sms_per_license(fake_twilio).values()) == {1}
+    samples = scrape(settings.stream_metrics_port)
+    assert (
+        metric(samples, "govnotify_stream_events_already_applied_total")
+        + metric(samples, "govnotify_stream_events_total", outcome="applied")
+        == 24
+    )
+    with session(settings) as s:
+        redriven = s.execute(select(func.sum(IngestEvent.redriven))).scalar_one()
+    assert redriven == 12
