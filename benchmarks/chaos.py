@@ -317,11 +317,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted after {time.monotonic() - started:.0f} s; everything stopped")
         return 130
     finally:
-        try:
-            drop_database(PG_ADMIN_URL, db_url)
-        except Exception as exc:
-            print(f"clean-up failed: drop database: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if result is None or not (result.ok and result.settled) or args.keep_logs:
+        failed = result is None or not (result.ok and result.settled)
+        if failed:
+            # What went wrong is in the journal, the notifications and the scheduled jobs.
+            print(f"database kept for a look: {db_url}", file=sys.stderr)
+        else:
+            try:
+                drop_database(PG_ADMIN_URL, db_url)
+            except Exception as exc:
+                print(
+                    f"clean-up failed: drop database: {type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                )
+        if failed or args.keep_logs:
             print(f"logs kept in {workdir / 'logs'}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
