@@ -3,7 +3,8 @@
 Each benchmark gets its own Tansu, namespace and database (removed afterwards); the pipeline
 benchmark uses the relay benchmark's figure from this run as its baseline; the green-channel
 benchmark runs two pipelines of its own (fast path on, then off); the callbacks benchmark runs
-``govnotify api`` against a trivial waitress app of its own.
+``govnotify api`` against a trivial waitress app of its own; the recovery benchmark loads a
+registry of a million licenses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from benchmarks import (
     bench_green_channel,
     bench_pipeline,
     bench_publish,
+    bench_recovery,
     bench_relay,
 )
 from benchmarks.common import Row, bench_env, run_main
@@ -38,6 +40,7 @@ def main() -> int:
             ("pipeline", bench_pipeline.bench),
             ("green_channel", bench_green_channel.bench),
             ("callbacks", bench_callbacks.bench),
+            ("recovery", bench_recovery.bench),
         ]
     )
 
