@@ -143,7 +143,14 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                 parsed.append((record, event))
             ids = [event.event_id for _record, event in parsed]
             applied = await ctx.already_applied("cases", ids)
-            fresh = [(r, e) for r, e in parsed if e.event_id not in applied]
+            # Applied before, or twice in this batch (a re-driven copy beside its original).
+            fresh, seen = [], set(applied)
+            for record, event in parsed:
+                if event.event_id in seen:
+                    STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
+                    continue
+                fresh.append((record, event))
+                seen.add(event.event_id)
             await restore(fresh)
             jobs: list[Job] = []
             for record, event in fresh:
@@ -167,9 +174,6 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     await _forward_rating(ratings, payload)
                 STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
                 jobs.extend(new_jobs)
-            for _record, event in parsed:
-                if event.event_id in applied:
-                    STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
             await ctx.send_jobs(jobs)
             await ctx.mark_applied(ids)
             record_entries(cases)

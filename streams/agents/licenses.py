@@ -50,10 +50,13 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
             ids = [event.event_id for event in events]
             applied = await ctx.already_applied(topic_name, ids)
             state_jobs = []
+            # Applied before, or twice in this batch (a re-driven copy beside its original).
+            seen = set(applied)
             for event in events:
-                if event.event_id in applied:
+                if event.event_id in seen:
                     STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
                     continue
+                seen.add(event.event_id)
                 job = license_state_job(
                     event.event_type,
                     event.payload.model_dump(mode="json"),
