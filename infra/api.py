@@ -25,7 +25,6 @@ private side), like every other component.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import urllib.parse
@@ -51,8 +50,8 @@ __all__ = [
     "MAX_BODY_BYTES",
     "TWILIO_STATUS_PATH",
     "CallbackApp",
-    "cli",
     "make_server",
+    "serve",
 ]
 
 log = logging.getLogger("govnotify.api")
@@ -261,20 +260,9 @@ def make_server(settings: Settings, app: CallbackApp | None = None) -> Any:
     )
 
 
-def cli(args: argparse.Namespace) -> int:
-    """``govnotify api``: serve until SIGTERM or SIGINT, then exit 0."""
-    from infra.health import component_checks
-    from infra.logging import configure_logging
-    from infra.metrics import serve_metrics
-    from infra.settings import get_settings
-
-    settings = get_settings()
-    configure_logging(getattr(args, "log_level", "INFO"), "api")
-    serve_metrics(
-        settings.api_metrics_port,
-        settings.metrics_host,
-        ready_checks=component_checks(settings, "api"),
-    )
+def serve(settings: Settings) -> None:
+    """Serve the callbacks on ``api_host:api_port`` until SIGTERM or SIGINT (``govnotify api``,
+    which serves ``/metrics`` and the health endpoints beside it)."""
     server = make_server(settings)
 
     def _stop(signum: int, frame: object) -> None:
@@ -297,4 +285,3 @@ def cli(args: argparse.Namespace) -> int:
     finally:
         server.close()
     log.info("api stopped")
-    return 0

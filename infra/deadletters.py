@@ -24,20 +24,18 @@ fingerprint: the row's count goes up and it is ``open`` again.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
-import json
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from infra.dbgauges import reading_engine
 from infra.logging import mask_pii
 from infra.metrics import DEAD_LETTERS
 from schemas.models import DeadLetter, Notification, NotificationStatus, utcnow
@@ -50,8 +48,8 @@ __all__ = [
     "STAGES",
     "DeadLetterError",
     "ReplayOutcome",
-    "cli",
     "find_letters",
+    "latest_letters",
     "list_letters",
     "purge_letters",
     "record_dead_letter",
@@ -77,7 +75,6 @@ DELIVERY_ACTOR = "deliver_notification"
 #: Column widths of the table (schemas.models.DeadLetter).
 _REASON_MAX = 40
 _DETAIL_MAX = 2000
-_RAW_SHOWN = 4000
 
 
 class DeadLetterError(Exception):
@@ -220,6 +217,19 @@ def find_letters(settings: Settings, ids: Sequence[str]) -> list[DeadLetter]:
             if rows[0] not in found:
                 found.append(rows[0])
     return found
+
+
+def latest_letters(settings: Settings, limit: int = 5) -> list[tuple[Any, ...]]:
+    """(last seen, stage, reason, event type, count, status) of the most recent dead letters,
+    read on a short-timeout engine (``govnotify top`` must not hang on a busy database)."""
+    d = DeadLetter
+    query = (
+        select(d.last_seen, d.stage, d.reason, d.event_type, d.count, d.status)
+        .order_by(d.last_seen.desc())
+        .limit(limit)
+    )
+    with reading_engine(settings.resolved_database_url).connect() as conn:
+        return [tuple(row) for row in conn.execute(query)]
 
 
 # ---- replay -----------------------------------------------------------------------------------
@@ -446,149 +456,3 @@ def purge_letters(
         count = s.execute(stmt).rowcount
         s.commit()
     return int(count or 0)
-
-
-# ---- the command ------------------------------------------------------------------------------
-def _local(settings: Settings, value: dt.datetime | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value.astimezone(settings.tz):%Y-%m-%d %H:%M:%S}"
-
-
-def _shown_raw(letter: DeadLetter) -> str:
-    """The raw payload for a person to read: decoded, pretty if JSON, masked, bounded."""
-    raw = bytes(letter.raw)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = repr(raw)
-    else:
-        try:
-            text = json.dumps(json.loads(text), ensure_ascii=False, indent=2)
-        except ValueError:
-            pass
-    if len(text) > _RAW_SHOWN:
-        text = text[:_RAW_SHOWN] + f"\n… ({len(raw)} bytes in all)"
-    return mask_pii(text)
-
-
-def _cmd_list(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli import _print_table
-
-    letters = list_letters(
-        settings, stage=args.stage, reason=args.reason, status=args.status, limit=args.limit
-    )
-    _print_table(
-        f"dead letters ({len(letters)} shown, most recent first)",
-        ["id", "stage", "reason", "event type", "count", "first seen", "last seen", "status"],
-        [
-            [
-                letter.id[:12],
-                letter.stage,
-                letter.reason,
-                letter.event_type or "-",
-                letter.count,
-                _local(settings, letter.first_seen),
-                _local(settings, letter.last_seen),
-                letter.status + (f" ×{letter.replay_count}" if letter.replay_count > 1 else ""),
-            ]
-            for letter in letters
-        ],
-    )
-    return 0
-
-
-def _cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    if not args.ids:
-        raise DeadLetterError("show needs the id of a dead letter")
-    for letter in find_letters(settings, args.ids):
-        fields = {
-            "id": letter.id,
-            "stage": letter.stage,
-            "reason": letter.reason,
-            "event type": letter.event_type or "-",
-            "event id": letter.event_id or "-",
-            "count": str(letter.count),
-            "first seen": _local(settings, letter.first_seen),
-            "last seen": _local(settings, letter.last_seen),
-            "status": letter.status,
-            "replays": str(letter.replay_count),
-            "replayed": _local(settings, letter.replayed_at),
-        }
-        for key, value in fields.items():
-            print(f"{key:<11} {value}")
-        print("detail")
-        print("  " + mask_pii(letter.detail).replace("\n", "\n  "))
-        print(f"raw ({len(bytes(letter.raw))} bytes, personal data masked)")
-        print("  " + _shown_raw(letter).replace("\n", "\n  "))
-        print()
-    return 0
-
-
-def _selected(settings: Settings, args: argparse.Namespace, verb: str) -> list[DeadLetter]:
-    if args.ids:
-        return find_letters(settings, args.ids)
-    if not args.all:
-        raise DeadLetterError(f"{verb} needs dead-letter ids, or --all (with filters) for many")
-    return list_letters(
-        settings,
-        stage=args.stage,
-        reason=args.reason,
-        status=args.status or "open",
-        limit=None,
-    )
-
-
-def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    outcomes = []
-    for letter in _selected(settings, args, "replay"):
-        try:
-            outcome = replay_letter(settings, letter)
-        except Exception as exc:
-            # The broker or the database is unreachable: this letter stays open; go on.
-            outcome = ReplayOutcome(
-                letter.id, letter.stage, "failed", mask_pii(f"{type(exc).__name__}: {exc}")
-            )
-        outcomes.append(outcome)
-        print(f"{outcome.letter_id[:12]} {outcome.stage}: {outcome.result}: {outcome.detail}")
-    results = ("replayed", "skipped", "refused", "failed")
-    counts = {r: sum(o.result == r for o in outcomes) for r in results}
-    print(", ".join(f"{n} {r}" for r, n in counts.items() if n or r == "replayed"))
-    return 1 if counts["refused"] or counts["failed"] else 0
-
-
-def _cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
-    if not args.ids and not args.all:
-        raise DeadLetterError(
-            "purge needs dead-letter ids, or --all with --stage/--reason/--older-than-days"
-        )
-    n = purge_letters(
-        settings,
-        ids=args.ids,
-        stage=args.stage,
-        reason=args.reason,
-        status=args.status,
-        older_than_days=args.older_than_days,
-    )
-    print(f"{n} dead letter{'' if n == 1 else 's'} purged")
-    return 0
-
-
-_COMMANDS = {"list": _cmd_list, "show": _cmd_show, "replay": _cmd_replay, "purge": _cmd_purge}
-
-
-def cli(args: argparse.Namespace) -> int:
-    """``govnotify dead-letters list|show|replay|purge`` (arguments: infra.cli build_parser)."""
-    from infra.settings import get_settings
-
-    if args.stage and args.stage not in STAGES:
-        print(
-            f"govnotify: unknown stage {args.stage!r} (one of {', '.join(STAGES)})",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        return _COMMANDS[args.action](get_settings(), args)
-    except DeadLetterError as exc:
-        print(f"govnotify: {exc}", file=sys.stderr)
-        return 2

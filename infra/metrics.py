@@ -7,7 +7,9 @@ write to the shared multi-process files that dramatiq's exposition server reads.
 
 from __future__ import annotations
 
+import re
 import urllib.request
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from threading import Thread
 from typing import TYPE_CHECKING
@@ -37,8 +39,12 @@ __all__ = [
     "STATUS_CALLBACKS_APPLIED",
     "STREAM_EVENTS",
     "SUPPRESSIONS",
+    "Labels",
+    "Samples",
+    "parse_samples",
     "sample_sum",
     "scrape",
+    "scrape_text",
     "serve_metrics",
 ]
 
@@ -135,17 +141,52 @@ RETENTION_PURGED = Counter(
 # here, every worker process (multiprocess mode) would export them too, as zeros labelled by pid.
 
 
-def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
-    """Read a component's /metrics over HTTP as ``{'name{labels}': value}``."""
+def scrape_text(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> str:
+    """A component's /metrics over HTTP, in the Prometheus text format."""
     url = f"http://{host}:{port}/metrics"
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
+    """Read a component's /metrics over HTTP as ``{'name{labels}': value}``."""
+    text = scrape_text(port, host, timeout)
     samples: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
             samples[key] = float(value)
     return samples
+
+
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+Labels = tuple[tuple[str, str], ...]
+Samples = dict[str, dict[Labels, float]]
+
+
+def parse_samples(text: str) -> Samples:
+    """Prometheus text format → {metric name: {sorted label pairs: value}}."""
+    out: Samples = defaultdict(dict)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, brace, rest = head.partition("{")
+        labels: Labels = ()
+        if brace:
+            pairs = _LABEL.findall(rest.rsplit("}", 1)[0])
+            labels = tuple(
+                sorted(
+                    (k, v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\"))
+                    for k, v in pairs
+                )
+            )
+        try:
+            out[name][labels] = float(value)
+        except ValueError:
+            continue
+    return dict(out)
 
 
 def sample_sum(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -46,9 +46,7 @@ Kept on purpose:
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,7 +69,7 @@ from schemas.models import (
 if TYPE_CHECKING:
     from infra.settings import Settings
 
-__all__ = ["BATCH_SIZE", "DETAIL_MARKER", "PAYLOAD_MARKER", "TABLES", "cli", "purge"]
+__all__ = ["BATCH_SIZE", "DETAIL_MARKER", "PAYLOAD_MARKER", "TABLES", "purge"]
 
 #: Rows per transaction: short locks on a busy ledger, bounded memory for the id list.
 BATCH_SIZE = 1000
@@ -251,27 +249,3 @@ def _purge_journal(s: Any, applied_before: dt.datetime, dry_run: bool) -> int:
     if done:
         RETENTION_PURGED.labels(table="ingest_event").inc(done)
     return done
-
-
-def cli(args: argparse.Namespace) -> int:
-    """``govnotify retention purge [--days N] [--dry-run]``."""
-    from infra.cli import _print_table
-    from infra.settings import get_settings
-
-    settings = get_settings()
-    days = settings.retention_days if args.days is None else args.days
-    if days < 1:
-        print("govnotify: --days must be at least 1", file=sys.stderr)
-        return 2
-    counts = purge(settings, days=days, dry_run=args.dry_run)
-    verb = "would be purged" if args.dry_run else "purged"
-    _print_table(
-        f"personal data older than {days} days: rows {verb}",
-        ["table", "rows"],
-        [[table, n] for table, n in counts.items()],
-    )
-    print(
-        f"{sum(counts.values())} rows {verb}"
-        + (" (dry run: nothing changed)" if args.dry_run else "")
-    )
-    return 0

@@ -29,26 +29,25 @@ import chinese_calendar
 from chinese_calendar import constants as _package_data
 
 if TYPE_CHECKING:
-    import argparse
-
     from infra.settings import Settings
 
 __all__ = [
     "PACKAGE_FIRST_YEAR",
     "PACKAGE_LAST_YEAR",
+    "PACKAGE_VERSION",
     "HolidayFileError",
     "HolidayNotices",
     "WorkdayCalendar",
     "WorkdayDataMissing",
     "YearNotice",
-    "cli",
     "fallback_years",
     "load_holiday_notices",
 ]
 
 log = logging.getLogger("govnotify.workdays")
 
-_PACKAGE_VERSION: str = getattr(chinese_calendar, "__version__", "unknown")
+#: The installed chinesecalendar's version (``govnotify workdays`` shows it).
+PACKAGE_VERSION: str = getattr(chinese_calendar, "__version__", "unknown")
 #: The years the installed package has data for (it raises NotImplementedError outside them);
 #: the same bounds the package itself checks, from its table of holidays.
 PACKAGE_FIRST_YEAR: int = min(_package_data.holidays).year
@@ -221,7 +220,7 @@ def _note_fallback(year: int) -> None:
         "holiday data for %d not available in chinesecalendar %s; counting Mon–Fri only; "
         "upgrade the package or add the year's notice to GOVNOTIFY_HOLIDAYS_FILE",
         year,
-        _PACKAGE_VERSION,
+        PACKAGE_VERSION,
     )
 
 
@@ -268,7 +267,7 @@ class WorkdayCalendar:
         except NotImplementedError as exc:
             if not self.fallback_weekdays:
                 raise WorkdayDataMissing(
-                    f"no holiday data for {day.year} in chinesecalendar {_PACKAGE_VERSION}; "
+                    f"no holiday data for {day.year} in chinesecalendar {PACKAGE_VERSION}; "
                     "upgrade the package or add the year's notice to GOVNOTIFY_HOLIDAYS_FILE"
                 ) from exc
             _note_fallback(day.year)
@@ -322,63 +321,3 @@ class WorkdayCalendar:
         local_day = opened_at.astimezone(tz).date()
         due_day = self.add_workdays(local_day, n)
         return dt.datetime.combine(due_day, end_of_day.replace(tzinfo=None), tzinfo=tz)
-
-
-def cli(args: argparse.Namespace) -> int:
-    """``govnotify workdays [--json]``: where the holiday data comes from, and until when.
-
-    Exits 2 with the file's problem when ``GOVNOTIFY_HOLIDAYS_FILE`` is wrong, as the workers
-    would refuse to start with it.
-    """
-    import sys
-
-    from infra.clock import Clock
-    from infra.settings import get_settings
-
-    settings = get_settings()
-    try:
-        calendar = WorkdayCalendar.from_settings(settings)
-    except HolidayFileError as exc:
-        print(f"govnotify: {exc}", file=sys.stderr)
-        return 2
-    today = Clock.from_settings(settings).today()
-    until = calendar.covered_until()
-    days_left = (until - today).days
-    file_years = sorted(calendar.notices)
-    if args.json:
-        report = {
-            "package": {
-                "name": "chinesecalendar",
-                "version": _PACKAGE_VERSION,
-                "first_year": PACKAGE_FIRST_YEAR,
-                "last_year": PACKAGE_LAST_YEAR,
-            },
-            "file": (
-                {"path": str(settings.holidays_file), "years": file_years}
-                if settings.holidays_file
-                else None
-            ),
-            "covered_until": until.isoformat(),
-            "today": today.isoformat(),
-            "days_left": days_left,
-        }
-        print(json.dumps(report, ensure_ascii=False, indent=2))
-        return 0
-    package = f"chinesecalendar {_PACKAGE_VERSION}, {PACKAGE_FIRST_YEAR}–{PACKAGE_LAST_YEAR}"
-    if settings.holidays_file:
-        years = ", ".join(map(str, file_years)) or "no year"
-        file = f"{settings.holidays_file}: {years}"
-    else:
-        file = "none (GOVNOTIFY_HOLIDAYS_FILE is not set)"
-    print("holiday data for working-day deadlines:")
-    print(f"  {'package':<13} {package}")
-    print(f"  {'file':<13} {file}")
-    print(f"  {'covered until':<13} {until}")
-    print(f"  {'days left':<13} {days_left} (today is {today})")
-    if days_left < 31:
-        # The same threshold as the GovnotifyHolidayDataRunningOut alert.
-        print(
-            f"after {until}, deadlines count Monday to Friday only: upgrade chinesecalendar or "
-            "add next year's notice to GOVNOTIFY_HOLIDAYS_FILE (docs/runbooks.md)"
-        )
-    return 0

@@ -11,9 +11,8 @@ variable to fix and exit status :data:`EXIT_MISCONFIGURED`, without a traceback 
 the configuration, not the code); dramatiq's main process then exits with that status too.
 
 The check runs at process boot rather than at import because other processes import this
-module only to declare the actors on the broker (the scheduler, the stream's job sender,
-``govnotify rectification close``): they send nothing through these notifiers, and the stream
-imports it on a background thread.
+module only to declare the actors on the broker (the scheduler, the stream's job sender): they
+send nothing through these notifiers, and the stream imports it on a background thread.
 """
 
 from __future__ import annotations

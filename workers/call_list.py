@@ -10,13 +10,11 @@ numbers are masked there (robots post to group chats); staff at the console see 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import logging
-import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +42,10 @@ __all__ = [
     "CallListError",
     "DigestLine",
     "chunk_lines",
-    "cli",
+    "complete",
     "digest_days",
+    "entries",
+    "open_counts",
     "schedule_digests",
     "send_call_list_digests",
 ]
@@ -258,53 +258,3 @@ def open_counts(settings: Settings) -> dict[str, int]:
             .group_by(CallListEntry.issuing_department)
         ).all()
     return {department: count for department, count in rows}
-
-
-def _rows(found: Iterable[CallListEntry], reveal: bool) -> list[list[object]]:
-    out: list[list[object]] = []
-    for e in found:
-        name, mobile = e.holder_name or "", e.holder_mobile or ""
-        if not reveal:
-            name, mobile = (
-                (mask_name(name) if name else ""),
-                (mask_mobile(mobile) if mobile else ""),
-            )
-        out.append(
-            [
-                e.id[:8],
-                e.issuing_department,
-                e.license_id,
-                name,
-                mobile,
-                e.expires_on.isoformat(),
-                e.due_on.isoformat(),
-                e.status,
-                "yes" if e.notified_at else "",
-            ]
-        )
-    return out
-
-
-def cli(args: argparse.Namespace) -> int:
-    """``govnotify call-list list|done`` (arguments: infra.cli build_parser)."""
-    from infra.cli import _print_table
-    from infra.settings import get_settings
-
-    cfg = get_settings()
-    try:
-        if args.action == "done":
-            if not args.entry:
-                raise CallListError("done needs an entry id (see govnotify call-list list)")
-            entry = complete(cfg, args.entry, args.outcome)
-            print(f"entry {entry.id[:8]} ({entry.license_id}) done")
-            return 0
-        found = entries(cfg, department=args.department, status=args.status)
-    except CallListError as exc:
-        print(f"govnotify: {exc}", file=sys.stderr)
-        return 2
-    _print_table(
-        f"call list ({args.status or 'open'}): {len(found)} entries",
-        ["id", "department", "license", "holder", "mobile", "expires", "due", "status", "sent"],
-        _rows(found, args.reveal),
-    )
-    return 0

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from statistics import median
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from prometheus_client import Histogram
@@ -29,10 +31,15 @@ from workers.jobs import parse_job
 from workers.scheduler import cancel, schedule
 from workers.staff import directory, notify_staff
 
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
 __all__ = [
+    "PointResponses",
     "acknowledge_green_channel_alert",
     "escalate_green_channel_alert",
     "raise_green_channel_alert",
+    "response_times",
 ]
 
 log = logging.getLogger("govnotify.green_channel")
@@ -269,3 +276,45 @@ def escalate_green_channel_alert(case_id: str) -> None:
             .values(status="escalated", escalated_at=CLOCK.utcnow())
         )
         s.commit()
+
+
+# ---- response times, from the records (govnotify green-channel) -------------------------------
+@dataclass(frozen=True)
+class PointResponses:
+    """The green-channel alerts of one service point, and how fast staff answered them."""
+
+    service_point: str
+    alerts: int
+    #: Alerts acknowledged (with the time of their case event, so a response time is known).
+    acknowledged: int
+    escalated: int
+    #: Minutes from the case event to the acknowledgement; None when none was acknowledged.
+    median_minutes: float | None
+    slowest_minutes: float | None
+
+
+def response_times(settings: Settings) -> list[PointResponses]:
+    """Every service point's alerts and response times, by service point id."""
+    with session(settings) as s:
+        alerts = s.execute(select(StaffAlert)).scalars().all()
+    by_point: dict[str, list[StaffAlert]] = {}
+    for alert in alerts:
+        by_point.setdefault(alert.service_point_id, []).append(alert)
+    out: list[PointResponses] = []
+    for point, here in sorted(by_point.items()):
+        waits = [
+            (ledger.as_utc(a.acknowledged_at) - ledger.as_utc(a.event_at)).total_seconds() / 60
+            for a in here
+            if a.acknowledged_at and a.event_at
+        ]
+        out.append(
+            PointResponses(
+                service_point=point,
+                alerts=len(here),
+                acknowledged=len(waits),
+                escalated=sum(a.escalated_at is not None for a in here),
+                median_minutes=median(waits) if waits else None,
+                slowest_minutes=max(waits) if waits else None,
+            )
+        )
+    return out

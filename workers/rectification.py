@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from prometheus_client import Counter
@@ -39,11 +39,16 @@ from workers.scheduler import cancel, schedule
 from workers.staff import directory, notify_staff
 from workers.surveys import survey_key
 
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
 __all__ = [
     "close_rectification",
     "flag_rectification_overdue",
     "record_evaluation",
     "remind_rectification",
+    "request_close",
+    "tickets",
 ]
 
 log = logging.getLogger("govnotify.rectification")
@@ -283,3 +288,28 @@ def close_rectification(job: dict[str, Any]) -> None:
             event_at=close.closed_at,
         )
     attempt(row)
+
+
+# ---- tickets at the console (govnotify rectification) ----------------------------------------
+def tickets(settings: Settings, *, department: str | None = None) -> list[RectificationTicket]:
+    """Every rectification ticket (or one department's), soonest deadline first."""
+    query = select(RectificationTicket).order_by(RectificationTicket.deadline_at)
+    if department:
+        query = query.where(RectificationTicket.department == department)
+    with session(settings) as s:
+        return list(s.execute(query).scalars().all())
+
+
+def request_close(settings: Settings, ticket_id: str, outcome: str, closed_at: dt.datetime) -> bool:
+    """Hand ``close_rectification`` the closing of a ticket; False when there is no such ticket.
+
+    The worker closes it (forward-only: a closed ticket stays closed) and tells a real-name
+    citizen the outcome.
+    """
+    with session(settings) as s:
+        if s.get(RectificationTicket, ticket_id) is None:
+            return False
+    close_rectification.send(
+        {"ticket_id": ticket_id, "outcome": outcome, "closed_at": closed_at.isoformat()}
+    )
+    return True

@@ -26,7 +26,14 @@ from infra.db import session
 from infra.journal import current_epoch, get_checkpoint, set_checkpoint
 from schemas.models import EvaluationRecord
 from streams.app import changelog_configs
-from streams.satisfaction import SATISFIED_FROM, rating_records, window_key, window_start
+from streams.satisfaction import (
+    COUNT_METRIC,
+    RATE_METRIC,
+    SATISFIED_FROM,
+    rating_records,
+    window_key,
+    window_start,
+)
 
 if TYPE_CHECKING:
     from streams.app import StreamContext
@@ -36,12 +43,12 @@ __all__ = ["RATE", "REBUILD_CHECKPOINT", "attach", "claim_rebuild"]
 log = logging.getLogger("govnotify.streams.ratings")
 
 RATE = Gauge(
-    "govnotify_satisfaction_rate",
+    RATE_METRIC,
     "Share of ratings 3-5 in the current window, by department or service point.",
     ["window", "dimension", "key"],
 )
 COUNT = Gauge(
-    "govnotify_satisfaction_ratings",
+    COUNT_METRIC,
     "Ratings in the current window, by department or service point.",
     ["window", "dimension", "key"],
 )

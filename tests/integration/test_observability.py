@@ -22,10 +22,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from infra.clock import Clock
 from infra.db import session
 from infra.dbgauges import DatabaseGauges
-from infra.metrics import serve_metrics
+from infra.metrics import parse_samples, serve_metrics
 from infra.services import create_topics, enable_rabbitmq_prometheus, free_port, services_status
 from infra.settings import Settings, load_settings
-from infra.top import parse_samples
 from producers.generator import bad_events, license_event
 from producers.rabbitmq import Publisher, declare_topology
 from producers.relay import Relay

@@ -18,10 +18,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from infra import dbgauges
 from infra.health import NotReady, Readiness, component_checks, rabbitmq_check
-from infra.metrics import serve_metrics
+from infra.metrics import parse_samples, serve_metrics
 from infra.services import free_port
 from infra.settings import load_settings
-from infra.top import parse_samples
 from producers.relay import published_at
 from streams.lag import partition_lag, topic_lags
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 import urllib.error
 import urllib.request
@@ -20,52 +19,26 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pika
 from rich import box
 from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from infra.settings import Settings
+from infra.deadletters import latest_letters
+from infra.metrics import Samples, parse_samples
+from infra.settings import Settings, get_settings
 
-__all__ = ["Component", "Frame", "TopView", "cli", "parse_samples", "render"]
+__all__ = ["Component", "Frame", "TopView", "cmd_top", "register", "render"]
 
 #: How long one HTTP scrape or probe may take.
 SCRAPE_TIMEOUT_S = 3.0
 #: Outcomes of a provider request that count against the provider (the circuit's view);
 #: a permanent error is the recipient's fault (invalid number), not the provider's.
 PROVIDER_FAILURES = ("transient", "timeout", "error", "misconfigured")
-
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-Labels = tuple[tuple[str, str], ...]
-Samples = dict[str, dict[Labels, float]]
-
-
-def parse_samples(text: str) -> Samples:
-    """Prometheus text format → {metric name: {sorted label pairs: value}}."""
-    out: Samples = defaultdict(dict)
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, brace, rest = head.partition("{")
-        labels: Labels = ()
-        if brace:
-            pairs = _LABEL.findall(rest.rsplit("}", 1)[0])
-            labels = tuple(
-                sorted(
-                    (k, v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\"))
-                    for k, v in pairs
-                )
-            )
-        try:
-            out[name][labels] = float(value)
-        except ValueError:
-            continue
-    return dict(out)
 
 
 @dataclass
@@ -145,8 +118,6 @@ def probe(name: str, host: str, port: int) -> Component:
 
 def queue_depths(settings: Settings, queues: list[str]) -> dict[str, int | None]:
     """Ready messages of each queue (0 for one that does not exist), over one connection."""
-    import pika
-
     params = pika.URLParameters(settings.amqp_url)
     params.connection_attempts = 1
     params.socket_timeout = SCRAPE_TIMEOUT_S
@@ -168,23 +139,6 @@ def queue_depths(settings: Settings, queues: list[str]) -> dict[str, int | None]
     finally:
         if connection.is_open:
             connection.close()
-
-
-def latest_dead_letters(settings: Settings, limit: int = 5) -> list[tuple[Any, ...]]:
-    """(last seen, stage, reason, event type, count) of the most recent dead letters."""
-    from sqlalchemy import select
-
-    from infra.dbgauges import reading_engine
-    from schemas.models import DeadLetter
-
-    d = DeadLetter
-    query = (
-        select(d.last_seen, d.stage, d.reason, d.event_type, d.count, d.status)
-        .order_by(d.last_seen.desc())
-        .limit(limit)
-    )
-    with reading_engine(settings.resolved_database_url).connect() as conn:
-        return [tuple(row) for row in conn.execute(query)]
 
 
 class TopView:
@@ -212,7 +166,7 @@ class TopView:
                 for name, port in self.endpoints.items()
             }
             depths = pool.submit(queue_depths, s, self.queues)
-            letters = pool.submit(latest_dead_letters, s)
+            letters = pool.submit(latest_letters, s)
             components = {name: f.result() for name, f in futures.items()}
             frame = Frame(time.monotonic(), components, {})
             try:
@@ -478,10 +432,15 @@ def render(view: TopView) -> Group:
     return Group(header, *(section(view) for section in SECTIONS))
 
 
-def cli(args: argparse.Namespace) -> int:
-    """``govnotify top [--interval S] [--once]``."""
-    from infra.settings import get_settings
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("top", help="live terminal view of the running pipeline, from its metrics")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(func=cmd_top)
 
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """``govnotify top [--interval S] [--once]``."""
     settings = get_settings()
     interval = max(0.0, float(args.interval))
     view = TopView(settings)
@@ -495,8 +454,6 @@ def cli(args: argparse.Namespace) -> int:
             view.sample()
         console.print(view.render())
         return 0
-    from rich.live import Live
-
     view.sample()
     try:
         with Live(view.render(), auto_refresh=False, screen=False) as live:

@@ -9,21 +9,24 @@ Each run uses its own namespace, so runs never see each other's queues, topics o
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import os
 import threading
 import time
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
 from infra import services
+from infra.cli.components import stop_on_signals
 from infra.clock import Clock
 from infra.db import session
 from infra.logging import mask_mobile
 from infra.metrics import sample_sum, scrape
 from infra.processes import ProcessGroup, wait_until
+from infra.settings import Settings, get_settings
 from producers.generator import bad_events, generate_case_day, generate_registry
 from producers.rabbitmq import Publisher, delete_namespace
 from schemas.models import (
@@ -35,12 +38,10 @@ from schemas.models import (
     RectificationTicket,
     StaffAlert,
 )
+from workers.ledger import as_utc
 from workers.renewal_rules import due_renewal_jobs
 
-if TYPE_CHECKING:
-    from infra.settings import Settings
-
-__all__ = ["run_demo"]
+__all__ = ["cmd_demo", "register", "run_demo"]
 
 #: The whole demo must finish well inside two minutes; waiting stops here.
 SETTLE_TIMEOUT_S = 90.0
@@ -52,6 +53,23 @@ FINAL = (
     "temporary-failure",
     "technical-failure",
 )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline on a generated license registry")
+    p.add_argument("--licenses", type=int, default=5000, help="licenses to generate (>= 100)")
+    p.add_argument("--cases", type=int, default=1500, help="cases in the centre's day")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the pipeline up after the summary (for govnotify top), until Ctrl-C",
+    )
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    keep = stop_on_signals() if args.keep_running else None
+    return run_demo(get_settings(), licenses=args.licenses, cases=args.cases, keep_running=keep)
 
 
 def _demo_settings(settings: Settings, run_id: str) -> Settings:
@@ -250,8 +268,6 @@ def run_demo(
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("GOVNOTIFY_")}
 
 
@@ -386,8 +402,6 @@ def _case_summary(s: Settings, day) -> None:  # type: ignore[no-untyped-def]
 
 
 def ledger_utc(value: dt.datetime | None) -> dt.datetime:
-    from workers.ledger import as_utc
-
     result = as_utc(value)
     assert result is not None
     return result

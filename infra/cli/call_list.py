@@ -1,0 +1,80 @@
+"""``govnotify call-list list|done``: the renewal calls staff owe, and recording one made."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from infra.cli.output import print_table
+from infra.logging import mask_mobile, mask_name
+from infra.settings import get_settings
+
+if TYPE_CHECKING:
+    from schemas.models import CallListEntry
+
+__all__ = ["cmd_call_list", "register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("call-list", help="renewal calls staff owe: list them, or record one done")
+    p.add_argument("action", choices=["list", "done"])
+    p.add_argument("entry", nargs="?", help="entry id or unique prefix (for done)")
+    p.add_argument("--outcome", help="what the call achieved (for done)")
+    p.add_argument("--department", help="only this issuing department's entries (for list)")
+    p.add_argument(
+        "--status", choices=["open", "done", "cancelled", "all"], default="open", help="for list"
+    )
+    p.add_argument("--reveal", action="store_true", help="show names and numbers unmasked")
+    p.set_defaults(func=cmd_call_list)
+
+
+def _rows(found: Iterable[CallListEntry], reveal: bool) -> list[list[object]]:
+    out: list[list[object]] = []
+    for e in found:
+        name, mobile = e.holder_name or "", e.holder_mobile or ""
+        if not reveal:
+            name, mobile = (
+                (mask_name(name) if name else ""),
+                (mask_mobile(mobile) if mobile else ""),
+            )
+        out.append(
+            [
+                e.id[:8],
+                e.issuing_department,
+                e.license_id,
+                name,
+                mobile,
+                e.expires_on.isoformat(),
+                e.due_on.isoformat(),
+                e.status,
+                "yes" if e.notified_at else "",
+            ]
+        )
+    return out
+
+
+def cmd_call_list(args: argparse.Namespace) -> int:
+    # Imported once main() has applied --today, inside its SettingsError handling (exit 2):
+    # lazy: workers.broker reads the settings as it is imported.
+    from workers.call_list import CallListError, complete, entries
+
+    cfg = get_settings()
+    try:
+        if args.action == "done":
+            if not args.entry:
+                raise CallListError("done needs an entry id (see govnotify call-list list)")
+            entry = complete(cfg, args.entry, args.outcome)
+            print(f"entry {entry.id[:8]} ({entry.license_id}) done")
+            return 0
+        found = entries(cfg, department=args.department, status=args.status)
+    except CallListError as exc:
+        print(f"govnotify: {exc}", file=sys.stderr)
+        return 2
+    print_table(
+        f"call list ({args.status or 'open'}): {len(found)} entries",
+        ["id", "department", "license", "holder", "mobile", "expires", "due", "status", "sent"],
+        _rows(found, args.reveal),
+    )
+    return 0

@@ -1,0 +1,182 @@
+"""The long-running components, each run as it runs in production: ``govnotify relay``,
+``stream``, ``worker``, ``scheduler`` and ``api``; and ``sweep``, the one-shot repair of stuck
+notifications that the scheduler also runs.
+
+prometheus_client registers a metric as the module defining it is imported, and each component
+serves ``/metrics`` from its own process: so each command imports its component's modules
+itself (relay, stream, scheduler; the workers run in the program ``worker`` execs). Imported
+here at the top, the relay's gauges would also be exported, as zeros, by the stream, the
+scheduler and the api.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+
+from infra import api
+from infra.cli.output import print_dict
+from infra.dbgauges import register_database_gauges
+from infra.health import component_checks
+from infra.logging import configure_logging, install_masking
+from infra.metrics import serve_metrics
+from infra.settings import Settings, get_settings
+from infra.workday_gauges import register_workday_gauges
+from workers.sweep import sweep
+
+__all__ = [
+    "cmd_api",
+    "cmd_relay",
+    "cmd_scheduler",
+    "cmd_stream",
+    "cmd_sweep",
+    "cmd_worker",
+    "register",
+    "stop_on_signals",
+    "worker_env",
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "relay", help="move events from RabbitMQ into Kafka, dead-lettering bad ones"
+    )
+    p.set_defaults(func=cmd_relay)
+
+    p = sub.add_parser("stream", help="run the Faust stream rules (cases, satisfaction windows)")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("worker", help="run the dramatiq workers that deliver notifications")
+    p.add_argument("--processes", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--queues",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these work queues (registry, reminders, delivery); default all",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("sweep", help="re-queue or resolve notifications stuck in created/sending")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("scheduler", help="hand jobs that are due (surveys, escalations) to queues")
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser(
+        "api", help="serve provider status callbacks (signed), with /metrics, /healthz, /readyz"
+    )
+    p.set_defaults(func=cmd_api)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set on SIGTERM or SIGINT: the component stops cleanly at its next turn."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    # lazy: the relay's gauges are registered as producers.relay is imported (module docstring).
+    from producers.relay import Relay
+
+    s = get_settings()
+    configure_logging(args.log_level, "relay")
+    serve_metrics(s.relay_metrics_port, s.metrics_host, ready_checks=component_checks(s, "relay"))
+    Relay(s).run(stop_on_signals())
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    # faust takes a third of a second to import; only the stream's process needs it.
+    import faust
+
+    # lazy: the stream's metrics are registered as its modules are imported (module docstring).
+    from streams.app import create_app, ready_check
+
+    class StreamWorker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            # faust installs its own handlers; mask personal data on every one of them.
+            install_masking(logger)
+
+    s = get_settings()
+    app = create_app(s)
+    checks = {**component_checks(s, "stream"), "stream": ready_check(app)}
+    serve_metrics(s.stream_metrics_port, s.metrics_host, ready_checks=checks)
+    StreamWorker(app, loglevel=args.log_level, redirect_stdouts=False).execute_from_commandline()
+    return 0
+
+
+def worker_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for dramatiq worker processes: one shared, freshly cleared metrics folder."""
+    env = dict(os.environ if base is None else base)
+    prom_dir = (settings.data_dir / "prometheus" / settings.namespace).resolve()
+    shutil.rmtree(prom_dir, ignore_errors=True)
+    prom_dir.mkdir(parents=True, exist_ok=True)
+    env.update(
+        PROMETHEUS_MULTIPROC_DIR=str(prom_dir),
+        dramatiq_prom_db=str(prom_dir),
+        dramatiq_prom_host=settings.metrics_host,
+        dramatiq_prom_port=str(settings.worker_metrics_port),
+    )
+    return env
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    s = get_settings()
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.actors",
+        "--processes",
+        str(args.processes or s.worker_processes),
+        "--threads",
+        str(args.threads or s.worker_threads),
+    ]
+    if args.queues:
+        argv += ["--queues", *(s.queue(q) for q in args.queues)]
+    # exec: the worker keeps this pid, so whoever started it can stop it by pid. The workers
+    # import prometheus_client in the new program, after PROMETHEUS_MULTIPROC_DIR is set.
+    os.execve(sys.executable, argv, worker_env(s))  # noqa: S606  (argv, no shell)
+    return 0  # pragma: no cover
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    print_dict({k: str(v) for k, v in sweep(get_settings()).items()})
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    # lazy: the scheduler's metrics are registered as its module is imported (module docstring).
+    from workers.scheduler import run_scheduler
+
+    s = get_settings()
+    configure_logging(args.log_level, "scheduler")
+    # The scheduler is the one singleton with the database at hand: it serves the gauges read
+    # from the tables (oldest pending, open tickets, unacknowledged alerts, open dead letters),
+    # and how long the holiday data lasts; both before /metrics answers, so no scrape misses them.
+    register_database_gauges(s)
+    register_workday_gauges(s)
+    serve_metrics(
+        s.scheduler_metrics_port, s.metrics_host, ready_checks=component_checks(s, "scheduler")
+    )
+    run_scheduler(s, stop_on_signals())
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Serve provider status callbacks until SIGTERM or SIGINT, then exit 0."""
+    s = get_settings()
+    configure_logging(args.log_level, "api")
+    serve_metrics(s.api_metrics_port, s.metrics_host, ready_checks=component_checks(s, "api"))
+    api.serve(s)
+    return 0

@@ -1,0 +1,180 @@
+"""``govnotify dead-letters list|show|replay|purge``: read, replay or drop dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+from infra.cli.output import print_table
+from infra.deadletters import (
+    STAGES,
+    DeadLetterError,
+    ReplayOutcome,
+    find_letters,
+    list_letters,
+    purge_letters,
+    replay_letter,
+)
+from infra.logging import mask_pii
+from infra.settings import Settings, get_settings
+from schemas.models import DeadLetter
+
+__all__ = ["cmd_dead_letters", "register"]
+
+#: How much of a letter's payload ``show`` prints.
+RAW_SHOWN = 4000
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dead-letters", help="list, show, replay or purge dead letters")
+    p.add_argument("action", choices=["list", "show", "replay", "purge"])
+    p.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (or unique prefixes)")
+    p.add_argument("--stage", help="only this stage: ingest, delivery, job, callback")
+    p.add_argument("--reason", help="only this reason")
+    p.add_argument("--status", choices=["open", "replayed"], help="only this status")
+    p.add_argument("--all", action="store_true", help="every matching letter (replay, purge)")
+    p.add_argument("--older-than-days", type=float, help="purge: only letters last seen before")
+    p.add_argument("--limit", type=int, default=50, help="list: at most this many rows")
+    p.set_defaults(func=cmd_dead_letters)
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    if args.stage and args.stage not in STAGES:
+        print(
+            f"govnotify: unknown stage {args.stage!r} (one of {', '.join(STAGES)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return _ACTIONS[args.action](get_settings(), args)
+    except DeadLetterError as exc:
+        print(f"govnotify: {exc}", file=sys.stderr)
+        return 2
+
+
+def _local(settings: Settings, value: dt.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value.astimezone(settings.tz):%Y-%m-%d %H:%M:%S}"
+
+
+def _shown_raw(letter: DeadLetter) -> str:
+    """The raw payload for a person to read: decoded, pretty if JSON, masked, bounded."""
+    raw = bytes(letter.raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = repr(raw)
+    else:
+        try:
+            text = json.dumps(json.loads(text), ensure_ascii=False, indent=2)
+        except ValueError:
+            pass
+    if len(text) > RAW_SHOWN:
+        text = text[:RAW_SHOWN] + f"\n… ({len(raw)} bytes in all)"
+    return mask_pii(text)
+
+
+def _list(settings: Settings, args: argparse.Namespace) -> int:
+    letters = list_letters(
+        settings, stage=args.stage, reason=args.reason, status=args.status, limit=args.limit
+    )
+    print_table(
+        f"dead letters ({len(letters)} shown, most recent first)",
+        ["id", "stage", "reason", "event type", "count", "first seen", "last seen", "status"],
+        [
+            [
+                letter.id[:12],
+                letter.stage,
+                letter.reason,
+                letter.event_type or "-",
+                letter.count,
+                _local(settings, letter.first_seen),
+                _local(settings, letter.last_seen),
+                letter.status + (f" ×{letter.replay_count}" if letter.replay_count > 1 else ""),
+            ]
+            for letter in letters
+        ],
+    )
+    return 0
+
+
+def _show(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.ids:
+        raise DeadLetterError("show needs the id of a dead letter")
+    for letter in find_letters(settings, args.ids):
+        fields = {
+            "id": letter.id,
+            "stage": letter.stage,
+            "reason": letter.reason,
+            "event type": letter.event_type or "-",
+            "event id": letter.event_id or "-",
+            "count": str(letter.count),
+            "first seen": _local(settings, letter.first_seen),
+            "last seen": _local(settings, letter.last_seen),
+            "status": letter.status,
+            "replays": str(letter.replay_count),
+            "replayed": _local(settings, letter.replayed_at),
+        }
+        for key, value in fields.items():
+            print(f"{key:<11} {value}")
+        print("detail")
+        print("  " + mask_pii(letter.detail).replace("\n", "\n  "))
+        print(f"raw ({len(bytes(letter.raw))} bytes, personal data masked)")
+        print("  " + _shown_raw(letter).replace("\n", "\n  "))
+        print()
+    return 0
+
+
+def _selected(settings: Settings, args: argparse.Namespace, verb: str) -> list[DeadLetter]:
+    if args.ids:
+        return find_letters(settings, args.ids)
+    if not args.all:
+        raise DeadLetterError(f"{verb} needs dead-letter ids, or --all (with filters) for many")
+    return list_letters(
+        settings,
+        stage=args.stage,
+        reason=args.reason,
+        status=args.status or "open",
+        limit=None,
+    )
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    outcomes = []
+    for letter in _selected(settings, args, "replay"):
+        try:
+            outcome = replay_letter(settings, letter)
+        except Exception as exc:
+            # The broker or the database is unreachable: this letter stays open; go on.
+            outcome = ReplayOutcome(
+                letter.id, letter.stage, "failed", mask_pii(f"{type(exc).__name__}: {exc}")
+            )
+        outcomes.append(outcome)
+        print(f"{outcome.letter_id[:12]} {outcome.stage}: {outcome.result}: {outcome.detail}")
+    results = ("replayed", "skipped", "refused", "failed")
+    counts = {r: sum(o.result == r for o in outcomes) for r in results}
+    print(", ".join(f"{n} {r}" for r, n in counts.items() if n or r == "replayed"))
+    return 1 if counts["refused"] or counts["failed"] else 0
+
+
+def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise DeadLetterError(
+            "purge needs dead-letter ids, or --all with --stage/--reason/--older-than-days"
+        )
+    n = purge_letters(
+        settings,
+        ids=args.ids,
+        stage=args.stage,
+        reason=args.reason,
+        status=args.status,
+        older_than_days=args.older_than_days,
+    )
+    print(f"{n} dead letter{'' if n == 1 else 's'} purged")
+    return 0
+
+
+_ACTIONS = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}

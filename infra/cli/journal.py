@@ -1,0 +1,39 @@
+"""``govnotify journal redrive [--older-than-minutes N] [--dry-run]`` (see the runbook)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from infra.settings import get_settings
+
+__all__ = ["cmd_journal", "register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "journal", help="re-drive accepted events the stream has not applied (see the runbook)"
+    )
+    p.add_argument("action", choices=["redrive"])
+    p.add_argument(
+        "--older-than-minutes",
+        type=float,
+        default=15.0,
+        help="only events relayed longer ago than this (default 15)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count them, send nothing")
+    p.set_defaults(func=cmd_journal)
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    # Else every component's process would export the relay's epoch metrics, as zeros:
+    # lazy: importing producers.epochs registers them (see infra.cli.components).
+    from producers.epochs import redrive_stuck
+
+    older = dt.timedelta(minutes=args.older_than_minutes)
+    count = redrive_stuck(get_settings(), older, dry_run=args.dry_run)
+    verb = "would be re-driven" if args.dry_run else "re-driven into Kafka"
+    print(
+        f"{count} events relayed over {args.older_than_minutes:g} min ago and not applied: {verb}"
+    )
+    return 0

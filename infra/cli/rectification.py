@@ -1,0 +1,50 @@
+"""``govnotify rectification list [--department D]`` and ``close TICKET --outcome TEXT``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from infra.cli.output import print_table
+from infra.clock import Clock
+from infra.settings import get_settings
+
+__all__ = ["cmd_rectification", "register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rectification", help="list rectification tickets or close one")
+    p.add_argument("action", choices=["list", "close"])
+    p.add_argument("ticket", nargs="?", help="ticket id (for close)")
+    p.add_argument("--outcome", help="what was done (sent to a real-name citizen)")
+    p.add_argument("--department", help="only this department's tickets (for list)")
+    p.set_defaults(func=cmd_rectification)
+
+
+def cmd_rectification(args: argparse.Namespace) -> int:
+    # Imported once main() has applied --today, inside its SettingsError handling (exit 2):
+    # lazy: workers.broker reads the settings as it is imported.
+    from workers import rectification
+
+    s = get_settings()
+    if args.action == "close":
+        if not args.ticket or not args.outcome:
+            print("govnotify: close needs TICKET and --outcome", file=sys.stderr)
+            return 2
+        closed_at = Clock.from_settings(s).utcnow()
+        if not rectification.request_close(s, args.ticket, args.outcome, closed_at):
+            print(f"govnotify: no rectification ticket {args.ticket}", file=sys.stderr)
+            return 1
+        print(f"ticket {args.ticket}: close requested")
+        return 0
+    rows: list[list[object]] = []
+    for t in rectification.tickets(s, department=args.department):
+        state = t.status + (" (overdue)" if t.overdue_at and t.status == "open" else "")
+        deadline = t.deadline_at.astimezone(s.tz)
+        rows.append([t.id, t.department, t.rating, f"{deadline:%Y-%m-%d %H:%M}", state])
+    print_table(
+        "rectification tickets",
+        ["ticket", "department", "rating", "deadline (local)", "status"],
+        rows,
+    )
+    return 0

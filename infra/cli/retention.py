@@ -1,0 +1,40 @@
+"""``govnotify retention purge [--days N] [--dry-run]``: personal data past retention."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from infra.cli.output import print_table
+from infra.retention import purge
+from infra.settings import get_settings
+
+__all__ = ["cmd_retention", "register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retention", help="purge message bodies and recipients past retention")
+    p.add_argument("action", choices=["purge"])
+    p.add_argument("--days", type=int, default=None, help="default GOVNOTIFY_RETENTION_DAYS (30)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be purged")
+    p.set_defaults(func=cmd_retention)
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    days = settings.retention_days if args.days is None else args.days
+    if days < 1:
+        print("govnotify: --days must be at least 1", file=sys.stderr)
+        return 2
+    counts = purge(settings, days=days, dry_run=args.dry_run)
+    verb = "would be purged" if args.dry_run else "purged"
+    print_table(
+        f"personal data older than {days} days: rows {verb}",
+        ["table", "rows"],
+        [[table, n] for table, n in counts.items()],
+    )
+    print(
+        f"{sum(counts.values())} rows {verb}"
+        + (" (dry run: nothing changed)" if args.dry_run else "")
+    )
+    return 0
