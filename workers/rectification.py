@@ -217,22 +217,16 @@ def remind_rectification(ticket_id: str) -> None:
 
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def flag_rectification_overdue(ticket_id: str) -> None:
-    """Past the deadline and still open: mark overdue and tell the department head."""
+    """Past the deadline and still open: tell the department head, then mark it overdue.
+
+    Sent before it is marked, as the reminder is: a retry after a webhook failure or a kill in
+    between sends again (receivers de-duplicate by ``X-Govnotify-Id``) instead of finding the
+    ticket already marked and never telling anyone.
+    """
     with session(settings) as s:
-        result = s.execute(
-            update(RectificationTicket)
-            .where(
-                RectificationTicket.id == ticket_id,
-                RectificationTicket.status == "open",
-                RectificationTicket.overdue_at.is_(None),
-            )
-            .values(overdue_at=CLOCK.utcnow())
-        )
-        s.commit()
         ticket = s.get(RectificationTicket, ticket_id)
-    if not result.rowcount or ticket is None:
+    if ticket is None or ticket.status != "open" or ticket.overdue_at is not None:
         return
-    TICKETS.labels(ticket.department, "overdue").inc()
     notify_staff(
         _head(ticket.department),
         StaffMessage(
@@ -244,6 +238,19 @@ def flag_rectification_overdue(ticket_id: str) -> None:
         ),
         flow=FLOW,
     )
+    with session(settings) as s:
+        result = s.execute(
+            update(RectificationTicket)
+            .where(
+                RectificationTicket.id == ticket_id,
+                RectificationTicket.status == "open",
+                RectificationTicket.overdue_at.is_(None),
+            )
+            .values(overdue_at=CLOCK.utcnow())
+        )
+        s.commit()
+    if result.rowcount:
+        TICKETS.labels(ticket.department, "overdue").inc()
 
 
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
