@@ -5,6 +5,8 @@
 Upstream bulk loads (``producers.rabbitmq.Publisher.publish_many``) and the hand-over of jobs
 to the work queues (:mod:`infra.jobs`) both use it: a confirm per message limits a publisher
 to about a thousand messages a second, pipelined confirms to what the broker can write.
+:func:`publish_confirmed` is the all-or-nothing form, for a process that publishes an event of
+its own onto the ingest exchange (the surveys worker's default rating) without the producers.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ __all__ = [
     "ConfirmPipeline",
     "Message",
     "Outcome",
+    "PublishError",
     "properties",
+    "publish_confirmed",
     "queue_arguments",
     "reason_connection",
     "reason_unroutable",
@@ -58,6 +62,10 @@ SEQ_HEADER = "publish_seq"
 REASON_NACK = "RabbitMQ refused the message (nack)"
 #: RabbitMQ queue types govnotify declares its queues with (``GOVNOTIFY_RABBITMQ_QUEUE_TYPE``).
 QUEUE_TYPES = ("classic", "quorum")
+
+
+class PublishError(Exception):
+    """Raised when RabbitMQ did not confirm a message (nacked, unroutable, or connection lost)."""
 
 
 def queue_arguments(queue_type: str) -> dict[str, str]:
@@ -99,6 +107,40 @@ def properties(message_id: str | None, now: float, seq: int | None = None) -> pi
         timestamp=int(now),
         headers=headers,
     )
+
+
+def publish_confirmed(
+    amqp_url: str,
+    exchange: str,
+    messages: Iterable[Message],
+    *,
+    window: int = DEFAULT_WINDOW,
+    confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+) -> int:
+    """Publish ``(body, routing key, message id)`` triples to ``exchange``; all or raise.
+
+    Each message goes out as ``producers.rabbitmq.Publisher.publish_raw`` sends it (persistent,
+    mandatory, :func:`properties`) plus a ``publish_seq`` header, on a connection of its own
+    with pipelined confirms (:class:`ConfirmPipeline`). Returns how many were published.
+
+    Raises:
+      PublishError: unless RabbitMQ confirmed (acked and did not return) every message; the
+        reason of one message alone, as ``publish_raw`` gives it, else how many failed and the
+        first reason.
+    """
+    outcomes = ConfirmPipeline(
+        pika.URLParameters(amqp_url),
+        exchange,
+        messages,
+        window=window,
+        confirm_timeout=confirm_timeout,
+    ).run()
+    failed = [reason for ok, reason in outcomes if not ok]
+    if failed:
+        if len(outcomes) == 1:
+            raise PublishError(failed[0])
+        raise PublishError(f"{len(failed)} of {len(outcomes)} messages not confirmed: {failed[0]}")
+    return len(outcomes)
 
 
 class ConfirmPipeline:

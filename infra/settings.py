@@ -20,6 +20,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.quiet_hours import QuietHours
+from schemas.addresses import parse_address
+from schemas.staff import StaffDirectoryError, load_staff_directory
+
 __all__ = ["EMBEDDED_KAFKA_PORT", "Settings", "SettingsError", "get_settings", "load_settings"]
 
 #: Loopback port of the embedded Tansu broker when ``GOVNOTIFY_KAFKA_URL`` is not set.
@@ -225,8 +229,6 @@ class Settings(BaseSettings):
     @field_validator("quiet_hours")
     @classmethod
     def _quiet_hours(cls, value: str) -> str:
-        from workers.policy import QuietHours
-
         QuietHours.parse(value)  # raises ValueError naming the expected form
         return value
 
@@ -435,10 +437,7 @@ class Settings(BaseSettings):
     @field_validator("smtp_from")
     @classmethod
     def _smtp_from(cls, value: str) -> str:
-        # The one address rule EmailNotifier applies (imported here, not at the top: it lives
-        # with the notifier, a floor above; it would sit better in schemas).
-        from notifiers.email_smtp import parse_address
-
+        # The one address rule EmailNotifier applies.
         try:
             parse_address(value)
         except ValueError as exc:
@@ -460,9 +459,7 @@ class Settings(BaseSettings):
         if value is None:
             return value
         # Read and validated in full: a mistyped number or webhook must stop the worker at
-        # start, not lose an alert. schemas may be imported here; at call time, not at import.
-        from schemas.staff import StaffDirectoryError, load_staff_directory
-
+        # start, not lose an alert.
         try:
             load_staff_directory(value)
         except StaffDirectoryError as exc:

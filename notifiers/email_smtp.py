@@ -39,9 +39,7 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass
-from email import errors as email_errors
 from email import policy
-from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any, ClassVar, Literal
@@ -59,6 +57,7 @@ from notifiers.errors import (
     RateLimitedError,
 )
 from notifiers.webhook import StaffMessage
+from schemas.addresses import parse_address
 
 __all__ = [
     "AUTH_REPLY_CODES",
@@ -126,51 +125,6 @@ _ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\S)")
 _QUEUED_AS = re.compile(r"queued as ([A-Za-z0-9._-]{1,64})", re.IGNORECASE)
 #: A Message-ID's left part must be a dot-atom: our ids are hex, uuids and ``-suffix`` es.
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
-_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_HEADERS = HeaderRegistry()
-
-
-def parse_address(value: object, *, display_name: bool = True) -> Address:
-    """One e-mail address, strictly: ``a@b.cn`` or (``display_name``) ``长安政务 <a@b.cn>``.
-
-    The address itself must be ASCII (no SMTPUTF8 needed; a display name may be Chinese), with a
-    domain of host-name labels or a ``[literal]``. Lists, groups, line breaks and anything the
-    stdlib parser reports as a defect are refused.
-
-    Raises:
-      ValueError: saying what is wrong, without echoing the value.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("is empty")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError("contains a line break or control character")
-    try:
-        header = _HEADERS("To", value)
-        groups, defects = header.groups, header.defects
-    except (IndexError, ValueError, email_errors.MessageError):
-        raise ValueError("is not an e-mail address") from None
-    addresses = [a for g in groups for a in g.addresses]
-    if len(addresses) != 1:
-        raise ValueError(f"must hold exactly one address, found {len(addresses)}")
-    address = addresses[0]
-    if not address.addr_spec.isascii():
-        raise ValueError("must be an ASCII address (internationalised addresses are not supported)")
-    if defects or groups[0].display_name is not None:
-        raise ValueError("is not an e-mail address")
-    if not address.username or not address.domain:
-        raise ValueError("is not an e-mail address (local-part@domain)")
-    if not (address.domain.startswith("[") or _valid_domain(address.domain)):
-        raise ValueError("has an invalid domain")
-    if len(address.addr_spec) > 254:
-        raise ValueError("is longer than 254 characters")
-    if address.display_name and not display_name:
-        raise ValueError("must be a bare address, without a display name")
-    return address
-
-
-def _valid_domain(domain: str) -> bool:
-    labels = domain.rstrip(".").split(".")
-    return len(domain) <= 253 and all(_DOMAIN_LABEL.fullmatch(label) for label in labels)
 
 
 def _enhanced_status(reply: bytes | str) -> str | None:

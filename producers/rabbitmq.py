@@ -30,6 +30,7 @@ from infra.amqp import (
     ConfirmPipeline,
     Message,
     Outcome,
+    PublishError,
     queue_arguments,
     reason_unroutable,
 )
@@ -62,10 +63,6 @@ log = logging.getLogger("govnotify.publisher")
 
 #: The pipeline class, under the name tests patch.
 _ConfirmPipeline = ConfirmPipeline
-
-
-class PublishError(Exception):
-    """Raised when RabbitMQ did not confirm a message (nacked, unroutable, or connection lost)."""
 
 
 @dataclass(frozen=True)

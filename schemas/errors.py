@@ -6,7 +6,7 @@ of the contract: add a reason only together with the dead-letter and metric hand
 
 from __future__ import annotations
 
-from infra.logging import mask_pii
+from schemas.pii import mask_pii
 
 __all__ = ["MAX_DETAIL_CHARS", "REJECT_REASONS", "EventRejected"]
 

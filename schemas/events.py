@@ -37,6 +37,7 @@ from schemas.errors import EventRejected
 from schemas.phone import MobileNumber
 
 __all__ = [
+    "DEFAULT_RATING_SOURCE",
     "EVENT_REGISTRY",
     "FAMILIES",
     "MAX_EVENT_BYTES",
@@ -65,6 +66,10 @@ MAX_EVENT_BYTES = 64 * 1024
 
 #: Kafka topic families; each event type belongs to exactly one.
 FAMILIES: tuple[str, ...] = ("licenses", "cases", "evaluations")
+
+#: ``source`` of the default ratings govnotify publishes (workers.surveys.record_default_rating);
+#: the stream marks an evaluation from it as a default (streams.case_rules).
+DEFAULT_RATING_SOURCE = "govnotify-default-rating"
 
 # At most this many field errors are named in a rejection detail; the rest are counted.
 _MAX_ERRORS_IN_DETAIL = 5

@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from notifiers.email_smtp import parse_address
+from schemas.addresses import parse_address
 from schemas.events import ServicePointLevel
 from schemas.phone import MobileNumber
 
@@ -86,7 +86,7 @@ def _mailto_address(url: str) -> str:
 
     Raises:
       ValueError: for ``?subject=…`` and the like, several addresses, a display name, or an
-        address :func:`notifiers.email_smtp.parse_address` refuses; the value is not echoed.
+        address :func:`schemas.addresses.parse_address` refuses; the value is not echoed.
     """
     target = url.removeprefix("mailto:")
     if "?" in target or "#" in target:

@@ -10,11 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.commands import CallbackDoneJob, CaseJob, EvaluationJob, GreenChannelAckJob
+from schemas.events import DEFAULT_RATING_SOURCE
 
 __all__ = ["Job", "apply_case_event", "case_job", "special_groups"]
-
-#: ``source`` of the default ratings govnotify publishes (workers.surveys.record_default_rating).
-DEFAULT_RATING_SOURCE = "govnotify-default-rating"
 
 #: (actor name, JSON payload) for the workers.
 Job = tuple[str, dict[str, Any]]

@@ -14,11 +14,12 @@ import dramatiq
 from sqlalchemy import select
 from sqlmodel import Session
 
+from infra.amqp import publish_confirmed
 from infra.db import session
 from notifiers.templates import load_templates
 from schemas.commands import CaseJob
+from schemas.events import DEFAULT_RATING_SOURCE, make_event
 from schemas.models import EvaluationRecord, Notification
-from streams.case_rules import DEFAULT_RATING_SOURCE
 from workers.broker import settings
 from workers.delivery import (
     CLOCK,
@@ -116,9 +117,6 @@ def record_default_rating(job: dict[str, Any]) -> None:
     an ``evaluation.submitted`` from ``DEFAULT_RATING_SOURCE``; a real rating that arrived first
     makes this a no-op.
     """
-    from producers.rabbitmq import Publisher
-    from schemas.events import make_event
-
     case = parse_job(CaseJob, job, "record_default_rating")
     if case is None or case.completed_at is None:
         return
@@ -141,5 +139,10 @@ def record_default_rating(job: dict[str, Any]) -> None:
         source=DEFAULT_RATING_SOURCE,
         occurred_at=CLOCK.utcnow(),
     )
-    with Publisher(settings.amqp_url, settings.exchange) as publisher:
-        publisher.publish(event)
+    # Raises PublishError unless confirmed: the job is retried, and a rating published twice is
+    # one event id, which the relay and the stream de-duplicate.
+    publish_confirmed(
+        settings.amqp_url,
+        settings.exchange,
+        [(event.to_json_bytes(), event.event_type, event.event_id)],
+    )

@@ -30,6 +30,7 @@ import pytest
 from pika.adapters.utils import io_services_utils
 
 import producers.rabbitmq as rabbitmq
+from infra.amqp import PublishError, publish_confirmed
 from infra.settings import Settings
 from producers.generator import generate_registry
 from producers.rabbitmq import REASON_NACK, Message, Outcome, Publisher
@@ -621,3 +622,35 @@ def test_publish_lines_after_a_cut_reports_good_lines_not_confirmed_and_bad_ones
     queued = {p.message_id for p, _ in _drain(settings.amqp_url, settings.relay_queue, 600)}
     assert {r.event_id for r in results if r.accepted} <= queued
     assert any(r.accepted for r in results)
+
+
+# ---- publish_confirmed: all or raise ----------------------------------------------------------
+def test_publish_confirmed_returns_the_count_only_when_every_message_is_queued(
+    settings: Settings, scratch: Scratch
+) -> None:
+    # Given an exchange with one queue bound to one key
+    exchange = scratch.exchange("confirmed")
+    queue = scratch.queue("bound", exchange, "bound.key")
+
+    # When three messages for it are published, then one for a key nothing is bound to
+    published = publish_confirmed(settings.amqp_url, exchange, _messages(3, "bound.key"))
+    with pytest.raises(PublishError) as refused:
+        publish_confirmed(settings.amqp_url, exchange, _messages(1, "nowhere.key", "x"))
+    with pytest.raises(PublishError) as several:
+        publish_confirmed(
+            settings.amqp_url, exchange, _messages(2, "bound.key", "y") + _messages(1, "no.key")
+        )
+
+    # Then the first call said 3 and they are queued; the refusals name the reason
+    assert published == 3
+    assert str(refused.value) == "no queue is bound for routing key 'nowhere.key'"
+    assert str(several.value) == (
+        "1 of 3 messages not confirmed: no queue is bound for routing key 'no.key'"
+    )
+    assert [p.message_id for p, _ in _drain(settings.amqp_url, queue, 5)] == [
+        "m-00000",
+        "m-00001",
+        "m-00002",
+        "y-00000",
+        "y-00001",
+    ]

@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streams.case_rules import DEFAULT_RATING_SOURCE, apply_case_event, special_groups
+from schemas.events import DEFAULT_RATING_SOURCE
+from streams.case_rules import apply_case_event, special_groups
 from streams.satisfaction import window_key, window_start
 
 SH = ZoneInfo("Asia/Shanghai")
