@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from notifiers.twilio_sms import TwilioSMSNotifier
+from notifiers.sms.twilio import TwilioSMSNotifier
 from tests.fakes.twilio_server import FakeTwilio
 
 __all__ = ["CallbackPoster", "LateTwilio", "client_timeout_s"]

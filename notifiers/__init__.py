@@ -1,13 +1,15 @@
 """Notifiers: deliver one rendered message through a provider, or raise a typed error.
 
-``notifier_from_settings(settings)`` gives Twilio when its credentials are set and the sandbox
-otherwise. ``notifiers.twilio_sms`` is not imported here: the twilio client is slow to import
-and only needed when Twilio is configured.
+Every provider is a :class:`~notifiers.base.Notifier`: SMS providers in :mod:`notifiers.sms`
+(Twilio, the mainland gateway, the sandbox), staff ones in :mod:`notifiers.staff` (webhooks and
+robots, e-mail, the staff sandbox). ``notifier_from_settings(settings)`` routes SMS over the
+configured providers, the sandbox when none is; ``staff_notifier(key, hook, settings)`` builds
+the notifier of one staff-directory entry.
 """
 
 from __future__ import annotations
 
-from notifiers.base import Notifier, OutboundMessage, Receipt
+from notifiers.base import Notifier
 from notifiers.errors import (
     DeliveryError,
     DeliveryTimeoutError,
@@ -21,8 +23,16 @@ from notifiers.errors import (
     TransientDeliveryError,
     UnsupportedRecipientError,
 )
-from notifiers.registry import get_factory, notifier_from_settings, register
-from notifiers.sandbox import SandboxNotifier, read_outbox
+from notifiers.registry import (
+    get_factory,
+    notifier_from_settings,
+    provider_class,
+    register,
+    staff_notifier,
+)
+from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
+from notifiers.sms.sandbox import SandboxNotifier, read_outbox
+from notifiers.staff import StaffMessage
 
 __all__ = [
     "DeliveryError",
@@ -37,11 +47,15 @@ __all__ = [
     "RateLimitedError",
     "Receipt",
     "RecipientUnsubscribedError",
+    "SMSNotifier",
     "SandboxNotifier",
+    "StaffMessage",
     "TransientDeliveryError",
     "UnsupportedRecipientError",
     "get_factory",
     "notifier_from_settings",
+    "provider_class",
     "read_outbox",
     "register",
+    "staff_notifier",
 ]

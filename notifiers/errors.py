@@ -5,8 +5,9 @@ number is suppressed or the content fixed); a :class:`TransientDeliveryError` is
 backoff; a :class:`NotifierConfigError` means our side is broken (credentials, settings) and
 needs an operator, not a different recipient. :class:`DeliveryTimeoutError` is the one
 ambiguous case: the provider may have accepted the message, so a sweep must look it up before
-anything is sent again. :class:`CallbackSignatureError` is not about delivery at all: it refuses
-a status report that cannot be proven to come from the provider.
+anything is sent again. :class:`CallbackSignatureError` and :class:`UnknownStatusWordError` are
+not about delivery at all: they refuse a status report that cannot be proven to come from the
+provider, or that carries a word the provider's notifier does not know.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "RateLimitedError",
     "RecipientUnsubscribedError",
     "TransientDeliveryError",
+    "UnknownStatusWordError",
     "UnsupportedRecipientError",
 ]
 
@@ -161,3 +163,18 @@ class CallbackSignatureError(Exception):
 
 def _rebuild_callback_error(message: str, reason: str) -> CallbackSignatureError:
     return CallbackSignatureError(message, reason=reason)
+
+
+class UnknownStatusWordError(LookupError):
+    """Raised when a provider reports a status word its notifier does not declare."""
+
+    def __init__(self, message: str, *, provider: str | None = None) -> None:
+        self.provider = provider
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_status_word_error, (str(self.args[0]) if self.args else "", self.provider))
+
+
+def _rebuild_status_word_error(message: str, provider: str | None) -> UnknownStatusWordError:
+    return UnknownStatusWordError(message, provider=provider)

@@ -1,9 +1,14 @@
 """An explicit registry of notifier factories, by name (in the manner of faust's codecs).
 
-"twilio", "gateway" and "sandbox" are registered at import. Tests may :func:`register` a
+SMS: "twilio", "gateway" and "sandbox" are registered at import. Tests may :func:`register` a
 replacement under an existing name; :func:`notifier_from_settings` looks factories up here, so
 it picks it up. Each factory is called with that provider's settings (see
-:func:`provider_from_settings`).
+:func:`provider_from_settings`). :func:`provider_class` names the class behind each name, whatever
+factory is registered: what a status report's words are read with
+(:meth:`notifiers.sms.SMSNotifier.status_of`).
+
+Staff: :func:`staff_notifier` builds the notifier of one entry of the staff directory (a
+webhook, an e-mail address or the staff sandbox).
 """
 
 from __future__ import annotations
@@ -17,10 +22,18 @@ from notifiers.base import Notifier
 from notifiers.circuit import CircuitBoard, CircuitConfig
 from notifiers.errors import NotifierConfigError
 from notifiers.routing import RoutingNotifier
-from notifiers.sandbox import SandboxNotifier
+from notifiers.sms import SMSNotifier
+from notifiers.sms.gateway import HttpGatewayNotifier
+from notifiers.sms.sandbox import SandboxNotifier
+from notifiers.sms.twilio import TwilioSMSNotifier
+from notifiers.staff import StaffMessage
+from notifiers.staff.email import EmailNotifier
+from notifiers.staff.sandbox import SandboxWebhook
+from notifiers.staff.webhook import WebhookNotifier
 
 if TYPE_CHECKING:
     from infra.settings import Settings
+    from schemas.staff import Webhook
 
 __all__ = [
     "circuit_board",
@@ -28,12 +41,24 @@ __all__ = [
     "get_factory",
     "names",
     "notifier_from_settings",
+    "provider_class",
     "provider_from_settings",
     "register",
+    "staff_notifier",
 ]
 
 #: File name of the sandbox outbox inside ``settings.data_dir``.
 SANDBOX_OUTBOX = "sandbox-outbox.jsonl"
+#: File name of the staff sandbox inside ``settings.data_dir``.
+STAFF_SANDBOX_OUTBOX = "sandbox-webhooks.jsonl"
+
+#: The class of each SMS provider, by registry name: it declares the provider's limits and
+#: status words, whatever factory tests register under the name.
+PROVIDER_CLASSES: dict[str, type[SMSNotifier]] = {
+    "twilio": TwilioSMSNotifier,
+    "gateway": HttpGatewayNotifier,
+    "sandbox": SandboxNotifier,
+}
 
 #: Path of the api's Twilio status callback, under ``settings.api_public_url``.
 TWILIO_STATUS_PATH = "/callbacks/twilio/status"
@@ -58,14 +83,14 @@ PROVIDER_SETTINGS: dict[str, tuple[str, ...]] = {
     "sandbox": ("GOVNOTIFY_DATA_DIR",),
 }
 
-_factories: dict[str, Callable[..., Notifier]] = {}
+_factories: dict[str, Callable[..., SMSNotifier]] = {}
 _lock = threading.Lock()
 #: One board of circuit breakers per process and thresholds: every worker thread has its own
 #: notifier (HTTP sessions are per thread) but they must agree on which provider is failing.
 _boards: dict[CircuitConfig, CircuitBoard] = {}
 
 
-def register(name: str, factory: Callable[..., Notifier]) -> None:
+def register(name: str, factory: Callable[..., SMSNotifier]) -> None:
     """Make ``factory`` the notifier called ``name``, replacing any earlier one."""
     if not name or not name.isidentifier():
         raise ValueError(f"notifier name must be an identifier, got {name!r}")
@@ -73,7 +98,7 @@ def register(name: str, factory: Callable[..., Notifier]) -> None:
         _factories[name] = factory
 
 
-def get_factory(name: str) -> Callable[..., Notifier]:
+def get_factory(name: str) -> Callable[..., SMSNotifier]:
     """The factory registered as ``name``.
 
     Raises:
@@ -90,6 +115,18 @@ def names() -> list[str]:
     """Registered notifier names, sorted."""
     with _lock:
         return sorted(_factories)
+
+
+def provider_class(name: str) -> type[SMSNotifier]:
+    """The class of SMS provider ``name``: its limits and status words, without building one.
+
+    Raises:
+      KeyError: when ``name`` is not an SMS provider.
+    """
+    try:
+        return PROVIDER_CLASSES[name]
+    except KeyError:
+        raise KeyError(f"no SMS provider {name!r}; known: {sorted(PROVIDER_CLASSES)}") from None
 
 
 def circuit_board(settings: Settings) -> CircuitBoard:
@@ -116,7 +153,7 @@ def configured_providers(settings: Settings) -> list[str]:
     return providers
 
 
-def provider_from_settings(name: str, settings: Settings) -> Notifier:
+def provider_from_settings(name: str, settings: Settings) -> SMSNotifier:
     """The notifier registered as ``name``, built from its settings.
 
     Raises:
@@ -140,7 +177,7 @@ def provider_from_settings(name: str, settings: Settings) -> Notifier:
         ) from None
 
 
-def _build_provider(name: str, settings: Settings) -> Notifier:
+def _build_provider(name: str, settings: Settings) -> SMSNotifier:
     factory = get_factory(name)
     if name == "twilio":
         if not settings.twilio_enabled:
@@ -210,15 +247,10 @@ def notifier_from_settings(settings: Settings) -> RoutingNotifier:
     )
 
 
-def _accepts(factory: Callable[..., Notifier], parameter: str) -> bool:
-    """Does ``factory`` (or the class behind our lazy Twilio factory) take ``parameter``?"""
-    target: Any = factory
-    if factory is _twilio_factory:
-        from notifiers.twilio_sms import TwilioSMSNotifier
-
-        target = TwilioSMSNotifier
+def _accepts(factory: Callable[..., SMSNotifier], parameter: str) -> bool:
+    """Does ``factory`` take ``parameter``?"""
     try:
-        params = inspect.signature(target).parameters
+        params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
     return parameter in params or any(
@@ -226,19 +258,29 @@ def _accepts(factory: Callable[..., Notifier], parameter: str) -> bool:
     )
 
 
-def _twilio_factory(*args: Any, **kwargs: Any) -> Notifier:
-    # Imported on first use: twilio.rest is slow to import and the sandbox never needs it.
-    from notifiers.twilio_sms import TwilioSMSNotifier
-
-    return TwilioSMSNotifier(*args, **kwargs)
+for _name, _cls in PROVIDER_CLASSES.items():
+    register(_name, _cls)
 
 
-def _gateway_factory(*args: Any, **kwargs: Any) -> Notifier:
-    from notifiers.http_gateway import HttpGatewayNotifier
+# ---- staff ---------------------------------------------------------------------------------------
+def staff_notifier(key: str, hook: Webhook, settings: Settings) -> Notifier[StaffMessage, Any]:
+    """The notifier of the staff directory's webhook ``key``, described by ``hook``.
 
-    return HttpGatewayNotifier(*args, **kwargs)
+    A ``mailto:`` entry (``"format": "email"``) is sent through ``GOVNOTIFY_SMTP_URL`` by an
+    :class:`EmailNotifier`, or written to the staff sandbox while that is empty; a
+    ``sandbox://`` URL is the staff sandbox; any other URL a :class:`WebhookNotifier` in the
+    entry's format. The sandbox is ``<data_dir>/``:data:`STAFF_SANDBOX_OUTBOX`.
 
-
-register("twilio", _twilio_factory)
-register("gateway", _gateway_factory)
-register("sandbox", SandboxNotifier)
+    Raises:
+      NotifierConfigError: the entry or the SMTP settings are refused by the notifier.
+    """
+    sandbox = settings.data_dir / STAFF_SANDBOX_OUTBOX
+    if hook.format == "email":
+        address = hook.email_address
+        if not settings.smtp_url:
+            return SandboxWebhook(key, sandbox)
+        assert address is not None  # every "email" entry has one mailto: address (schemas)
+        return EmailNotifier(settings.smtp_url, settings.smtp_from, to=address)
+    if hook.url.startswith("sandbox://"):
+        return SandboxWebhook(key, sandbox)
+    return WebhookNotifier(hook.url, fmt=hook.format, secret=hook.secret)

@@ -42,7 +42,6 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from infra.metrics import FAILOVERS, PROVIDER_DURATION
-from notifiers.base import Notifier, OutboundMessage, Receipt
 from notifiers.circuit import CircuitBoard, CircuitConfig
 from notifiers.errors import (
     DeliveryError,
@@ -54,6 +53,7 @@ from notifiers.errors import (
     RateLimitedError,
     TransientDeliveryError,
 )
+from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
 
 __all__ = ["RoutingNotifier"]
 
@@ -67,7 +67,7 @@ FAILOVER_ERRORS: tuple[type[DeliveryError], ...] = (
 )
 
 
-class RoutingNotifier(Notifier):
+class RoutingNotifier(SMSNotifier):
     """Sends each message through its flow's providers in order, with failover.
 
     Parameters:
@@ -83,13 +83,12 @@ class RoutingNotifier(Notifier):
     """
 
     name: ClassVar[str] = "routing"
-    channel: ClassVar[str] = "sms"
     #: Each provider checks its own limit in its own ``send``; this one is never reached first.
     body_maxlen: ClassVar[int] = 10_000
 
     def __init__(
         self,
-        providers: Mapping[str, Notifier],
+        providers: Mapping[str, SMSNotifier],
         *,
         routes: Mapping[str, Sequence[str]] | None = None,
         default: Sequence[str] | None = None,
@@ -108,10 +107,7 @@ class RoutingNotifier(Notifier):
             missing = [p for p in order if p not in self.providers]
             if missing:
                 problems.append(f"route {flow!r} names {', '.join(missing)}, not configured")
-        if problems:
-            raise NotifierConfigError(
-                "SMS routing misconfigured: " + "; ".join(problems), provider=self.name
-            )
+        self._refuse_config("SMS routing", problems)
 
     def __repr__(self) -> str:
         return f"RoutingNotifier(providers={sorted(self.providers)}, routes={self.routes!r})"

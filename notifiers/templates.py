@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
-from notifiers.sms import contains_url
+from notifiers.sms.text import contains_url
 
 __all__ = ["REQUIRED_PLACEHOLDERS", "SmsTemplate", "TemplateError", "load_templates"]
 

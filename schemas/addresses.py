@@ -1,7 +1,7 @@
 """E-mail addresses, parsed strictly: one address, ASCII, a host-name or literal domain.
 
 Pure text work shared by the staff directory (:mod:`schemas.staff`), the settings
-(``GOVNOTIFY_SMTP_FROM``) and the e-mail notifier (:mod:`notifiers.email_smtp`).
+(``GOVNOTIFY_SMTP_FROM``) and the e-mail notifier (:mod:`notifiers.staff.email`).
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ class Staff(BaseModel):
 
 
 class Webhook(BaseModel):
-    """Where and how to reach staff: the arguments of ``notifiers.webhook.WebhookNotifier``, or
-    with ``"format": "email"`` the address of ``notifiers.email_smtp.EmailNotifier``
+    """Where and how to reach staff: the arguments of ``notifiers.staff.webhook.WebhookNotifier``,
+    or with ``"format": "email"`` the address of ``notifiers.staff.email.EmailNotifier``
     (``"url": "mailto:market-head@changan.gov.cn"``; the server is ``GOVNOTIFY_SMTP_URL``)."""
 
     model_config = _FROZEN

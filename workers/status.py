@@ -14,23 +14,13 @@ unapplied after the sweep's threshold names a message we never sent: the sweep t
 dead letter (stage ``callback``, reason ``unknown-message``) that :func:`replay_callback` can
 re-apply later.
 
-How provider words map to ours:
-
-- Twilio ``accepted``, ``scheduled``, ``queued``, ``sending``, ``sent`` → ``sent``: Twilio has
-  the message. (Our ``sending`` means "claimed, provider call in flight", so any word from the
-  provider is already past it.)
-- Twilio ``delivered``, ``read`` → ``delivered``; ``canceled`` → ``cancelled``.
-- Twilio ``undelivered``, ``failed`` → by ``ErrorCode`` through
-  :data:`notifiers.twilio_sms.TWILIO_ERROR_CODES`: a number or content error (21211, 21610,
-  21614, 30005, 30006, 30007 …) → ``permanent-failure``; an account or setting error (21408 …)
-  → ``technical-failure`` (our side, not the citizen's); anything else (30003 handset off or
-  out of coverage, 30008 unknown, no code) → ``temporary-failure``.
-- Gateway ``SENT`` → ``sent``, ``DELIVERED`` → ``delivered``, ``FAILED`` → by ``error_code``
-  through :data:`notifiers.http_gateway.GATEWAY_ERROR_CODES` the same way (number codes such
-  as ``isv.MOBILE_NUMBER_ILLEGAL`` permanent, ``isv.SMS_TEMPLATE_ILLEGAL`` technical). A code
-  that table does not list → ``temporary-failure``: in a delivery report it is usually the
-  carrier's word for a handset that was off or out of coverage, unlike a refused send, where
-  the gateway's classifier takes an unlisted code as permanent.
+How provider words map to ours is each provider's own business, as in GOV.UK Notify's
+``clients/sms/``: the provider's class declares its words
+(:attr:`notifiers.sms.SMSNotifier.status_words`; Twilio's in :mod:`notifiers.sms.twilio`, the
+gateway's in :mod:`notifiers.sms.gateway`) and :func:`map_status` asks it through the registry
+(:func:`notifiers.registry.provider_class`). A failure word is decided by its error code: a
+number or content error → ``permanent-failure``, an account or setting error →
+``technical-failure`` (our side, not the citizen's), anything else → ``temporary-failure``.
 
 A permanent failure about the number suppresses it for the message's category, as a permanent
 failure at send time does (:mod:`workers.suppression`).
@@ -49,13 +39,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
+from infra.db import session
+from infra.deadletters import record_dead_letter
 from infra.metrics import NOTIFICATIONS, STATUS_CALLBACKS_APPLIED
-from notifiers.errors import (
-    DeliveryError,
-    NotifierConfigError,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
+from notifiers.errors import DeliveryError, PermanentDeliveryError, UnknownStatusWordError
+from notifiers.registry import provider_class
 from schemas.models import (
     Notification,
     NotificationStatus,
@@ -63,6 +51,7 @@ from schemas.models import (
     utcnow,
 )
 from workers import ledger
+from workers.suppression import suppress_after
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -71,10 +60,8 @@ __all__ = [
     "ADVANCED",
     "APPLIED",
     "DUPLICATE",
-    "GATEWAY_STATUSES",
     "IGNORED",
     "PENDING",
-    "TWILIO_STATUSES",
     "MalformedCallbackError",
     "UnknownStatusError",
     "apply_pending",
@@ -95,27 +82,6 @@ IGNORED = "ignored"  # not forward of where it is (a late `sent`, a second final
 DUPLICATE = "duplicate"  # this report was seen before (a retry, one callback per segment)
 PENDING = "pending"  # no notification has this reference yet; kept for apply_pending
 APPLIED = "applied"  # applied meanwhile by another process that saw the reference land
-
-#: Twilio MessageStatus → ours; ``None``: decided by the error code.
-TWILIO_STATUSES: dict[str, NotificationStatus | None] = {
-    "accepted": NotificationStatus.SENT,
-    "scheduled": NotificationStatus.SENT,
-    "queued": NotificationStatus.SENT,
-    "sending": NotificationStatus.SENT,
-    "sent": NotificationStatus.SENT,
-    "delivered": NotificationStatus.DELIVERED,
-    "read": NotificationStatus.DELIVERED,
-    "undelivered": None,
-    "failed": None,
-    "canceled": NotificationStatus.CANCELLED,
-}
-
-#: Gateway report status → ours; ``None``: decided by the error code.
-GATEWAY_STATUSES: dict[str, NotificationStatus | None] = {
-    "SENT": NotificationStatus.SENT,
-    "DELIVERED": NotificationStatus.DELIVERED,
-    "FAILED": None,
-}
 
 _FAILURES = frozenset(
     {
@@ -138,44 +104,26 @@ class UnknownStatusError(MalformedCallbackError):
 
 
 # ---- mapping -----------------------------------------------------------------------------------
-def _error_class(provider: str, error_code: str | None) -> type[DeliveryError]:
-    if provider == "twilio":
-        from notifiers.twilio_sms import classify_twilio_error
-
-        code = int(error_code) if error_code and error_code.isdigit() else None
-        return classify_twilio_error(None, code)
-    if provider == "gateway" and error_code:
-        from notifiers.http_gateway import GATEWAY_ERROR_CODES
-
-        return GATEWAY_ERROR_CODES.get(error_code, TransientDeliveryError)
-    return TransientDeliveryError
-
-
 def map_status(
     provider: str, provider_status: str, error_code: str | None = None
 ) -> tuple[NotificationStatus, type[DeliveryError] | None]:
     """Our status for a provider's word, and for a failure the error class it stands for.
 
+    The provider's class answers (:meth:`notifiers.sms.SMSNotifier.status_of`).
+
     Raises:
-      UnknownStatusError: when the provider or the word is not one we know.
+      UnknownStatusError: when the provider reports no statuses, or the word is not its own.
     """
-    if provider == "twilio":
-        table, word = TWILIO_STATUSES, provider_status.lower()
-    elif provider == "gateway":
-        table, word = GATEWAY_STATUSES, provider_status.upper()
-    else:
+    try:
+        notifier = provider_class(provider)
+    except KeyError:
+        notifier = None
+    if notifier is None or not notifier.status_words:
         raise UnknownStatusError(f"no status mapping for provider {provider!r}")
-    if word not in table:
-        raise UnknownStatusError(f"{provider} status {provider_status[:32]!r} is not known")
-    status = table[word]
-    if status is not None:
-        return status, None
-    cls = _error_class(provider, error_code)
-    if issubclass(cls, PermanentDeliveryError):
-        return NotificationStatus.PERMANENT_FAILURE, cls
-    if issubclass(cls, NotifierConfigError):
-        return NotificationStatus.TECHNICAL_FAILURE, cls
-    return NotificationStatus.TEMPORARY_FAILURE, cls
+    try:
+        return notifier.status_of(provider_status, error_code)
+    except UnknownStatusWordError as exc:
+        raise UnknownStatusError(str(exc)) from None
 
 
 def _code(error_code: str | int | None) -> str | None:
@@ -340,8 +288,6 @@ def _apply_one(s: Session, row: Notification, event: NotificationStatusEvent) ->
 
 
 def _suppress(s: Session, row: Notification, event: NotificationStatusEvent) -> None:
-    from workers.suppression import suppress_after
-
     _, cls = map_status(event.provider, event.provider_status, event.error_code)
     if cls is None or not issubclass(cls, PermanentDeliveryError):
         return
@@ -432,8 +378,6 @@ def dead_letter_unknown(s: Session, *, received_before: dt.datetime) -> int:
     (stage ``callback``, reason ``unknown-message``); :func:`replay_callback` re-applies it.
     Returns how many.
     """
-    from infra.deadletters import record_dead_letter
-
     stale = (
         s.execute(
             select(NotificationStatusEvent).where(
@@ -496,8 +440,6 @@ def replay_callback(settings: Settings, raw: bytes) -> str:
     Raises:
       MalformedCallbackError: when ``raw`` is not such a record.
     """
-    from infra.db import session
-
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -1,4 +1,4 @@
-"""A loopback fake of the mainland-style SMS gateway that :mod:`notifiers.http_gateway` speaks.
+"""A loopback fake of the mainland-style SMS gateway that :mod:`notifiers.sms.gateway` speaks.
 
 Point a notifier at it with ``url=fake.base_url``. It checks every request's HMAC signature,
 key id and timestamp like the real gateway (a wrong one is answered 401 with
@@ -25,7 +25,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from notifiers.http_gateway import (
+from notifiers.sms.gateway import (
     KEY_HEADER,
     NONCE_HEADER,
     SIGNATURE_HEADER,

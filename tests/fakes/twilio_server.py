@@ -30,7 +30,7 @@ from typing import Any
 
 from twilio.request_validator import RequestValidator
 
-from notifiers.sms import count_segments
+from notifiers.sms.text import count_segments
 from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 __all__ = ["FakeTwilio"]

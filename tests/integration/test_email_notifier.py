@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from notifiers.email_smtp import EmailNotifier, classify_smtp_reply, parse_address
 from notifiers.errors import (
     DeliveryError,
     DeliveryTimeoutError,
@@ -30,7 +29,8 @@ from notifiers.errors import (
     RateLimitedError,
     TransientDeliveryError,
 )
-from notifiers.webhook import StaffMessage
+from notifiers.staff import StaffMessage
+from notifiers.staff.email import EmailNotifier, classify_smtp_reply, parse_address
 from tests.fakes.smtp_server import (
     FakeSmtp,
     non_loopback_address,

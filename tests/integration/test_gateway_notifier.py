@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from infra.services import free_port
-from notifiers.base import OutboundMessage
 from notifiers.errors import (
     CallbackSignatureError,
     DeliveryError,
@@ -32,14 +31,15 @@ from notifiers.errors import (
     RateLimitedError,
     RecipientUnsubscribedError,
 )
-from notifiers.http_gateway import (
+from notifiers.sms import OutboundMessage
+from notifiers.sms.gateway import (
     HttpGatewayNotifier,
     classify_gateway_error,
     sign,
     signed_headers,
     verify_status_callback,
 )
-from notifiers.sms import count_segments
+from notifiers.sms.text import count_segments
 from tests.fakes.sms_gateway import FakeSmsGateway
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Provider status callbacks through `govnotify api` (a real process) into PostgreSQL.
 
 Twilio's callbacks are posted by FakeTwilio, signed with its auth token as Twilio signs them;
-the gateway's are signed with :func:`notifiers.http_gateway.signed_headers`. Every refusal is
+the gateway's are signed with :func:`notifiers.sms.gateway.signed_headers`. Every refusal is
 read back from the api's own /metrics over HTTP.
 """
 
@@ -23,9 +23,9 @@ from twilio.request_validator import RequestValidator
 from infra import services
 from infra.db import session
 from infra.settings import Settings
-from notifiers.base import OutboundMessage, ProviderStatus
-from notifiers.http_gateway import signed_headers
-from notifiers.twilio_sms import TwilioSMSNotifier
+from notifiers.sms import OutboundMessage, ProviderStatus
+from notifiers.sms.gateway import signed_headers
+from notifiers.sms.twilio import TwilioSMSNotifier
 from schemas.models import Notification, NotificationStatusEvent, Suppression, utcnow
 from tests.fakes.twilio_server import FakeTwilio
 from tests.support import Pipeline, enqueue, metric, scrape, wait_until

@@ -19,13 +19,13 @@ import pytest
 
 from infra.logging import MaskingFormatter
 from infra.settings import load_settings
-from notifiers.base import OutboundMessage
 from notifiers.errors import MessageRejectedError
 from notifiers.registry import get_factory, names, notifier_from_settings
 from notifiers.routing import RoutingNotifier
-from notifiers.sandbox import SandboxNotifier, read_outbox
-from notifiers.sms import count_segments
-from notifiers.twilio_sms import TwilioSMSNotifier
+from notifiers.sms import OutboundMessage
+from notifiers.sms.sandbox import SandboxNotifier, read_outbox
+from notifiers.sms.text import count_segments
+from notifiers.sms.twilio import TwilioSMSNotifier
 from tests.fakes.twilio_server import FakeTwilio
 
 pytestmark = pytest.mark.integration
@@ -276,8 +276,8 @@ def test_sandbox_many_processes_share_one_outbox(tmp_path: Path) -> None:
         import sys
         from concurrent.futures import ThreadPoolExecutor
         from pathlib import Path
-        from notifiers.base import OutboundMessage
-        from notifiers.sandbox import SandboxNotifier
+        from notifiers.sms import OutboundMessage
+        from notifiers.sms.sandbox import SandboxNotifier
         n = SandboxNotifier(Path({str(outbox)!r}))
         p = sys.argv[1]
         msgs = [OutboundMessage(f"{{p}}-{{i}}", "{TO}", "中" * 480) for i in range(50)]

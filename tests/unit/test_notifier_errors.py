@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifiers.base import Notifier, OutboundMessage, Receipt
 from notifiers.errors import (
     DeliveryError,
     DeliveryTimeoutError,
@@ -26,7 +25,8 @@ from notifiers.errors import (
     TransientDeliveryError,
     UnsupportedRecipientError,
 )
-from notifiers.twilio_sms import TWILIO_ERROR_CODES, TwilioSMSNotifier, classify_twilio_error
+from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
+from notifiers.sms.twilio import TWILIO_ERROR_CODES, TwilioSMSNotifier, classify_twilio_error
 from tests.fakes.twilio_server import FakeTwilio
 
 TO = "+8613800138000"
@@ -304,7 +304,7 @@ def test_config_validated_in_init(kwargs: dict[str, object], match: str) -> None
     assert "5ec2e7" + "0" * 26 not in str(caught.value)
 
 
-class _Recorder(Notifier):
+class _Recorder(SMSNotifier):
     name = "recorder"
     channel = "sms"
     body_maxlen = 20

@@ -19,10 +19,10 @@ import pytest
 from infra.settings import SettingsError, load_settings
 from notifiers import registry
 from notifiers.base import Notifier
-from notifiers.email_smtp import EmailNotifier
 from notifiers.errors import NotifierConfigError
-from notifiers.http_gateway import HttpGatewayNotifier
-from notifiers.twilio_sms import TwilioSMSNotifier
+from notifiers.sms.gateway import HttpGatewayNotifier
+from notifiers.sms.twilio import TwilioSMSNotifier
+from notifiers.staff.email import EmailNotifier
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "f00dfeed" * 4

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from infra.settings import load_settings
 from notifiers import registry
-from notifiers.base import Notifier, OutboundMessage, Receipt
+from notifiers.base import Notifier
 from notifiers.circuit import CircuitBoard, CircuitBreaker, CircuitConfig, CircuitState
 from notifiers.errors import (
     DeliveryError,
@@ -28,7 +28,8 @@ from notifiers.errors import (
     TransientDeliveryError,
 )
 from notifiers.routing import RoutingNotifier
-from notifiers.sandbox import SandboxNotifier
+from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
+from notifiers.sms.sandbox import SandboxNotifier
 
 TO = "+8613800138000"
 
@@ -206,7 +207,7 @@ def test_config_refuses_nonsense(kwargs: dict[str, Any]) -> None:
 Outcome = str | DeliveryError
 
 
-class Scripted(Notifier):
+class Scripted(SMSNotifier):
     """A provider that answers from a script: "ok" or an error to raise, then "ok" forever."""
 
     name: ClassVar[str] = "scripted"

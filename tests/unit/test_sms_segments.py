@@ -1,10 +1,10 @@
-"""Segment counting and the no-URL rule (notifiers.sms)."""
+"""Segment counting and the no-URL rule (notifiers.sms.text)."""
 
 from __future__ import annotations
 
 import pytest
 
-from notifiers.sms import GSM7_SEGMENT, UCS2_SEGMENT, contains_url, count_segments, is_gsm7
+from notifiers.sms.text import GSM7_SEGMENT, UCS2_SEGMENT, contains_url, count_segments, is_gsm7
 from notifiers.templates import load_templates
 
 RENEWAL_VALUES = {

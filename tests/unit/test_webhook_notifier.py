@@ -29,7 +29,8 @@ from notifiers.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
-from notifiers.webhook import StaffMessage, WebhookNotifier, WebhookReceipt
+from notifiers.staff import StaffMessage
+from notifiers.staff.webhook import WebhookNotifier, WebhookReceipt
 from tests.fakes.webhook_server import FakeWebhook
 
 STAFF_MOBILE = "+8613800130001"

@@ -16,17 +16,16 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
-from notifiers.base import Notifier, OutboundMessage, Receipt
-from notifiers.sms import count_segments
+from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
+from notifiers.sms.text import count_segments
 
 __all__ = ["SandboxNotifier", "read_outbox"]
 
 
-class SandboxNotifier(Notifier):
+class SandboxNotifier(SMSNotifier):
     """Appends one JSON line per message to ``outbox``; every message is "delivered"."""
 
     name: ClassVar[str] = "sandbox"
-    channel: ClassVar[str] = "sms"
     # Same limit as Twilio to mainland China, so a message the sandbox accepts is one the real
     # provider would accept too.
     body_maxlen: ClassVar[int] = 500

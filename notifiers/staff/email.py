@@ -1,4 +1,4 @@
-"""Staff alerts by e-mail: one :class:`~notifiers.webhook.StaffMessage` to one address over SMTP.
+"""Staff alerts by e-mail: one :class:`~notifiers.staff.StaffMessage` to one address over SMTP.
 
 Many department heads read e-mail rather than a group robot, so a staff-directory entry may be
 ``{"url": "mailto:market-head@changan.gov.cn", "format": "email"}``. One :class:`EmailNotifier`
@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 from infra.logging import mask_numbers
+from notifiers.base import Notifier
 from notifiers.errors import (
     DeliveryError,
     DeliveryTimeoutError,
@@ -56,7 +57,7 @@ from notifiers.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
-from notifiers.webhook import StaffMessage
+from notifiers.staff import StaffMessage
 from schemas.addresses import parse_address
 
 __all__ = [
@@ -192,7 +193,7 @@ class EmailReceipt:
     provider_ref: str | None
 
 
-class EmailNotifier:
+class EmailNotifier(Notifier[StaffMessage, EmailReceipt]):
     """Sends :class:`StaffMessage` s to one e-mail address through one SMTP server.
 
     Parameters:
@@ -265,10 +266,7 @@ class EmailNotifier:
                     self.to = parsed
         if not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0):
             problems.append("timeout must be a positive number of seconds")
-        if problems:
-            raise NotifierConfigError(
-                "e-mail notifier misconfigured: " + "; ".join(problems), provider=PROVIDER
-            )
+        self._refuse_config("e-mail notifier", problems)
         self.host = host
         self.port = port or self.default_ports[scheme]
         self.security: Security = (
@@ -286,13 +284,11 @@ class EmailNotifier:
         return f"EmailNotifier(endpoint={self.endpoint!r}, security={self.security!r})"
 
     # ---- sending -----------------------------------------------------------------------------
-    def send(self, message: StaffMessage) -> EmailReceipt:
-        """Build the e-mail for ``message``, send it, and classify any refusal.
+    def _send(self, message: StaffMessage) -> EmailReceipt:
+        """Build the e-mail for a validated ``message``, send it, and classify any refusal.
 
         Raises:
-          MessageRejectedError: empty or over-long title/text, a line break in the title, an
-            unmasked phone or ID number, data that is not JSON-serialisable or an id unfit for a
-            Message-ID (nothing was sent); or the server refused the content (5xx at DATA).
+          MessageRejectedError: the server refused the content (5xx at DATA).
           InvalidRecipientError: the server says the address does not exist (5.1.x, 550/551/553).
           PermanentDeliveryError: any other 5xx at RCPT (mailbox disabled or full …).
           RateLimitedError: 452.
@@ -356,6 +352,9 @@ class EmailNotifier:
             reply_code=code,
             provider_ref=match.group(1) if match else None,
         )
+        return receipt
+
+    def _log_sent(self, message: StaffMessage, receipt: EmailReceipt) -> None:
         _log.info(
             "sent staff message %s (%s) by e-mail via %s: code=%d ref=%s",
             message.message_id,
@@ -364,10 +363,15 @@ class EmailNotifier:
             receipt.reply_code,
             receipt.provider_ref,
         )
-        return receipt
 
-    def _email(self, message: StaffMessage) -> EmailMessage:
-        """The e-mail for ``message``, after every check that needs no server."""
+    def _validate(self, message: StaffMessage) -> None:
+        """Every check that needs no server; nothing is sent.
+
+        Raises:
+          MessageRejectedError: empty or over-long title/text, a line break in the title, an
+            unmasked phone or ID number, data that is not JSON-serialisable or an id unfit for a
+            Message-ID.
+        """
         if not message.title.strip() or not message.text.strip():
             raise MessageRejectedError("staff message title or text is empty", provider=PROVIDER)
         if "\r" in message.title or "\n" in message.title:
@@ -392,16 +396,16 @@ class EmailNotifier:
                 "staff message id cannot be a Message-ID (letters, digits, '._+=-', at most 200)",
                 provider=PROVIDER,
             )
-        body = message.text.rstrip() + "\n"
-        lines = _data_lines(message.data)
-        if lines:
-            body += "\n" + "\n".join(lines) + "\n"
-        size = len(body.encode("utf-8"))
+        size = len(_text_body(message).encode("utf-8"))
         if size > self.body_maxbytes:
             raise MessageRejectedError(
                 f"staff message body is {size} bytes of UTF-8; at most {self.body_maxbytes}",
                 provider=PROVIDER,
             )
+
+    def _email(self, message: StaffMessage) -> EmailMessage:
+        """The e-mail for a message :meth:`_validate` passed."""
+        body = _text_body(message)
         email_message = EmailMessage(policy=policy.SMTP)
         email_message["From"] = self.sender
         email_message["To"] = self.to
@@ -528,6 +532,15 @@ class EmailNotifier:
         for a QUIT answer would add another timeout."""
         if smtp is not None:
             smtp.close()
+
+
+def _text_body(message: StaffMessage) -> str:
+    """The text part: the message text, then its data as ``key: value`` lines."""
+    body = message.text.rstrip() + "\n"
+    lines = _data_lines(message.data)
+    if lines:
+        body += "\n" + "\n".join(lines) + "\n"
+    return body
 
 
 def _data_lines(data: Any) -> list[str]:

@@ -6,6 +6,16 @@ so a timeout after the request went out is ambiguous: it is raised as
 :class:`DeliveryTimeoutError` and :meth:`TwilioSMSNotifier.lookup` lets a sweep find out whether
 the message exists before anything is sent again. :meth:`TwilioSMSNotifier.fetch_status` asks
 for the fate of a message by sid, for a sweep of messages whose status callback never came.
+
+Twilio's status words (``MessageStatus`` of a callback, ``status`` of a fetched message) are
+declared on the notifier, :attr:`TwilioSMSNotifier.status_words`: ``accepted``, ``scheduled``,
+``queued``, ``sending``, ``sent`` → ``sent`` (Twilio has the message; our ``sending`` means
+"claimed, provider call in flight", so any word from Twilio is already past it); ``delivered``,
+``read`` → ``delivered``; ``canceled`` → ``cancelled``; ``undelivered`` and ``failed`` by
+``ErrorCode`` through :data:`TWILIO_ERROR_CODES`: a number or content error (21211, 21610,
+21614, 30005, 30006, 30007 …) is a permanent failure, an account or setting error (21408 …) a
+technical one (our side, not the citizen's), anything else (30003 handset off or out of
+coverage, 30008 unknown, no code) a temporary one.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import datetime as dt
 import logging
 import re
 import threading
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,7 +35,6 @@ from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
 from infra.logging import mask_mobile, mask_pii
-from notifiers.base import Notifier, OutboundMessage, ProviderStatus, Receipt
 from notifiers.errors import (
     DeliveryError,
     InvalidRecipientError,
@@ -38,7 +48,9 @@ from notifiers.errors import (
     UnsupportedRecipientError,
 )
 from notifiers.http import transport_error
-from notifiers.sms import count_segments
+from notifiers.sms import OutboundMessage, ProviderStatus, Receipt, SMSNotifier
+from notifiers.sms.text import count_segments
+from schemas.models import NotificationStatus
 
 __all__ = [
     "TWILIO_ERROR_CODES",
@@ -188,7 +200,7 @@ class _RoutingHttpClient(TwilioHttpClient):
             self.session.close()
 
 
-class TwilioSMSNotifier(Notifier):
+class TwilioSMSNotifier(SMSNotifier):
     """SMS through Twilio's Messages API.
 
     Parameters:
@@ -206,9 +218,22 @@ class TwilioSMSNotifier(Notifier):
     """
 
     name: ClassVar[str] = "twilio"
-    channel: ClassVar[str] = "sms"
     #: Twilio to mainland China: 500 characters at most.
     body_maxlen: ClassVar[int] = 500
+    #: Twilio's ``MessageStatus`` → ours; ``None``: decided by ``ErrorCode``
+    #: (:meth:`status_error`).
+    status_words: ClassVar[Mapping[str, NotificationStatus | None]] = {
+        "accepted": NotificationStatus.SENT,
+        "scheduled": NotificationStatus.SENT,
+        "queued": NotificationStatus.SENT,
+        "sending": NotificationStatus.SENT,
+        "sent": NotificationStatus.SENT,
+        "delivered": NotificationStatus.DELIVERED,
+        "read": NotificationStatus.DELIVERED,
+        "undelivered": None,
+        "failed": None,
+        "canceled": NotificationStatus.CANCELLED,
+    }
     #: How far Twilio's clock may be behind ours when the sweep matches a message's creation.
     lookup_clock_skew_s: ClassVar[float] = 30.0
     #: Account SID: "AC" and 32 hex digits (the pattern in Twilio's API reference). The
@@ -247,10 +272,7 @@ class TwilioSMSNotifier(Notifier):
             problems.append("timeout must be positive")
         if status_callback_url and urlsplit(status_callback_url).scheme not in ("http", "https"):
             problems.append("status_callback_url must be an http(s) URL")
-        if problems:
-            raise NotifierConfigError(
-                "Twilio notifier misconfigured: " + "; ".join(problems), provider=PROVIDER
-            )
+        self._refuse_config("Twilio notifier", problems)
         self.account_sid = account_sid
         self._auth_token = auth_token
         self.from_ = from_
@@ -348,6 +370,12 @@ class TwilioSMSNotifier(Notifier):
                 return None
             raise _classify_exception(exc, "fetch message") from exc
         return ProviderStatus(str(message.status or ""), message.error_code)
+
+    @classmethod
+    def status_error(cls, error_code: str | None) -> type[DeliveryError]:
+        """The error of a callback's ``ErrorCode``; an unknown one, or none, is transient."""
+        code = int(error_code) if error_code and error_code.isdigit() else None
+        return classify_twilio_error(None, code)
 
     def close(self) -> None:
         with self._clients_lock:

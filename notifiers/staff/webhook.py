@@ -1,8 +1,8 @@
 """Staff alerts by HTTP POST: our generic JSON, or a WeCom / DingTalk group robot.
 
-Staff (on-duty window staff, hall supervisors, project stewards, department heads) are reached
-through the systems they already watch: a staff portal taking our JSON, or a group robot in WeCom
-(企业微信) or DingTalk (钉钉). One :class:`WebhookNotifier` posts to one URL in one format.
+Staff are reached through the systems they already watch: a staff portal taking our JSON, or a
+group robot in WeCom (企业微信) or DingTalk (钉钉). One :class:`WebhookNotifier` posts one
+:class:`~notifiers.staff.StaffMessage` to one URL in one format.
 
 Robot URLs carry their secret in the query string (``?key=…``, ``?access_token=…``), so the URL
 is never logged, never put in an error message and never chained into a traceback: logs name the
@@ -10,10 +10,6 @@ scheme and host only. The robots answer HTTP 200 even when they refuse a message
 verdict in ``{"errcode", "errmsg"}``; both layers are classified into the typed errors of
 :mod:`notifiers.errors`, and every limit is checked before the request so a message a robot would
 refuse fails at once and permanently.
-
-This is not a :class:`notifiers.base.Notifier`: that interface is built around one SMS to one
-E.164 recipient (segments, the no-URL rule), where a staff alert goes to a group with a title,
-structured data and @-mentions.
 """
 
 from __future__ import annotations
@@ -27,34 +23,31 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, ClassVar, Literal, get_args
 from urllib.parse import quote_plus, urlsplit
 
 import requests
 
 from infra.logging import mask_mobile, mask_numbers, mask_pii
-from notifiers.base import E164_PATTERN
+from notifiers.base import E164_PATTERN, Notifier
 from notifiers.errors import (
     DeliveryError,
     InvalidRecipientError,
     MessageRejectedError,
-    NotifierConfigError,
     PermanentDeliveryError,
     ProviderUnavailableError,
     RateLimitedError,
     TransientDeliveryError,
 )
 from notifiers.http import transport_error
+from notifiers.staff import StaffMessage
 
 __all__ = [
     "ROBOT_ERRCODES",
-    "STAFF_MESSAGE_KINDS",
     "WEBHOOK_FORMATS",
-    "StaffMessage",
     "WebhookFormat",
     "WebhookNotifier",
     "WebhookReceipt",
@@ -67,20 +60,6 @@ PROVIDER = "webhook"
 WebhookFormat = Literal["json", "wecom", "dingtalk"]
 #: The body formats a webhook can take, as a tuple for validation and messages.
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
-
-#: Every kind of staff message the workers send; an unknown kind is a bug in the caller.
-STAFF_MESSAGE_KINDS: frozenset[str] = frozenset(
-    {
-        "green_channel_alert",
-        "green_channel_escalation",
-        "callback_task",
-        "callback_escalation",
-        "rectification_ticket",
-        "rectification_reminder",
-        "rectification_overdue",
-        "call_list",
-    }
-)
 
 #: Robot ``errcode`` → the error we raise; any other non-zero code is permanent. -1 is "系统繁忙"
 #: on both platforms: the robot was reached but could not take the message now.
@@ -124,35 +103,6 @@ def _webhook_request() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class StaffMessage:
-    """One alert, task or ticket for staff.
-
-    Raises:
-      ValueError: when ``kind`` is not one of :data:`STAFF_MESSAGE_KINDS`.
-    """
-
-    #: Our notification/alert id; sent as ``X-Govnotify-Id`` so the receiver can deduplicate.
-    message_id: str
-    #: One of :data:`STAFF_MESSAGE_KINDS`.
-    kind: str
-    #: Short Chinese title.
-    title: str
-    #: Chinese body; phone numbers in it must already be masked (group chats are wide).
-    text: str
-    #: Structured fields (ids, service point, deadline ISO …); JSON-serialisable.
-    data: Mapping[str, Any]
-    #: E.164 mainland mobiles of staff to @-mention in a robot message.
-    mention_mobiles: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind not in STAFF_MESSAGE_KINDS:
-            raise ValueError(
-                f"unknown staff message kind {self.kind!r}; expected one of "
-                f"{sorted(STAFF_MESSAGE_KINDS)}"
-            )
-
-
-@dataclass(frozen=True)
 class WebhookReceipt:
     """What the receiver answered when it accepted a message."""
 
@@ -162,7 +112,7 @@ class WebhookReceipt:
     provider_ref: str | None
 
 
-class WebhookNotifier:
+class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
     """POSTs :class:`StaffMessage` s to one URL in one format.
 
     Parameters:
@@ -209,10 +159,7 @@ class WebhookNotifier:
             problems.append("secret is not supported by WeCom robots (they have no signing)")
         if not (isinstance(timeout, int | float) and timeout > 0):
             problems.append("timeout must be a positive number of seconds")
-        if problems:
-            raise NotifierConfigError(
-                "webhook notifier misconfigured: " + "; ".join(problems), provider=PROVIDER
-            )
+        self._refuse_config("webhook notifier", problems)
         self._url = url
         self.fmt: WebhookFormat = fmt
         self._secret = secret
@@ -229,13 +176,10 @@ class WebhookNotifier:
         return f"WebhookNotifier(endpoint={self.endpoint!r}, fmt={self.fmt!r})"
 
     # ---- sending -----------------------------------------------------------------------------
-    def send(self, message: StaffMessage) -> WebhookReceipt:
-        """Validate ``message``, POST it, and classify the answer.
+    def _send(self, message: StaffMessage) -> WebhookReceipt:
+        """POST a validated ``message`` and classify the answer (:meth:`send` validates first).
 
         Raises:
-          MessageRejectedError: empty title/text, over this format's limit, an unmasked phone
-            or ID number in the text, or data that is not JSON-serialisable; nothing was sent.
-          InvalidRecipientError: a mention is not an E.164 mainland mobile; nothing was sent.
           ProviderUnavailableError: cannot connect, 5xx, or robot errcode -1.
           RateLimitedError: HTTP 429, or robot errcode 45009 (WeCom) / 130101 (DingTalk).
           DeliveryTimeoutError: no answer in time; the receiver may have taken the message.
@@ -276,6 +220,9 @@ class WebhookNotifier:
             raise
         finally:
             response.close()
+        return receipt
+
+    def _log_sent(self, message: StaffMessage, receipt: WebhookReceipt) -> None:
         _log.info(
             "sent staff message %s (%s) via %s %s: status=%d ref=%s mentions=%s",
             message.message_id,
@@ -286,10 +233,15 @@ class WebhookNotifier:
             receipt.provider_ref,
             [mask_mobile(m) for m in message.mention_mobiles],
         )
-        return receipt
 
-    def _body(self, message: StaffMessage) -> bytes:
-        """The request body for this format, after every check a receiver would make."""
+    def _validate(self, message: StaffMessage) -> None:
+        """Every check a receiver of this format would make; nothing is sent.
+
+        Raises:
+          MessageRejectedError: empty title/text, over this format's limit, an unmasked phone
+            or ID number in the text, or data that is not JSON-serialisable.
+          InvalidRecipientError: a mention is not an E.164 mainland mobile.
+        """
         if not message.title.strip() or not message.text.strip():
             raise MessageRejectedError("staff message title or text is empty", provider=PROVIDER)
         for label, value in (("title", message.title), ("text", message.text)):
@@ -302,14 +254,14 @@ class WebhookNotifier:
         try:
             # Checked for every format, though only "json" sends it: the same message must be
             # valid whichever receiver a staff member has.
-            data = json.loads(json.dumps(dict(message.data), ensure_ascii=False))
+            json.dumps(dict(message.data), ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise MessageRejectedError(
                 f"staff message data is not JSON-serialisable: {exc}", provider=PROVIDER
             ) from None
-        mentions = [self._national(m) for m in message.mention_mobiles]
+        for mobile in message.mention_mobiles:
+            self._national(mobile)
         content = f"{message.title}\n{message.text}"
-        payload: dict[str, Any]
         if self.fmt == "wecom":
             size = len(content.encode("utf-8"))
             if size > self.wecom_content_maxbytes:
@@ -318,10 +270,6 @@ class WebhookNotifier:
                     f"{self.wecom_content_maxbytes}",
                     provider=PROVIDER,
                 )
-            payload = {
-                "msgtype": "text",
-                "text": {"content": content, "mentioned_mobile_list": mentions},
-            }
         elif self.fmt == "dingtalk":
             if len(content) > self.dingtalk_content_maxlen:
                 raise MessageRejectedError(
@@ -329,25 +277,37 @@ class WebhookNotifier:
                     f"{self.dingtalk_content_maxlen}",
                     provider=PROVIDER,
                 )
+        elif len(message.title) + len(message.text) > self.body_maxlen:
+            raise MessageRejectedError(
+                f"staff message title and text are "
+                f"{len(message.title) + len(message.text)} characters; at most "
+                f"{self.body_maxlen}",
+                provider=PROVIDER,
+            )
+
+    def _body(self, message: StaffMessage) -> bytes:
+        """The request body for this format, of a message :meth:`_validate` passed."""
+        mentions = [self._national(m) for m in message.mention_mobiles]
+        content = f"{message.title}\n{message.text}"
+        payload: dict[str, Any]
+        if self.fmt == "wecom":
+            payload = {
+                "msgtype": "text",
+                "text": {"content": content, "mentioned_mobile_list": mentions},
+            }
+        elif self.fmt == "dingtalk":
             payload = {
                 "msgtype": "text",
                 "text": {"content": content},
                 "at": {"atMobiles": mentions, "isAtAll": False},
             }
         else:
-            if len(message.title) + len(message.text) > self.body_maxlen:
-                raise MessageRejectedError(
-                    f"staff message title and text are "
-                    f"{len(message.title) + len(message.text)} characters; at most "
-                    f"{self.body_maxlen}",
-                    provider=PROVIDER,
-                )
             payload = {
                 "id": message.message_id,
                 "kind": message.kind,
                 "title": message.title,
                 "text": message.text,
-                "data": data,
+                "data": json.loads(json.dumps(dict(message.data), ensure_ascii=False)),
                 "sent_at": dt.datetime.now(dt.UTC).isoformat(),
             }
         # UTF-8, not \u escapes: the robots' byte limit is on what they receive.
@@ -440,17 +400,6 @@ class WebhookNotifier:
         for session in sessions:
             session.close()
         self._local = threading.local()
-
-    def __enter__(self) -> WebhookNotifier:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _json_or_none(response: requests.Response) -> Any:

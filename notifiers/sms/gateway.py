@@ -25,6 +25,14 @@ The wire contract (``tests/fakes/sms_gateway.py`` speaks it):
 - Status reports the gateway POSTs to us (``/callbacks/gateway/status`` on the api) are signed
   the same way: ``{"reports": [{"biz_id", "status": "SENT|DELIVERED|FAILED", "error_code",
   "reported_at"}]}``; :func:`verify_status_callback` checks and parses them.
+
+The gateway's status words are declared on the notifier (:attr:`HttpGatewayNotifier.status_words`):
+``SENT`` → ``sent``, ``DELIVERED`` → ``delivered``, ``FAILED`` by ``error_code`` through
+:data:`GATEWAY_ERROR_CODES` (number codes such as ``isv.MOBILE_NUMBER_ILLEGAL`` permanent,
+``isv.SMS_TEMPLATE_ILLEGAL`` technical). A code that table does not list is a temporary failure:
+in a delivery report it is usually the carrier's word for a handset that was off or out of
+coverage, unlike a refused send, where :func:`classify_gateway_error` takes an unlisted code as
+permanent.
 """
 
 from __future__ import annotations
@@ -45,7 +53,6 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from infra.logging import mask_mobile, mask_pii
-from notifiers.base import Notifier, OutboundMessage, ProviderStatus, Receipt
 from notifiers.errors import (
     CallbackSignatureError,
     DeliveryError,
@@ -58,10 +65,13 @@ from notifiers.errors import (
     ProviderUnavailableError,
     RateLimitedError,
     RecipientUnsubscribedError,
+    TransientDeliveryError,
     UnsupportedRecipientError,
 )
 from notifiers.http import transport_error
-from notifiers.sms import count_segments
+from notifiers.sms import OutboundMessage, ProviderStatus, Receipt, SMSNotifier
+from notifiers.sms.text import count_segments
+from schemas.models import NotificationStatus
 
 __all__ = [
     "GATEWAY_ERROR_CODES",
@@ -301,7 +311,7 @@ def _is_loopback(host: str) -> bool:
 
 
 # ---- the notifier --------------------------------------------------------------------------------
-class HttpGatewayNotifier(Notifier):
+class HttpGatewayNotifier(SMSNotifier):
     """SMS through a mainland-style HTTP gateway, by approved template.
 
     Parameters:
@@ -324,7 +334,6 @@ class HttpGatewayNotifier(Notifier):
     """
 
     name: ClassVar[str] = "gateway"
-    channel: ClassVar[str] = "sms"
     #: Long SMS on mainland gateways: at most 500 characters, signature included.
     body_maxlen: ClassVar[int] = 500
     #: The gateway's default API quota (requests per second for one account). Not paced here:
@@ -332,6 +341,13 @@ class HttpGatewayNotifier(Notifier):
     request_rate_per_sec: ClassVar[float | None] = 100.0
     #: Longest value of one template parameter the gateway accepts.
     param_maxlen: ClassVar[int] = 500
+    #: Report and ``/sms/status`` words (:data:`REPORT_STATUSES`) → ours; ``None``: decided by
+    #: ``error_code`` (:meth:`status_error`).
+    status_words: ClassVar[Mapping[str, NotificationStatus | None]] = {
+        "SENT": NotificationStatus.SENT,
+        "DELIVERED": NotificationStatus.DELIVERED,
+        "FAILED": None,
+    }
 
     def __init__(
         self,
@@ -363,10 +379,7 @@ class HttpGatewayNotifier(Notifier):
             problems.append("no template mapped and no generic template: nothing could be sent")
         if not timeout > 0 or not connect_timeout > 0:
             problems.append("timeouts must be positive")
-        if problems:
-            raise NotifierConfigError(
-                "SMS gateway misconfigured: " + "; ".join(problems), provider=PROVIDER
-            )
+        self._refuse_config("SMS gateway", problems)
         self.url = url.rstrip("/")
         self.key_id = key_id
         self._secret = secret
@@ -573,6 +586,20 @@ class HttpGatewayNotifier(Notifier):
         if not (200 <= status < 300 and answer.get("code") == "OK" and answer.get("status")):
             raise self._error("status", status, answer)
         return ProviderStatus(str(answer["status"]), answer.get("error_code"))
+
+    # ---- status words --------------------------------------------------------------------------
+    @classmethod
+    def status_word(cls, provider_status: str) -> str:
+        """The gateway's words are upper case (``DELIVERED``)."""
+        return provider_status.upper()
+
+    @classmethod
+    def status_error(cls, error_code: str | None) -> type[DeliveryError]:
+        """The error of a ``FAILED`` report's code; one :data:`GATEWAY_ERROR_CODES` does not
+        list (or none) is transient, unlike a refused send (:func:`classify_gateway_error`)."""
+        if not error_code:
+            return TransientDeliveryError
+        return GATEWAY_ERROR_CODES.get(error_code, TransientDeliveryError)
 
     def close(self) -> None:
         with self._sessions_lock:
