@@ -16,7 +16,7 @@ references signed with another token. Each must be refused with 403, the api's
 change.
 
 Baseline, measured in the same run after the api has stopped: the same clients and the same
-request bytes against a separate process serving, with ``infra.api.make_server`` (so the same
+request bytes against a separate process serving, with ``producers.api.make_server`` (so the same
 waitress settings: threads, body limit, ident), a trivial WSGI app that reads the body and
 answers 204 (``python -m benchmarks.bench_callbacks --baseline-server PORT``).
 
@@ -54,12 +54,12 @@ from twilio.request_validator import RequestValidator
 
 from benchmarks.bench_pipeline import _answers, _wait
 from benchmarks.common import BenchEnv, BenchError, Row, bench_env, child_env, run_main
-from infra.api import TWILIO_STATUS_PATH
 from infra.db import session
 from infra.metrics import sample_sum, scrape
 from infra.processes import Child, ProcessGroup
 from infra.services import free_port
 from infra.settings import Settings, load_settings
+from producers.api import TWILIO_STATUS_PATH
 from schemas.models import Notification, NotificationStatusEvent, utcnow
 
 #: Signed ``delivered`` callbacks measured (one per notification row).
@@ -409,8 +409,9 @@ def trivial_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
 
 
 def serve_baseline(port: int) -> int:
-    """``--baseline-server PORT``: ``trivial_app`` via ``infra.api.make_server`` until SIGTERM."""
-    from infra.api import make_server
+    """``--baseline-server PORT``: ``trivial_app`` via ``producers.api.make_server`` until
+    SIGTERM."""
+    from producers.api import make_server
 
     settings = load_settings(api_host="127.0.0.1", api_port=port)
     server = make_server(settings, trivial_app)  # type: ignore[arg-type]

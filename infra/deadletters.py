@@ -14,12 +14,25 @@ callback   the status-callback worker and the sweep     the callback as received
 ========== ============================================ =========================================
 
 ``govnotify dead-letters list|show|replay|purge`` works on them. A replay sends a letter back
-through the normal path, never around it, so every guard that stops a duplicate send still
-applies: an event is validated again by the relay and made into jobs with deterministic
-idempotency keys; a job finds its notification row already sent; a notification is re-opened
-only from ``temporary-failure`` / ``technical-failure`` (the provider certainly did not take
-it), by a guarded update only one replay can win. If the letter fails again it is the same
-fingerprint: the row's count goes up and it is ``open`` again.
+through the normal path, never around it: each stage's owner knows that path and registers
+its replayer here (:func:`register_replayer`) as its module is imported, since this store is on
+the ground floor and the owners above it (STYLE.md, "Floors"):
+
+========== ============================================
+stage      replayer
+========== ============================================
+ingest     :mod:`producers.replay` (publish again)
+job        :mod:`infra.jobs` (enqueue again)
+delivery   :mod:`workers.replay` (re-open and queue)
+callback   :mod:`workers.replay` (apply again)
+========== ============================================
+
+Whoever replays (the ``dead-letters`` command) imports those modules first. Every guard that
+stops a duplicate send still applies: an event is validated again by the relay and made into
+jobs with deterministic idempotency keys; a job finds its notification row already sent; a
+notification is re-opened only from ``temporary-failure`` / ``technical-failure`` (the provider
+certainly did not take it), by a guarded update only one replay can win. If the letter fails
+again it is the same fingerprint: the row's count goes up and it is ``open`` again.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +48,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from infra.db import session
 from infra.dbgauges import reading_engine
 from infra.logging import mask_pii
 from infra.metrics import DEAD_LETTERS
@@ -47,13 +61,17 @@ __all__ = [
     "REPLAYABLE_DELIVERY_STATUSES",
     "STAGES",
     "DeadLetterError",
+    "NoReplayerError",
     "ReplayOutcome",
+    "Replayer",
     "find_letters",
     "latest_letters",
     "list_letters",
     "purge_letters",
     "record_dead_letter",
     "record_delivery_failure",
+    "register_replayer",
+    "replay",
     "replay_letter",
 ]
 
@@ -68,10 +86,6 @@ REPLAYABLE_DELIVERY_STATUSES = (
     NotificationStatus.TECHNICAL_FAILURE,
 )
 
-#: The delivery actor a re-opened notification is handed to (workers.delivery); named, not
-#: imported: importing the workers declares every actor against the process's own settings.
-DELIVERY_ACTOR = "deliver_notification"
-
 #: Column widths of the table (schemas.models.DeadLetter).
 _REASON_MAX = 40
 _DETAIL_MAX = 2000
@@ -79,6 +93,10 @@ _DETAIL_MAX = 2000
 
 class DeadLetterError(Exception):
     """Raised when a dead-letter command cannot do what was asked (unknown id, bad replay)."""
+
+
+class NoReplayerError(LookupError):
+    """Raised when no replayer is registered for a stage: its owner module was not imported."""
 
 
 # ---- recording --------------------------------------------------------------------------------
@@ -133,8 +151,6 @@ def record_delivery_failure(settings: Settings, notification_id: str, reason: st
     ``technical-failure``. The row's status is read back: a notification that is anything else
     by now (a race with a callback, a sweep) is not a dead letter and is not recorded.
     """
-    from infra.db import session
-
     with session(settings) as s:
         row = s.get(Notification, notification_id)
         if row is None or row.status not in REPLAYABLE_DELIVERY_STATUSES:
@@ -180,8 +196,6 @@ def list_letters(
     limit: int | None = 50,
 ) -> list[DeadLetter]:
     """Dead letters, most recently seen first."""
-    from infra.db import session
-
     query = _filtered(select(DeadLetter), stage=stage, reason=reason, status=status).order_by(
         DeadLetter.last_seen.desc(), DeadLetter.id
     )
@@ -197,8 +211,6 @@ def find_letters(settings: Settings, ids: Sequence[str]) -> list[DeadLetter]:
     Raises:
       DeadLetterError: an id matches no letter, or a prefix matches more than one.
     """
-    from infra.db import session
-
     found: list[DeadLetter] = []
     with session(settings) as s:
         for prefix in ids:
@@ -246,8 +258,6 @@ class ReplayOutcome:
 
 def _claim(settings: Settings, letter_id: str) -> bool:
     """``open → replayed``, counted; only one replay of a letter can win it."""
-    from infra.db import session
-
     with session(settings) as s:
         won = (
             s.execute(
@@ -267,8 +277,6 @@ def _claim(settings: Settings, letter_id: str) -> bool:
 
 def _unclaim(settings: Settings, letter: DeadLetter) -> None:
     """The replay did not happen: the letter is open again, as it was."""
-    from infra.db import session
-
     with session(settings) as s:
         s.execute(
             update(DeadLetter)
@@ -282,127 +290,47 @@ def _unclaim(settings: Settings, letter: DeadLetter) -> None:
         s.commit()
 
 
-def _replay_ingest(settings: Settings, letter: DeadLetter) -> str:
-    """Publish the event bytes again, as they were, for the relay to validate once more."""
-    from producers.rabbitmq import Publisher, routing_key_of
+#: How a stage's letter goes back through the normal path: returns what was done, or raises
+#: :class:`DeadLetterError` when the letter cannot be replayed (the replay is refused).
+Replayer = Callable[["Settings", DeadLetter], str]
 
-    routing_key = letter.event_type or routing_key_of(letter.raw)
-    with Publisher.from_settings(settings) as publisher:
-        publisher.publish_raw(bytes(letter.raw), routing_key, message_id=letter.event_id)
-    return f"event republished to {settings.exchange} as {routing_key}"
+_REPLAYERS: dict[str, Replayer] = {}
 
 
-def _enqueue(settings: Settings, message) -> None:  # type: ignore[no-untyped-def]
-    from infra.jobs import make_broker
+def register_replayer(stage: str, fn: Replayer) -> Replayer:
+    """Make ``fn`` the replayer of ``stage``'s letters; called by the stage's owner module as it
+    is imported. Registering a stage again replaces its replayer (a module imported anew).
+    Returns ``fn``.
 
-    broker = make_broker(settings.amqp_url, queue_type=settings.rabbitmq_queue_type)
-    try:
-        broker.enqueue(message)
-    finally:
-        broker.close()
-
-
-def _replay_job(settings: Settings, letter: DeadLetter) -> str:
-    """Enqueue the dramatiq message again on its queue, retries reset.
-
-    The job runs again from the start; its own idempotency (notification keys, the ``sent_at``
-    of an alert) makes a job that had in fact done its work a no-op.
+    Raises:
+      ValueError: for a stage that is not one of :data:`STAGES`.
     """
-    from dramatiq.errors import DecodeError
-    from dramatiq.message import Message
+    if stage not in STAGES:
+        raise ValueError(f"unknown dead-letter stage {stage!r} (one of {', '.join(STAGES)})")
+    _REPLAYERS[stage] = fn
+    return fn
 
-    from workers.middleware import JOB_OPTIONS_DROPPED
 
+def _replayer(stage: str) -> Replayer:
     try:
-        message = Message.decode(bytes(letter.raw))
-    except DecodeError as exc:
-        raise DeadLetterError("the job is not a dramatiq message; it cannot be replayed") from exc
-    if not message.queue_name.startswith(settings.namespace + "."):
-        raise DeadLetterError(
-            f"the job belongs to queue {message.queue_name}, not to namespace {settings.namespace}"
-        )
-    # Recorded without them already; stripped again for letters written by older versions.
-    message = message.copy(options={})
-    for option in JOB_OPTIONS_DROPPED:
-        message.options.pop(option, None)
-    _enqueue(settings, message)
-    return f"{message.actor_name} re-enqueued on {message.queue_name}"
+        return _REPLAYERS[stage]
+    except KeyError:
+        raise NoReplayerError(
+            f"no replayer registered for dead-letter stage {stage!r}: import its owner "
+            f"(producers.replay, infra.jobs, workers.replay) before replaying"
+        ) from None
 
 
-def _replay_delivery(settings: Settings, letter: DeadLetter) -> str:
-    """Re-open the notification for one more delivery, only from a certain non-delivery."""
-    from dramatiq.message import Message
+def replay(settings: Settings, letter: DeadLetter) -> str:
+    """Send ``letter`` back through its stage's normal path with the stage's replayer; returns
+    what was done. The letter's row is not touched: :func:`replay_letter` claims it first.
 
-    from infra.db import session
-
-    try:
-        notification_id = bytes(letter.raw).decode("ascii")
-    except UnicodeDecodeError:
-        notification_id = ""
-    if len(notification_id) != 32 or any(c not in "0123456789abcdef" for c in notification_id):
-        # e.g. an invalid job payload (reason invalid_job): the sender has to fix it.
-        raise DeadLetterError("this delivery letter names no notification; it cannot be replayed")
-    with session(settings) as s:
-        reopened = (
-            s.execute(
-                update(Notification)
-                .where(
-                    Notification.id == notification_id,
-                    Notification.status.in_(list(REPLAYABLE_DELIVERY_STATUSES)),
-                )
-                .values(
-                    status=NotificationStatus.CREATED,
-                    status_reason=f"re-opened by dead-letter replay {letter.id}",
-                    updated_at=utcnow(),
-                )
-            ).rowcount
-            == 1
-        )
-        s.commit()
-        if not reopened:
-            row = s.get(Notification, notification_id)
-            state = row.status if row is not None else "gone"
-            raise DeadLetterError(
-                f"notification {notification_id} is {state}: only "
-                f"{' or '.join(REPLAYABLE_DELIVERY_STATUSES)} is delivered again"
-            )
-    message = Message(
-        queue_name=settings.queue("delivery"),
-        actor_name=DELIVERY_ACTOR,
-        args=(notification_id,),
-        kwargs={},
-        options={},
-    )
-    try:
-        _enqueue(settings, message)
-    except Exception as exc:
-        # The row is `created` now, where the sweep re-queues it: replayed all the same.
-        return (
-            f"notification {notification_id} re-opened; queueing failed "
-            f"({type(exc).__name__}), the sweep will queue it"
-        )
-    return f"notification {notification_id} re-opened and queued for delivery"
-
-
-def _replay_callback(settings: Settings, letter: DeadLetter) -> str:
-    """Apply the provider's status report again (forward-only, so a late one changes nothing)."""
-    try:
-        from workers.status import MalformedCallbackError, replay_callback
-    except ImportError as exc:
-        raise DeadLetterError("callback replay is not available in this version") from exc
-    try:
-        results = replay_callback(settings, bytes(letter.raw))
-    except MalformedCallbackError as exc:
-        raise DeadLetterError(f"the callback cannot be read: {exc}") from exc
-    return f"callback applied again: {results}"
-
-
-_REPLAYERS = {
-    "ingest": _replay_ingest,
-    "job": _replay_job,
-    "delivery": _replay_delivery,
-    "callback": _replay_callback,
-}
+    Raises:
+      NoReplayerError: when no replayer is registered for the letter's stage (an unknown stage,
+        or its owner module was not imported).
+      DeadLetterError: when the replayer refuses the letter.
+    """
+    return _replayer(letter.stage)(settings, letter)
 
 
 def replay_letter(settings: Settings, letter: DeadLetter) -> ReplayOutcome:
@@ -411,10 +339,13 @@ def replay_letter(settings: Settings, letter: DeadLetter) -> ReplayOutcome:
     The letter is claimed (``open → replayed``) before anything is sent, so two replays at once
     send once, and a failure seen again after the replay re-opens it. A replay that could not
     be done (refused, or the broker unreachable) leaves the letter open, as it was.
+
+    Raises:
+      NoReplayerError: when no replayer is registered for the letter's stage (nothing claimed).
     """
-    replayer = _REPLAYERS.get(letter.stage)
-    if replayer is None:
+    if letter.stage not in STAGES:
         return ReplayOutcome(letter.id, letter.stage, "refused", f"unknown stage {letter.stage}")
+    replayer = _replayer(letter.stage)
     if not _claim(settings, letter.id):
         return ReplayOutcome(letter.id, letter.stage, "skipped", "already replayed")
     try:
@@ -440,8 +371,6 @@ def purge_letters(
     now: dt.datetime | None = None,
 ) -> int:
     """Delete the letters named by ``ids``, or else every letter matching the filters."""
-    from infra.db import session
-
     if ids:
         letter_ids = [letter.id for letter in find_letters(settings, ids)]
         stmt = delete(DeadLetter).where(DeadLetter.id.in_(letter_ids))

@@ -25,6 +25,11 @@ send without importing the workers, and thousands of jobs a second instead of on
 round trip per job. A job is handed over once RabbitMQ confirmed it (persistent, on disk);
 a failure raises :class:`JobSendError` for the caller to retry (jobs are keyed downstream, so
 one sent twice is harmless).
+
+A job dramatiq gave up on is kept as a dead letter (stage ``job``, by
+:class:`workers.middleware.DeadLetters`) as :func:`job_raw` encodes it; :func:`replay_job`, the
+stage's replayer (registered with :mod:`infra.deadletters` as this module is imported), puts it
+back on its queue with :func:`enqueue_message`.
 """
 
 from __future__ import annotations
@@ -37,17 +42,38 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
-from dramatiq.common import xq_name
+from dramatiq.common import q_name, xq_name
+from dramatiq.errors import DecodeError
+from dramatiq.message import Message
 
 from infra.amqp import DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_WINDOW, QUEUE_TYPES, ConfirmPipeline
+from infra.deadletters import DeadLetterError, register_replayer
 from schemas.commands import JOB_QUEUES
+from schemas.models import DeadLetter
 
 if TYPE_CHECKING:
+    from dramatiq.broker import MessageProxy
+
     from infra.settings import Settings
 
-__all__ = ["QUEUE_TYPES", "JobSendError", "JobSender", "QueueTypeBroker", "make_broker"]
+__all__ = [
+    "JOB_OPTIONS_DROPPED",
+    "QUEUE_TYPES",
+    "JobSendError",
+    "JobSender",
+    "QueueTypeBroker",
+    "enqueue_message",
+    "job_raw",
+    "make_broker",
+    "replay_job",
+]
 
 log = logging.getLogger("govnotify.jobs")
+
+#: Options dramatiq adds while handling a message; none is part of the job. Dropping them
+#: resets the retries for a replay, keeps the (unmasked) traceback out of the table, and makes
+#: the same job failing again after a replay the same fingerprint: one row, count 2.
+JOB_OPTIONS_DROPPED = frozenset({"retries", "traceback", "requeue_timestamp", "eta"})
 
 
 class JobSendError(Exception):
@@ -108,6 +134,15 @@ def make_broker(amqp_url: str, *, queue_type: str = "classic") -> QueueTypeBroke
     offset.
     """
     return QueueTypeBroker(url=amqp_url, confirm_delivery=True, queue_type=queue_type)
+
+
+def enqueue_message(settings: Settings, message: Message[Any]) -> None:
+    """Put one dramatiq message on its queue, declared as the workers declare it (a replay)."""
+    broker = make_broker(settings.amqp_url, queue_type=settings.rabbitmq_queue_type)
+    try:
+        broker.enqueue(message)
+    finally:
+        broker.close()
 
 
 class JobSender:
@@ -187,3 +222,44 @@ class JobSender:
             if self._broker is not None:
                 self._broker.close()
                 self._broker = None
+
+
+# ---- dead letters of stage ``job`` ---------------------------------------------------------------
+def job_raw(message: Message[Any] | MessageProxy) -> bytes:
+    """The message as it was first enqueued, encoded: what a replay sends again."""
+    original = Message(
+        # A retried message comes back from its delay queue (``.DQ``); it belongs on the queue.
+        queue_name=q_name(message.queue_name),
+        actor_name=message.actor_name,
+        args=tuple(message.args),
+        kwargs=dict(message.kwargs),
+        options={k: v for k, v in message.options.items() if k not in JOB_OPTIONS_DROPPED},
+        message_id=message.message_id,
+        message_timestamp=message.message_timestamp,
+    )
+    return original.encode()
+
+
+def replay_job(settings: Settings, letter: DeadLetter) -> str:
+    """Enqueue the dramatiq message again on its queue, retries reset.
+
+    The job runs again from the start; its own idempotency (notification keys, the ``sent_at``
+    of an alert) makes a job that had in fact done its work a no-op.
+    """
+    try:
+        message = Message.decode(bytes(letter.raw))
+    except DecodeError as exc:
+        raise DeadLetterError("the job is not a dramatiq message; it cannot be replayed") from exc
+    if not message.queue_name.startswith(settings.namespace + "."):
+        raise DeadLetterError(
+            f"the job belongs to queue {message.queue_name}, not to namespace {settings.namespace}"
+        )
+    # Recorded without them already; stripped again for letters written by older versions.
+    message = message.copy(options={})
+    for option in JOB_OPTIONS_DROPPED:
+        message.options.pop(option, None)
+    enqueue_message(settings, message)
+    return f"{message.actor_name} re-enqueued on {message.queue_name}"
+
+
+register_replayer("job", replay_job)

@@ -6,7 +6,8 @@ exception; AgeLimit fails a message and raises ``SkipMessage`` (``after_skip_mes
 failed message is nacked onto ``<queue>.XQ``, where RabbitMQ keeps it for 7 days and nobody
 looks. :class:`DeadLetters` runs right after Retries' verdict and records such a job in the
 ``dead_letter`` table (stage ``job``), next to ingest rejections and delivery failures, where
-``govnotify dead-letters`` lists and replays it.
+``govnotify dead-letters`` lists and replays it (the message kept is :func:`infra.jobs.job_raw`;
+the replay is :func:`infra.jobs.replay_job`).
 
 An exception the actor declares in ``throws`` (a :class:`~notifiers.errors.PermanentDeliveryError`)
 is a dead letter too, at once, unless the actor says it ``records_own_failures``: a delivery
@@ -18,41 +19,24 @@ robot is recorded nowhere else, and must be seen and replayed once the robot is 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
-from dramatiq.message import Message
 from dramatiq.middleware import Middleware
+
+from infra.db import session
+from infra.deadletters import record_dead_letter
+from infra.jobs import job_raw
 
 if TYPE_CHECKING:
     from dramatiq.broker import Broker, MessageProxy
 
     from infra.settings import Settings
 
-__all__ = ["JOB_OPTIONS_DROPPED", "DeadLetters", "job_raw"]
+__all__ = ["DeadLetters"]
 
 log = logging.getLogger("govnotify.deadletters")
-
-#: Options dramatiq adds while handling a message; none is part of the job. Dropping them
-#: resets the retries for a replay, keeps the (unmasked) traceback out of the table, and makes
-#: the same job failing again after a replay the same fingerprint: one row, count 2.
-JOB_OPTIONS_DROPPED = frozenset({"retries", "traceback", "requeue_timestamp", "eta"})
-
-
-def job_raw(message: Message[Any] | MessageProxy) -> bytes:
-    """The message as it was first enqueued, encoded: what a replay sends again."""
-    original = Message(
-        # A retried message comes back from its delay queue (``.DQ``); it belongs on the queue.
-        queue_name=q_name(message.queue_name),
-        actor_name=message.actor_name,
-        args=tuple(message.args),
-        kwargs=dict(message.kwargs),
-        options={k: v for k, v in message.options.items() if k not in JOB_OPTIONS_DROPPED},
-        message_id=message.message_id,
-        message_timestamp=message.message_timestamp,
-    )
-    return original.encode()
 
 
 class DeadLetters(Middleware):
@@ -110,9 +94,6 @@ class DeadLetters(Middleware):
         )
 
     def _record(self, message: MessageProxy, *, reason: str, detail: str) -> None:
-        from infra.db import session
-        from infra.deadletters import record_dead_letter
-
         try:
             with session(self.settings) as s:
                 record_dead_letter(

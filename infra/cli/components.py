@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 
-from infra import api
 from infra.cli.output import print_dict
 from infra.dbgauges import register_database_gauges
 from infra.health import component_checks
@@ -27,7 +26,8 @@ from infra.logging import configure_logging, install_masking
 from infra.metrics import serve_metrics
 from infra.settings import Settings, get_settings
 from infra.workday_gauges import register_workday_gauges
-from workers.sweep import sweep
+from producers import api
+from workers import status
 
 __all__ = [
     "cmd_api",
@@ -37,6 +37,7 @@ __all__ = [
     "cmd_sweep",
     "cmd_worker",
     "register",
+    "status_handlers",
     "stop_on_signals",
     "worker_env",
 ]
@@ -151,6 +152,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    # workers.sweep loads the delivery actors, whose broker and worker context are built from
+    # the settings as they are imported: only once the CLI has validated them (exit 2).
+    from workers.sweep import sweep  # lazy: reads the settings at import (above)
+
     print_dict({k: str(v) for k, v in sweep(get_settings()).items()})
     return 0
 
@@ -178,5 +183,15 @@ def cmd_api(args: argparse.Namespace) -> int:
     s = get_settings()
     configure_logging(args.log_level, "api")
     serve_metrics(s.api_metrics_port, s.metrics_host, ready_checks=component_checks(s, "api"))
-    api.serve(s)
+    api.serve(s, status_handlers())
     return 0
+
+
+def status_handlers() -> api.StatusHandlers:
+    """The status ledger's functions the api applies verified callbacks with."""
+    return api.StatusHandlers(
+        twilio_fields=status.twilio_callback_fields,
+        gateway_fields=status.gateway_report_fields,
+        apply=status.apply_status,
+        malformed=status.MalformedCallbackError,
+    )

@@ -1,4 +1,9 @@
-"""``govnotify dead-letters list|show|replay|purge``: read, replay or drop dead letters."""
+"""``govnotify dead-letters list|show|replay|purge``: read, replay or drop dead letters.
+
+Each stage's replayer lives with its owner and registers itself with :mod:`infra.deadletters`
+as its module is imported: this module imports them all (:data:`REPLAY_OWNERS`), so a replay
+finds the replayer of every stage.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import datetime as dt
 import json
 import sys
 
+from infra import jobs
 from infra.cli.output import print_table
 from infra.deadletters import (
     STAGES,
@@ -19,9 +25,14 @@ from infra.deadletters import (
 )
 from infra.logging import mask_pii
 from infra.settings import Settings, get_settings
+from producers import replay as ingest_replay
 from schemas.models import DeadLetter
+from workers import replay as worker_replay
 
-__all__ = ["cmd_dead_letters", "register"]
+__all__ = ["REPLAY_OWNERS", "cmd_dead_letters", "register"]
+
+#: The modules whose import registers the replayers: ingest, job, delivery and callback.
+REPLAY_OWNERS = (ingest_replay, jobs, worker_replay)
 
 #: How much of a letter's payload ``show`` prints.
 RAW_SHOWN = 4000

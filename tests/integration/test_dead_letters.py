@@ -17,6 +17,7 @@ import pytest
 from dramatiq.message import Message
 from sqlalchemy import select, update
 
+import workers.replay  # noqa: F401  (registers the delivery replayer, as `dead-letters` does)
 from infra.db import session
 from infra.deadletters import (
     find_letters,

@@ -8,7 +8,7 @@ proxy), served by waitress:
   was given (``GOVNOTIFY_PUBLIC_BASE_URL`` + path and query), the parameters and
   ``X-Twilio-Signature``.
 - ``POST /callbacks/gateway/status``: the mainland gateway's JSON reports, checked by
-  :func:`notifiers.http_gateway.verify_status_callback` (HMAC-SHA256 over timestamp, nonce and
+  :func:`notifiers.sms.gateway.verify_status_callback` (HMAC-SHA256 over timestamp, nonce and
   the raw body; a timestamp outside five minutes is refused).
 
 Answers: no signature → 403 ``unsigned``; a signature that does not verify (another key, edited
@@ -21,6 +21,11 @@ callback carries the recipient's number. Logs name the provider's message id.
 
 ``/metrics``, ``/healthz`` and ``/readyz`` are served on ``GOVNOTIFY_API_METRICS_PORT`` (the
 private side), like every other component.
+
+What a verified callback means for a notification is the status ledger's
+(:mod:`workers.status`): reading a report's fields and applying it. A producer never imports
+the workers (STYLE.md, "Floors"), so whoever starts the api (``govnotify api``, the roof) hands
+those functions in as a :class:`StatusHandlers`.
 """
 
 from __future__ import annotations
@@ -28,19 +33,16 @@ from __future__ import annotations
 import logging
 import signal
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.db import session
 from infra.metrics import CALLBACK_REQUESTS
-from workers.status import (
-    MalformedCallbackError,
-    apply_status,
-    gateway_report_fields,
-    twilio_callback_fields,
-)
+from notifiers.errors import CallbackSignatureError
+from notifiers.sms.gateway import verify_status_callback
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -50,6 +52,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "TWILIO_STATUS_PATH",
     "CallbackApp",
+    "StatusHandlers",
     "make_server",
     "serve",
 ]
@@ -63,6 +66,25 @@ GATEWAY_STATUS_PATH = "/callbacks/gateway/status"
 MAX_BODY_BYTES = 256 * 1024
 
 StartResponse = Callable[..., Any]
+#: (provider reference, status word, error code) of one report.
+ReportFields = tuple[str, str, str | None]
+
+
+@dataclass(frozen=True)
+class StatusHandlers:
+    """The status ledger's side of a callback (:mod:`workers.status`), handed in by the roof.
+
+    ``twilio_fields`` reads a Twilio callback's form parameters, ``gateway_fields`` one report
+    of the gateway's batch; each raises ``malformed`` for a report it cannot read (answered
+    400). ``apply(session, provider=, provider_ref=, provider_status=, error_code=)`` records
+    one report and moves its notification forward; it returns the result (``advanced``,
+    ``duplicate``, ``pending`` …).
+    """
+
+    twilio_fields: Callable[[Mapping[str, str]], ReportFields]
+    gateway_fields: Callable[[object], ReportFields]
+    apply: Callable[..., str]
+    malformed: type[Exception]
 
 
 class _Reply(Exception):
@@ -91,8 +113,9 @@ _REASONS = {
 class CallbackApp:
     """The WSGI application: one handler per provider, in an explicit route table."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, status: StatusHandlers) -> None:
         self.settings = settings
+        self.status = status
         #: path → (provider, handler returning (HTTP status, body, content type)).
         self.routes: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[int, bytes, str]]]] = {
             TWILIO_STATUS_PATH: ("twilio", self._twilio),
@@ -147,8 +170,8 @@ class CallbackApp:
         if params.get("AccountSid", settings.twilio_account_sid) != settings.twilio_account_sid:
             raise _Reply(403, "forged", "callback for another account")
         try:
-            sid, word, code = twilio_callback_fields(params)
-        except MalformedCallbackError as exc:
+            sid, word, code = self.status.twilio_fields(params)
+        except self.status.malformed as exc:
             raise _Reply(400, "malformed", str(exc)) from None
         result = self._apply("twilio", sid, word, code)
         # workers.status logs what the status did to the notification; this line adds nothing
@@ -165,9 +188,6 @@ class CallbackApp:
         if not environ.get("HTTP_X_GATEWAY_SIGNATURE"):
             raise _Reply(403, "unsigned", "no X-Gateway-Signature")
         raw = _read_body(environ)
-        from notifiers.errors import CallbackSignatureError
-        from notifiers.http_gateway import verify_status_callback
-
         try:
             reports = verify_status_callback(
                 settings.gateway_secret,
@@ -180,8 +200,8 @@ class CallbackApp:
             raise _Reply(400 if reason == "malformed" else 403, reason, str(exc)) from None
         try:
             # Every report is read before any is applied: a bad batch changes nothing.
-            fields = [gateway_report_fields(report) for report in reports]
-        except MalformedCallbackError as exc:
+            fields = [self.status.gateway_fields(report) for report in reports]
+        except self.status.malformed as exc:
             raise _Reply(400, "malformed", str(exc)) from None
         results = [self._apply("gateway", ref, word, code) for ref, word, code in fields]
         for (ref, word, code), result in zip(fields, results, strict=True):
@@ -193,7 +213,7 @@ class CallbackApp:
     def _apply(self, provider: str, ref: str, word: str, code: str | None) -> str:
         try:
             with session(self.settings) as s:
-                return apply_status(
+                return self.status.apply(
                     s,
                     provider=provider,
                     provider_ref=ref,
@@ -246,12 +266,12 @@ def _respond(
     return [body]
 
 
-def make_server(settings: Settings, app: CallbackApp | None = None) -> Any:
-    """A waitress server for the api on ``api_host:api_port`` (not yet running)."""
+def make_server(settings: Settings, app: CallbackApp) -> Any:
+    """A waitress server for ``app`` on ``api_host:api_port`` (not yet running)."""
     from waitress import create_server
 
     return create_server(
-        app or CallbackApp(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         ident="govnotify",
@@ -260,10 +280,10 @@ def make_server(settings: Settings, app: CallbackApp | None = None) -> Any:
     )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, status: StatusHandlers) -> None:
     """Serve the callbacks on ``api_host:api_port`` until SIGTERM or SIGINT (``govnotify api``,
     which serves ``/metrics`` and the health endpoints beside it)."""
-    server = make_server(settings)
+    server = make_server(settings, CallbackApp(settings, status))
 
     def _stop(signum: int, frame: object) -> None:
         # waitress's run() catches SystemExit and shuts its worker threads down cleanly.
