@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 
+from infra.health import Readiness, health_app, serve_http
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
@@ -212,8 +214,6 @@ def serve_metrics(
     :func:`infra.health.component_checks` for each component's set); a check raises to say "not
     ready". Without checks ``/readyz`` answers 200 as soon as the process serves.
     """
-    from infra.health import Readiness, health_app, serve_http
-
     app = health_app(make_wsgi_app(registry), Readiness(ready_checks))
     server, thread = serve_http(port, host, app)
     assert thread is not None  # background=True

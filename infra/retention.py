@@ -53,11 +53,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
+from infra.db import session
+from infra.journal import purge_applied
 from infra.metrics import RETENTION_PURGED
 from schemas.models import (
     CallbackTask,
     CallListEntry,
     DeadLetter,
+    IngestEvent,
     LicenseRecord,
     Notification,
     NotificationStatus,
@@ -199,8 +202,6 @@ def purge(
     Returns the rows scrubbed per table (with ``dry_run``: the rows that would be, and nothing
     is changed). Running it again returns zeros.
     """
-    from infra.db import session
-
     days = settings.retention_days if days is None else days
     if days < 1:
         raise ValueError("retention must be at least one day")
@@ -234,9 +235,6 @@ def purge(
 
 def _purge_journal(s: Any, applied_before: dt.datetime, dry_run: bool) -> int:
     """Delete journaled events applied before ``applied_before`` (never unapplied ones)."""
-    from infra.journal import purge_applied
-    from schemas.models import IngestEvent
-
     if dry_run:
         return int(
             s.execute(

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from infra.db import upgrade
 from infra.settings import EMBEDDED_KAFKA_PORT
 
 if TYPE_CHECKING:
@@ -924,13 +925,6 @@ def _up_kafka(settings: Settings, state: dict[str, Any]) -> str:
 
 
 def _migrate(settings: Settings) -> str:
-    try:
-        from infra.db import upgrade
-    except ImportError as exc:
-        if exc.name != "infra.db":
-            raise  # infra.db exists but is broken: that must not pass as "skipped"
-        log.warning("infra.db is not available; database migrations skipped")
-        return "skipped (infra.db not available)"
     upgrade(settings)
     return "migrated"
 

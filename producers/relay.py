@@ -40,6 +40,7 @@ from producers.kafka import KafkaSink
 from producers.rabbitmq import declare_topology
 from schemas.errors import EventRejected
 from schemas.events import Event, event_types, parse_event
+from streams.case_rules import apply_case_event
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -77,8 +78,6 @@ REASON_DUPLICATE_ID = "duplicate_event_id"
 
 def green_channel_job(event: Event, elderly_age: int) -> tuple[str, dict[str, object]] | None:
     """(actor, job) for green-channel events: a special-group case.submitted, or its ack."""
-    from streams.case_rules import apply_case_event
-
     if event.event_type not in ("case.submitted", "greenchannel.acknowledged"):
         return None
     # The same pure rule the stream applies, so both paths send the very same job.

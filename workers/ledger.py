@@ -21,6 +21,7 @@ from schemas.models import (
     Suppression,
     utcnow,
 )
+from workers.policy import Decision, decide, local_day_bounds
 
 __all__ = [
     "advance",
@@ -148,8 +149,6 @@ def claim_for_send(
     decision means the row is now ``sending``; ``claimed=False`` in its reason means another
     worker won.
     """
-    from workers.policy import Decision, decide, local_day_bounds
-
     now_utc = now_local.astimezone(dt.UTC)
     if session.get_bind().dialect.name == "postgresql" and row.recipient:
         session.execute(

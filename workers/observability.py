@@ -17,6 +17,9 @@ import os
 
 from dramatiq.middleware import prometheus as dramatiq_prometheus
 
+from infra.health import Readiness, component_checks, health_app, serve_http
+from infra.settings import get_settings
+
 __all__ = ["WorkerPrometheus", "run_exposition_server"]
 
 
@@ -37,11 +40,10 @@ def run_exposition_server() -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = db_path
     os.environ["prometheus_multiproc_dir"] = db_path
 
+    # lazy: prometheus_client picks its value class from the environment when first imported;
+    # this fork must import it only after the directory is set.
     from prometheus_client import CollectorRegistry, make_wsgi_app
     from prometheus_client.multiprocess import MultiProcessCollector
-
-    from infra.health import Readiness, component_checks, health_app, serve_http
-    from infra.settings import get_settings
 
     registry = CollectorRegistry()
     # Reads every worker process's files at each scrape, living and dead (counters survive a

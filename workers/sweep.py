@@ -38,6 +38,7 @@ from infra.metrics import NOTIFICATIONS
 from notifiers.errors import DeliveryError, LookupUnsupportedError, PermanentDeliveryError
 from schemas.models import FINAL_STATUSES, Notification, NotificationStatus, utcnow
 from workers import ledger
+from workers.delivery import deliver_notification, get_notifier
 from workers.status import UnknownStatusError, apply_pending, apply_status, dead_letter_unknown
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ def sweep(
     ``unknown``: ended ``unknown-failure``; ``unresolved``: the provider could not be asked
     now (left for the next sweep); ``dead_letters``: status reports of unknown messages.
     """
-    from workers.delivery import deliver_notification, get_notifier
-
     now = now or utcnow()
     notifier = notifier or get_notifier()
     counts = dict.fromkeys(

@@ -26,13 +26,13 @@ from infra.journal import history
 from infra.metrics import STREAM_EVENTS
 from schemas.errors import EventRejected
 from schemas.events import Event, parse_event
-from streams.app import changelog_configs, use_event
 from streams.case_rules import Job, apply_case_event
+from streams.context import changelog_configs, use_event
 from streams.pruning import owned_partitions, prunable_case, prune, record_entries, stamp
 from streams.satisfaction import rating_records
 
 if TYPE_CHECKING:
-    from streams.app import StreamContext
+    from streams.context import StreamContext
 
 __all__ = ["attach", "rebuild_case"]
 

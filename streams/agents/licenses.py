@@ -21,7 +21,7 @@ from schemas.events import parse_event
 from streams.rules import license_state_job
 
 if TYPE_CHECKING:
-    from streams.app import StreamContext
+    from streams.context import StreamContext
 
 __all__ = ["attach"]
 

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from infra.db import session
 from infra.journal import current_epoch, get_checkpoint, set_checkpoint
 from schemas.models import EvaluationRecord
-from streams.app import changelog_configs
+from streams.context import changelog_configs
 from streams.satisfaction import (
     COUNT_METRIC,
     RATE_METRIC,
@@ -36,7 +36,7 @@ from streams.satisfaction import (
 )
 
 if TYPE_CHECKING:
-    from streams.app import StreamContext
+    from streams.context import StreamContext
 
 __all__ = ["RATE", "REBUILD_CHECKPOINT", "attach", "claim_rebuild"]
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
-import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,15 +65,13 @@ def tansu(tmp_path: Path, pids: list[int]) -> services.TansuProcess:
 
 @pytest.fixture
 def db_calls(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    """A stand-in infra.db whose upgrade() records its calls.
+    """``services``' migration step recording its calls instead of migrating.
 
-    The real migrations are infra.db's own tests; here only the call is checked, so these tests
-    do not depend on that module.
+    The real migrations are infra.db's own tests (test_migrations.py); here only the call is
+    checked.
     """
     calls: list[Settings] = []
-    fake_db = types.ModuleType("infra.db")
-    fake_db.upgrade = calls.append  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "infra.db", fake_db)
+    monkeypatch.setattr(services, "upgrade", calls.append)
     return calls
 
 
@@ -244,20 +240,6 @@ def test_services_up_refuses_a_port_taken_by_another_program(
     assert str(services.EMBEDDED_KAFKA_PORT) in str(err.value)
     assert "GOVNOTIFY_KAFKA_URL" in str(err.value)
     assert "tansu" not in json.loads(state_path(embedded_settings).read_text())
-
-
-def test_services_up_without_infra_db_skips_migrations(
-    embedded_settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given no infra.db module (None in sys.modules makes the import fail)
-    monkeypatch.setitem(sys.modules, "infra.db", None)
-
-    # When the services are brought up
-    result = services_up(embedded_settings)
-
-    # Then migrations are reported skipped rather than failing the command
-    assert result["database"].startswith("skipped")
-    services_down(embedded_settings)
 
 
 def test_services_up_against_external_kafka(

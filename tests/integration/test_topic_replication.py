@@ -9,8 +9,6 @@ set on the topic, not broker defaults, so "none sent" reads back as no entry.
 
 from __future__ import annotations
 
-import sys
-import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -129,11 +127,10 @@ def test_impossible_replication_is_refused_before_asking_the_broker(
 # ---- services up -----------------------------------------------------------------------------
 @pytest.fixture
 def db_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """A stand-in infra.db: migrations are infra.db's own tests, here only topics matter."""
+    """``services``' migration step recording its calls: migrations are infra.db's own tests,
+    here only topics matter."""
     calls: list[Any] = []
-    fake_db = types.ModuleType("infra.db")
-    fake_db.upgrade = calls.append  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "infra.db", fake_db)
+    monkeypatch.setattr(services, "upgrade", calls.append)
     return calls
 
 
