@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from infra.db import session
 from infra.settings import Settings
-from notifiers.base import OutboundMessage
-from notifiers.sandbox import SandboxNotifier
+from notifiers.sms import OutboundMessage
+from notifiers.sms.sandbox import SandboxNotifier
 from producers.generator import license_event
 from schemas.models import Notification, NotificationStatus, utcnow
 from tests.support import clean_env, env_for, run_cli

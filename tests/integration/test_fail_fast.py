@@ -21,7 +21,7 @@ from infra.db import session
 from infra.processes import Child
 from infra.services import free_port
 from infra.settings import Settings
-from notifiers.sms import count_segments
+from notifiers.sms.text import count_segments
 from schemas.models import Notification, NotificationStatus
 from tests.fakes.twilio_server import FakeTwilio
 from tests.support import clean_env, enqueue, env_for, queue_depth, run_cli, wait_until

@@ -1,7 +1,7 @@
 """Failover, circuit breaking and per-flow routes through the real worker process, with Twilio
 and the mainland gateway both at loopback fakes.
 
-The worker and the scheduler run as real processes (tests/support.py Pipeline); notifications
+The worker and the scheduler run as real processes (tests/support Pipeline); notifications
 are written to PostgreSQL and handed over by the scheduler, so every provider request a test
 sees is one the worker made. Circuit thresholds are test-sized: 3 requests, 50 % errors, a 3 s
 cool-down.
@@ -14,16 +14,16 @@ from collections.abc import Iterator
 import pytest
 
 from infra.settings import Settings
-from tests.delivery_support import (
+from tests.fakes.sms_gateway import FakeSmsGateway
+from tests.fakes.twilio_server import FakeTwilio
+from tests.support import Pipeline, metric, scrape, wait_until
+from tests.support.delivery import (
     GATEWAY_TEMPLATES,
     notification,
     queue_sms,
     settled,
     with_providers,
 )
-from tests.fakes.sms_gateway import FakeSmsGateway
-from tests.fakes.twilio_server import FakeTwilio
-from tests.support import Pipeline, metric, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -31,9 +31,8 @@ from schemas.models import (
     Notification,
     RectificationTicket,
 )
-from streams.app import EXIT_NEW_EPOCH
+from streams.context import EXIT_NEW_EPOCH
 from tests.fakes.twilio_server import FakeTwilio
-from tests.integration.test_pipeline_cases import case_event, evaluation
 from tests.support import (
     Pipeline,
     count_rows,
@@ -45,6 +44,7 @@ from tests.support import (
     scrape,
     wait_until,
 )
+from tests.support.cases import case_event, evaluation
 
 pytestmark = pytest.mark.integration
 

@@ -25,16 +25,15 @@ import pytest
 from sqlalchemy import select
 
 from infra import services
-from infra.api import TWILIO_STATUS_PATH
 from infra.db import session
 from infra.settings import Settings
+from producers.api import TWILIO_STATUS_PATH
 from producers.generator import bad_events, license_event
 from producers.rabbitmq import Publisher
 from schemas.events import Event, make_event
 from schemas.models import Notification, RectificationTicket, StaffAlert
 from tests.fakes.twilio_server import FakeTwilio
 from tests.fakes.webhook_server import FakeWebhook
-from tests.prom import GRAFANA_DASHBOARD, Prometheus, config_for, load_yaml
 from tests.support import (
     Pipeline,
     count_rows,
@@ -45,6 +44,7 @@ from tests.support import (
     unmasked_mobiles,
     wait_until,
 )
+from tests.support.prom import GRAFANA_DASHBOARD, Prometheus, config_for, load_yaml
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from infra.settings import load_settings
-from tests.prom import PROMETHEUS_DIR, PROMETHEUS_YML, load_yaml, require_binary
+from tests.support.prom import PROMETHEUS_DIR, PROMETHEUS_YML, load_yaml, require_binary
 
 ROOT = PROMETHEUS_DIR.parents[1]
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.rules.yml"))

@@ -14,9 +14,9 @@ import pytest
 from infra.settings import Settings
 from producers.rabbitmq import queue_depth
 from schemas.models import FINAL_STATUSES
-from tests.delivery_support import notification, queue_sms, settled
 from tests.fakes.twilio_server import FakeTwilio
 from tests.support import Pipeline, metric, scrape, wait_until
+from tests.support.delivery import notification, queue_sms, settled
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from infra.settings import Settings, load_settings
-from notifiers.email_smtp import EmailNotifier
-from schemas.staff import load_staff_directory
-from tests.call_list_support import add_entry, notified
+from notifiers.staff.email import EmailNotifier
 from tests.fakes.smtp_server import FakeSmtp
 from tests.fakes.webhook_server import BUNDLED_DIRECTORY
 from tests.support import Pipeline, metric, scrape, wait_until
+from tests.support.call_list import add_entry, notified
+from workers.context import WorkerContext, using
+from workers.staff import notify_staff
 
 CST = dt.timezone(dt.timedelta(hours=8))
 #: A Thursday, after the 09:00 digest time: today's digest is due at once.
@@ -169,36 +170,25 @@ def test_a_mail_server_refusal_is_retried_with_the_same_message_id(
 
 
 # ---- choosing the notifier (in-process, no services) -----------------------------------------
-@pytest.fixture
-def staff_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``workers.staff`` on the e-mail directory, with its caches emptied before and after."""
-    import workers.staff as staff
-
-    directory = load_staff_directory(email_directory(tmp_path / "staff.json"))
-    monkeypatch.setattr(staff, "directory", lambda: directory)
-    staff._notifier.cache_clear()
-    staff._warn_email_sandbox.cache_clear()
-    yield staff
-    staff._notifier.cache_clear()
-    staff._warn_email_sandbox.cache_clear()
-
-
-def test_email_hooks_use_smtp_when_it_is_configured(
-    staff_module: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given
-    monkeypatch.setattr(
-        staff_module,
-        "settings",
+def email_context(tmp_path: Path, **settings: Any) -> WorkerContext:
+    """A worker context on the e-mail directory with ``settings``."""
+    return WorkerContext(
         load_settings(
             data_dir=tmp_path / "data",
-            smtp_url=f"smtps://{USER}:{PASSWORD}@mail.changan.gov.cn",
-            smtp_from=SENDER,
-        ),
+            staff_directory=email_directory(tmp_path / "staff.json"),
+            **settings,
+        )
+    )
+
+
+def test_email_hooks_use_smtp_when_it_is_configured(tmp_path: Path) -> None:
+    # Given
+    context = email_context(
+        tmp_path, smtp_url=f"smtps://{USER}:{PASSWORD}@mail.changan.gov.cn", smtp_from=SENDER
     )
 
     # When
-    notifier = staff_module._notifier("market-head-mail")
+    notifier = context.staff_notifier("market-head-mail")
 
     # Then
     assert isinstance(notifier, EmailNotifier)
@@ -206,20 +196,17 @@ def test_email_hooks_use_smtp_when_it_is_configured(
     assert notifier.sender.addr_spec == "govnotify@changan.gov.cn"
     assert (notifier.endpoint, notifier.security) == ("smtps://mail.changan.gov.cn:465", "smtps")
     # robots are untouched
-    assert type(staff_module._notifier("department-robot")).__name__ == "SandboxWebhook"
+    assert type(context.staff_notifier("department-robot")).__name__ == "SandboxWebhook"
 
 
 def test_email_hooks_go_to_the_sandbox_without_smtp_and_say_so_once(
-    staff_module: Any,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given no GOVNOTIFY_SMTP_URL (the zero-setup default)
-    settings = load_settings(data_dir=tmp_path / "data", smtp_url="")
-    monkeypatch.setattr(staff_module, "settings", settings)
+    context = email_context(tmp_path, smtp_url="")
+    settings = context.settings
     caplog.set_level(logging.WARNING, logger="govnotify.staff")
-    from notifiers.webhook import StaffMessage
+    from notifiers.staff import StaffMessage
 
     message = StaffMessage(
         message_id="call-list-x-1",
@@ -228,12 +215,12 @@ def test_email_hooks_go_to_the_sandbox_without_smtp_and_say_so_once(
         text="1. LIC-1",
         data={},
     )
-    head = staff_module.directory().department_head(DEPARTMENT)
+    head = context.directory.department_head(DEPARTMENT)
 
-    # When two messages are sent to the e-mail head, by notifiers built twice
-    staff_module.notify_staff([head], message, flow="call_list")
-    staff_module._notifier.cache_clear()
-    staff_module.notify_staff([head], message, flow="call_list")
+    # When two messages are sent to the e-mail head
+    with using(context):
+        notify_staff([head], message, flow="call_list")
+        notify_staff([head], message, flow="call_list")
 
     # Then both are in the sandbox file, and the warning was given once
     records = sandbox_records(settings)

@@ -23,7 +23,10 @@ from notifiers.errors import (
     RecipientUnsubscribedError,
     UnsupportedRecipientError,
 )
-from tests.delivery_support import (
+from tests.fakes.sms_gateway import FakeSmsGateway
+from tests.fakes.twilio_server import FakeTwilio
+from tests.support import Pipeline, env_for, metric, scrape, wait_until
+from tests.support.delivery import (
     GATEWAY_TEMPLATES,
     notification,
     queue_sms,
@@ -31,9 +34,6 @@ from tests.delivery_support import (
     suppressions,
     with_providers,
 )
-from tests.fakes.sms_gateway import FakeSmsGateway
-from tests.fakes.twilio_server import FakeTwilio
-from tests.support import Pipeline, env_for, metric, scrape, wait_until
 from workers import suppression
 
 pytestmark = pytest.mark.integration

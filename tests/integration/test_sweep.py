@@ -17,8 +17,8 @@ from sqlalchemy import select, update
 
 from infra.db import session
 from infra.settings import Settings
-from notifiers.base import OutboundMessage
-from notifiers.twilio_sms import TwilioSMSNotifier
+from notifiers.sms import OutboundMessage
+from notifiers.sms.twilio import TwilioSMSNotifier
 from schemas.models import (
     DeadLetter,
     Notification,

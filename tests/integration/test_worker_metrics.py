@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from infra.settings import Settings
-from tests.delivery_support import queue_sms, settled
 from tests.support import Pipeline, metric, scrape, wait_until
+from tests.support.delivery import queue_sms, settled
 
 pytestmark = pytest.mark.integration
 

@@ -38,7 +38,7 @@ __all__ = [
     "require_binary",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
 PROMETHEUS_YML = PROMETHEUS_DIR / "prometheus.yml"
 GRAFANA_DASHBOARD = ROOT / "infra" / "grafana" / "govnotify-overview.json"

@@ -16,11 +16,11 @@ from sqlalchemy import select
 
 from infra.db import session
 from infra.settings import Settings, load_settings
-from notifiers.sms import count_segments
+from notifiers.sms.text import count_segments
 from schemas.models import FINAL_STATUSES, Notification, NotificationStatus, Suppression, utcnow
 from tests.fakes.sms_gateway import FakeSmsGateway
 from tests.fakes.twilio_server import FakeTwilio
-from workers.scheduler import schedule
+from workers.scheduled_jobs import schedule
 
 __all__ = [
     "GATEWAY_TEMPLATES",

@@ -19,8 +19,9 @@ from infra.db import session
 from infra.settings import Settings, load_settings
 from notifiers.errors import TransientDeliveryError
 from schemas.models import RectificationTicket
-from schemas.staff import load_staff_directory
 from tests.fakes.webhook_server import FakeWebhook
+from workers import rectification as rectification_module
+from workers.context import WorkerContext, using
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +40,10 @@ def test_settings(database_url: str, tmp_path: Path, hooks: tuple[FakeWebhook, P
 
 
 @pytest.fixture
-def rectification(
-    test_settings: Settings, hooks: tuple[FakeWebhook, Path], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Any]:
-    """``workers.rectification`` reading this test's settings and staff directory."""
-    import workers.rectification as rectification
-    import workers.staff as staff
-
-    directory = load_staff_directory(hooks[1])
-    for module in (rectification, staff):
-        monkeypatch.setattr(module, "settings", test_settings)
-        monkeypatch.setattr(module, "directory", lambda: directory)
-    staff._notifier.cache_clear()
-    yield rectification
-    staff._notifier.cache_clear()
+def rectification(test_settings: Settings) -> Iterator[Any]:
+    """``workers.rectification``, its actors run in a worker context of this test's settings."""
+    with using(WorkerContext(test_settings)):
+        yield rectification_module
 
 
 def open_ticket(settings: Settings, **fields: Any) -> str:

@@ -19,9 +19,9 @@ from sqlalchemy import select
 from infra.db import session
 from infra.settings import Settings
 from schemas.models import CallListEntry, DeadLetter
-from tests.call_list_support import add_entry, notified
 from tests.fakes.webhook_server import FakeWebhook
 from tests.support import Pipeline, env_for, metric, scrape, wait_until
+from tests.support.call_list import add_entry, notified
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from infra.logging import (
 )
 from tests.support import _FULL_MOBILE
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # ---- numbers ----------------------------------------------------------------------------------

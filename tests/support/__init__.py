@@ -1,4 +1,6 @@
-"""Helpers for tests on the real services (imported by conftest and tests)."""
+"""Helpers for tests on the real services (imported by conftest and tests).
+
+The case-flow builders (events, staff env) are in :mod:`tests.support.cases`."""
 
 from __future__ import annotations
 

@@ -33,8 +33,9 @@ from infra.db import get_engine, session
 from infra.settings import Settings, load_settings
 from schemas.commands import CallbackDoneJob, CaseJob
 from schemas.models import CallbackTask, ScheduledJob
-from schemas.staff import load_staff_directory
 from tests.fakes.webhook_server import FakeWebhook
+from workers import callbacks as callbacks_module
+from workers.context import WorkerContext, using
 
 pytestmark = pytest.mark.integration
 
@@ -74,29 +75,16 @@ class TaskIds:
 
 
 @pytest.fixture
-def callbacks(
-    test_settings: Settings,
-    hooks: tuple[FakeWebhook, Path],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Any]:
-    """``workers.callbacks`` reading this test's settings and staff directory.
+def callbacks(test_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``workers.callbacks``, its actors run in a worker context of this test's settings.
 
-    The worker modules read ``workers.broker.settings`` once, at import; the names they read are
-    pointed at this test's instead. The enterprise's SMS notice is created but not sent (the
-    delivery code is tested elsewhere and is no part of the race).
+    The enterprise's SMS notice is created but not sent (the delivery code is tested elsewhere
+    and is no part of the race), and the test chooses the id of the next task.
     """
-    import workers.callbacks as callbacks
-    import workers.staff as staff
-
-    directory = load_staff_directory(hooks[1])
-    for module in (callbacks, staff):
-        monkeypatch.setattr(module, "settings", test_settings)
-        monkeypatch.setattr(module, "directory", lambda: directory)
-    monkeypatch.setattr(callbacks, "attempt", lambda row: None)
-    monkeypatch.setattr(callbacks, "uuid", TaskIds())
-    staff._notifier.cache_clear()
-    yield callbacks
-    staff._notifier.cache_clear()
+    monkeypatch.setattr(callbacks_module, "attempt", lambda row: None)
+    monkeypatch.setattr(callbacks_module, "uuid", TaskIds())
+    with using(WorkerContext(test_settings)):
+        yield callbacks_module
 
 
 def opening_job(case_id: str) -> dict[str, Any]:

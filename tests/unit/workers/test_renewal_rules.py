@@ -1,6 +1,6 @@
 """Renewal rules: a license event as a registry job (streams.rules), and which reminders a
 registry entry has due when (workers.renewal_rules). The registry's "newer state wins" is SQL,
-tested on PostgreSQL in tests/integration/test_license_registry.py."""
+tested on PostgreSQL in tests/integration/reminders/test_registry.py."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def test_case_flow_templates_load_with_their_placeholders(name: str, required: s
 
 def test_survey_invitation_says_how_to_rate_without_a_link() -> None:
     # Given
-    from notifiers.sms import contains_url, count_segments
+    from notifiers.sms.text import contains_url, count_segments
 
     template = load_templates()["survey_invitation"]
 
@@ -187,7 +187,7 @@ def test_survey_invitation_says_how_to_rate_without_a_link() -> None:
 )
 def test_case_flow_templates_render_without_a_link(name: str, values: dict[str, str]) -> None:
     # Given
-    from notifiers.sms import contains_url, count_segments
+    from notifiers.sms.text import contains_url, count_segments
 
     template = load_templates()[name]
 
