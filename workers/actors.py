@@ -43,8 +43,8 @@ def _refuse_to_start(problem: BaseException) -> NoReturn:
 
 
 try:
-    # workers.broker reads the settings as it is imported (dramatiq's convention): a bad
-    # GOVNOTIFY_* value raises here, before any actor or broker exists.
+    # workers.broker builds the worker context from the settings as it is imported (dramatiq's
+    # convention): a bad GOVNOTIFY_* value raises here, before any actor or broker exists.
     from workers import (  # noqa: F401  (each module declares its actors)
         call_list,
         callbacks,
@@ -55,7 +55,7 @@ try:
         staff,
         surveys,
     )
-    from workers.broker import broker, settings
+    from workers.broker import broker, context
 except SettingsError as exc:
     _refuse_to_start(exc)
 
@@ -77,17 +77,18 @@ def check_can_send() -> None:
       OSError: the data folder cannot be written (GOVNOTIFY_DATA_DIR): the sandbox outboxes
         live there.
     """
+    settings = context.settings
     try:
         notifier_from_settings(settings).close()
     except OSError as exc:
         raise OSError(f"GOVNOTIFY_DATA_DIR {settings.data_dir}: {exc}") from None
     try:
-        book = staff.directory()
+        book = context.directory
     except StaffDirectoryError as exc:
         raise StaffDirectoryError(f"GOVNOTIFY_STAFF_DIRECTORY: {exc}") from None
     for key, hook in book.webhooks.items():
         try:
-            staff._notifier(key)
+            context.staff_notifier(key)
         except NotifierConfigError as exc:
             where = "GOVNOTIFY_SMTP_URL or GOVNOTIFY_SMTP_FROM" if hook.format == "email" else ""
             raise NotifierConfigError(

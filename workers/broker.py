@@ -1,7 +1,9 @@
 """The dramatiq broker on RabbitMQ, with the middleware every worker process runs.
 
-Importing this module sets the global dramatiq broker from the settings (dramatiq's own
-convention), so actor modules can be declared against it.
+Importing this module builds the process's :class:`workers.context.WorkerContext` from the
+environment and sets the global dramatiq broker from its settings (dramatiq's own convention),
+so actor modules can be declared against it. Tests bind the actors to a ``StubBroker`` and run
+them in a context of their own instead (see :mod:`workers.context`).
 
 Queue types, and how alerts keep their priority under quorum queues: see :mod:`infra.jobs`.
 """
@@ -14,12 +16,15 @@ from dramatiq.middleware import CurrentMessage, Retries
 from infra.clock import install_clock
 from infra.jobs import QUEUE_TYPES, QueueTypeBroker, make_broker
 from infra.settings import get_settings
+from workers.context import WorkerContext, install
 from workers.middleware import DeadLetters
 from workers.observability import WorkerPrometheus
 
-__all__ = ["QUEUE_TYPES", "QueueTypeBroker", "broker", "make_broker", "settings"]
+__all__ = ["QUEUE_TYPES", "QueueTypeBroker", "broker", "context", "make_broker"]
 
-settings = get_settings()
+#: Built once at start; every actor reads it through ``workers.context.current()``.
+context = install(WorkerContext(get_settings()))
+settings = context.settings
 # Worker processes are started by dramatiq, not through the CLI: install the clock here.
 install_clock(settings)
 

@@ -21,15 +21,16 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 from sqlalchemy import func, select, update
 
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.db import session
 from infra.logging import mask_mobile, mask_name
 from notifiers.errors import DeliveryError, PermanentDeliveryError
-from notifiers.webhook import StaffMessage
+from notifiers.staff import StaffMessage
 from schemas.categories import load_categories
 from schemas.models import CallListEntry
-from workers.broker import settings
-from workers.delivery import CLOCK, RETRY_OPTIONS
-from workers.scheduler import schedule
+from workers.context import current
+from workers.delivery import RETRY_OPTIONS
+from workers.scheduled_jobs import schedule
 from workers.staff import directory, notify_staff, retry_first
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ def _recipient(department: str) -> Staff:
 
 def _send_department(department: str, entries: list[CallListEntry], day: dt.date) -> None:
     """Send one department's digest (several messages when long), then mark its entries."""
+    settings = current().settings
     lines = [DigestLine(e.id, e.license_id, _line(i, e)) for i, e in enumerate(entries, start=1)]
     chunks = chunk_lines(lines)
     # The ids name the entries carried: a retry resends the same ids (receivers de-duplicate),
@@ -164,14 +166,16 @@ def _send_department(department: str, entries: list[CallListEntry], day: dt.date
                 CallListEntry.id.in_([e.id for e in entries]),
                 CallListEntry.notified_at.is_(None),
             )
-            .values(notified_at=CLOCK.utcnow())
+            .values(notified_at=current().clock.utcnow())
         )
         s.commit()
     log.info("call list for %s: %d entries in %d messages", department, len(entries), len(chunks))
 
 
 @dramatiq.actor(
-    queue_name=settings.queue("reminders"), **RETRY_OPTIONS, throws=(PermanentDeliveryError,)
+    queue_name=current().settings.queue("reminders"),
+    **RETRY_OPTIONS,
+    throws=(PermanentDeliveryError,),
 )
 def send_call_list_digests(day: str) -> None:
     """Each department's open entries due by ``day`` and not sent yet, to its head.
@@ -179,6 +183,7 @@ def send_call_list_digests(day: str) -> None:
     A department whose robot fails does not hold up the others; the first failure is raised
     after all were tried, so the retry sends only what is still unsent.
     """
+    settings = current().settings
     on = dt.date.fromisoformat(day)
     with session(settings) as s:
         entries = (
@@ -228,7 +233,7 @@ def complete(settings: Settings, ident: str, outcome: str | None) -> CallListEnt
         result = s.execute(
             update(CallListEntry)
             .where(CallListEntry.id == entry.id, CallListEntry.status == "open")
-            .values(status="done", completed_at=CLOCK.utcnow(), outcome=outcome)
+            .values(status="done", completed_at=current().clock.utcnow(), outcome=outcome)
         )
         s.commit()
         if result.rowcount != 1:

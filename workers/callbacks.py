@@ -16,17 +16,18 @@ from typing import Any
 import dramatiq
 from sqlalchemy import func, select, update
 
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.db import session
 from notifiers.errors import PermanentDeliveryError
+from notifiers.staff import StaffMessage
 from notifiers.templates import load_templates
-from notifiers.webhook import StaffMessage
 from schemas.commands import CallbackDoneJob, CaseJob
 from schemas.models import CallbackTask, utcnow
 from workers import ledger
-from workers.broker import settings
-from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_from_template
+from workers.context import current
+from workers.delivery import RETRY_OPTIONS, attempt, create_from_template
 from workers.jobs import parse_job
-from workers.scheduler import cancel, schedule
+from workers.scheduled_jobs import cancel, schedule
 from workers.staff import directory, notify_staff
 
 __all__ = [
@@ -45,7 +46,7 @@ class CallbackTaskNotOpenYet(Exception):
     """Raised when a callback is reported done before its task was opened (retried)."""
 
 
-QUEUE = settings.queue("callbacks")
+QUEUE = current().settings.queue("callbacks")
 #: Kinds of callback task; ``callback.completed`` may name a task by its kind.
 KINDS = frozenset({"key_project", "negative_review"})
 NOTICE = load_templates()["callback_notice"]
@@ -76,6 +77,7 @@ def open_callback_task(
     completion that closed it first is seen, and nothing is scheduled (see
     :func:`complete_callback_task`).
     """
+    settings = current().settings
     key = f"callback:{case_id}:{kind}"
     with session(settings) as s:
         ledger.insert_ignore(
@@ -128,6 +130,7 @@ def open_callback_task(
 
 
 def _tell_department_head(task: CallbackTask) -> None:
+    settings = current().settings
     due_local = task.due_at.astimezone(settings.tz)
     try:
         head = [directory().department_head(task.department)]
@@ -157,7 +160,7 @@ def _tell_department_head(task: CallbackTask) -> None:
         s.execute(
             update(CallbackTask)
             .where(CallbackTask.id == task.id, CallbackTask.notified_at.is_(None))
-            .values(notified_at=CLOCK.utcnow())
+            .values(notified_at=current().clock.utcnow())
         )
         s.commit()
 
@@ -165,6 +168,7 @@ def _tell_department_head(task: CallbackTask) -> None:
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def open_key_project_callback(job: dict[str, Any]) -> None:
     """A key project's case completed: a task for its steward and a notice to the enterprise."""
+    settings = current().settings
     case = parse_job(CaseJob, job, "open_key_project_callback")
     if case is None or case.completed_at is None or not case.steward_id:
         return
@@ -210,6 +214,7 @@ def complete_callback_task(job: dict[str, Any]) -> None:
     outcome says what happened (an insert that conflicted, an update that matched), and a
     miss is followed by a re-check of what may have appeared since.
     """
+    settings = current().settings
     done = parse_job(CallbackDoneJob, job, "complete_callback_task")
     if done is None:
         return
@@ -320,6 +325,7 @@ def _complete_case(s: Any, done: CallbackDoneJob) -> list[str]:
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def escalate_callback_task(task_id: str) -> None:
     """Still open at its due time: tell the owner's department head."""
+    settings = current().settings
     with session(settings) as s:
         task = s.get(CallbackTask, task_id)
     if task is None or task.status != "open" or task.escalated_at is not None:
@@ -347,6 +353,6 @@ def escalate_callback_task(task_id: str) -> None:
                 CallbackTask.status == "open",
                 CallbackTask.escalated_at.is_(None),
             )
-            .values(escalated_at=CLOCK.utcnow())
+            .values(escalated_at=current().clock.utcnow())
         )
         s.commit()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -21,28 +20,29 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 from sqlmodel import Session
 
-from infra.clock import Clock
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.db import session
+from infra.deadletters import record_delivery_failure
 from infra.logging import mask_mobile
 from infra.metrics import DEFERRED, EVENT_TO_SEND, NOTIFICATIONS
-from notifiers.base import OutboundMessage
 from notifiers.errors import (
     DeliveryTimeoutError,
     NotifierConfigError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from notifiers.registry import notifier_from_settings
 from notifiers.routing import RoutingNotifier
-from notifiers.sms import count_segments
+from notifiers.sms import OutboundMessage
+from notifiers.sms.text import count_segments
 from notifiers.templates import SmsTemplate
 from schemas.models import Notification, NotificationStatus, utcnow
 from workers import ledger
-from workers.broker import settings
-from workers.policy import QuietHours
+from workers.context import current
+from workers.scheduled_jobs import schedule
+from workers.status import apply_pending
+from workers.suppression import suppress_after
 
 __all__ = [
-    "CLOCK",
     "MAX_RETRIES",
     "RETRY_OPTIONS",
     "attempt",
@@ -58,17 +58,13 @@ __all__ = [
 log = logging.getLogger("govnotify.delivery")
 
 #: Transient failures are retried this many times (exponential backoff between the bounds).
-MAX_RETRIES = settings.delivery_max_retries
+MAX_RETRIES = current().settings.delivery_max_retries
 RETRY_OPTIONS = {
     "max_retries": MAX_RETRIES,
-    "min_backoff": settings.delivery_min_backoff_ms,
-    "max_backoff": settings.delivery_max_backoff_ms,
+    "min_backoff": current().settings.delivery_min_backoff_ms,
+    "max_backoff": current().settings.delivery_max_backoff_ms,
 }
 
-_local = threading.local()
-
-CLOCK = Clock.from_settings(settings)
-QUIET = QuietHours.parse(settings.quiet_hours)
 
 #: flow → check run right after the claim: why the message no longer applies, or None.
 StaleCheck = Callable[[Session, Notification], "str | None"]
@@ -141,6 +137,7 @@ def create_from_template(
 ) -> Notification:
     """:func:`create_notification` with the body rendered from ``template`` and ``params``
     (signature and opt-out hint from the settings), keeping both for template-id providers."""
+    settings = current().settings
     body = template.render(
         params, signature=settings.sms_signature, opt_out_hint=settings.opt_out_hint
     )
@@ -154,15 +151,18 @@ def attempt(row: Notification) -> None:
 
     Deferred messages are scheduled for their first allowed instant; nothing is dropped.
     """
+    settings = current().settings
     if row.status != NotificationStatus.CREATED:
         return
     with session(settings) as s:
         decision = ledger.claim_for_send(
-            s, row, now_local=CLOCK.now(), quiet=QUIET, daily_cap=settings.sms_daily_cap or None
+            s,
+            row,
+            now_local=current().clock.now(),
+            quiet=current().quiet,
+            daily_cap=settings.sms_daily_cap or None,
         )
         if decision.action == "defer":
-            from workers.scheduler import schedule
-
             until = decision.not_before
             schedule(
                 s, f"deliver:{row.id}:{until.isoformat()}", until, "deliver_notification", row.id
@@ -186,11 +186,8 @@ def attempt(row: Notification) -> None:
 
 
 def get_notifier() -> RoutingNotifier:
-    """One notifier per worker thread (HTTP sessions are not shared across threads)."""
-    notifier = getattr(_local, "notifier", None)
-    if notifier is None:
-        notifier = _local.notifier = notifier_from_settings(settings)
-    return notifier
+    """This worker thread's SMS notifier (HTTP sessions are not shared across threads)."""
+    return current().sms_notifier()
 
 
 def _in_retry_actor() -> bool:
@@ -220,6 +217,7 @@ def _fail(
     error_code: str | None = None,
 ) -> None:
     """Move a notification to a final failure status with its reason, and count it."""
+    settings = current().settings
     with session(settings) as s:
         moved = ledger.advance(
             s, row.id, status, status_reason=reason, provider=provider, error_code=error_code
@@ -230,8 +228,6 @@ def _fail(
     if status in (NotificationStatus.TEMPORARY_FAILURE, NotificationStatus.TECHNICAL_FAILURE):
         # Delivery gave up although the provider never took the message: one place to see it,
         # and `govnotify dead-letters replay` to try once more.
-        from infra.deadletters import record_delivery_failure
-
         record_delivery_failure(settings, row.id, reason)
 
 
@@ -255,6 +251,7 @@ def deliver_claimed(row: Notification) -> None:
     (``delivery-retry``), so a provider outage's retries never queue in front of first
     deliveries; inside the retry actor it raises for dramatiq's backoff instead.
     """
+    settings = current().settings
     notifier = get_notifier()
     notification_id, flow = row.id, row.flow
     event_at = ledger.as_utc(row.event_at)
@@ -269,8 +266,6 @@ def deliver_claimed(row: Notification) -> None:
             f"{exc.reason} (code {exc.code})",
             exc.code,
         )
-        from workers.suppression import suppress_after
-
         with session(settings) as s:
             suppress_after(s, recipient=row.recipient or "", category=row.category, error=exc)
         log.warning(
@@ -347,8 +342,6 @@ def deliver_claimed(row: Notification) -> None:
         )
         # A status callback can beat this write (the provider calls back as it answers us);
         # the api kept it waiting for the reference, so apply it now.
-        from workers.status import apply_pending
-
         apply_pending(s, receipt.provider, receipt.provider_ref)
     NOTIFICATIONS.labels(flow, row.channel, receipt.provider, status.value).inc()
     if event_at is not None:
@@ -359,7 +352,7 @@ def deliver_claimed(row: Notification) -> None:
 
 
 @dramatiq.actor(
-    queue_name=settings.queue("delivery"),
+    queue_name=current().settings.queue("delivery"),
     **RETRY_OPTIONS,
     throws=(PermanentDeliveryError,),
     records_own_failures=True,
@@ -370,7 +363,7 @@ def deliver_notification(notification_id: str) -> None:
 
 
 @dramatiq.actor(
-    queue_name=settings.queue("delivery-retry"),
+    queue_name=current().settings.queue("delivery-retry"),
     # Below every first delivery: workers take retries only when nothing fresher waits.
     priority=100,
     **RETRY_OPTIONS,
@@ -383,6 +376,7 @@ def retry_delivery(notification_id: str) -> None:
 
 
 def _attempt_by_id(notification_id: str) -> None:
+    settings = current().settings
     with session(settings) as s:
         row = s.get(Notification, notification_id)
     if row is None:

@@ -19,16 +19,17 @@ import dramatiq
 from prometheus_client import Histogram
 from sqlalchemy import select, update
 
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.db import session
 from notifiers.errors import PermanentDeliveryError
-from notifiers.webhook import StaffMessage
+from notifiers.staff import StaffMessage
 from schemas.commands import CaseJob, GreenChannelAckJob
 from schemas.models import StaffAlert, utcnow
 from workers import ledger
-from workers.broker import settings
-from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_notification
+from workers.context import current
+from workers.delivery import RETRY_OPTIONS, attempt, create_notification
 from workers.jobs import parse_job
-from workers.scheduler import cancel, schedule
+from workers.scheduled_jobs import cancel, schedule
 from workers.staff import directory, notify_staff
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ __all__ = [
 log = logging.getLogger("govnotify.green_channel")
 
 FLOW = "green_channel"
-QUEUE = settings.queue("alerts")
+QUEUE = current().settings.queue("alerts")
 #: dramatiq runs lower numbers first: alerts overtake every other job waiting in a worker.
 PRIORITY = 0
 
@@ -79,6 +80,7 @@ def _escalation_key(case_id: str) -> str:
 )
 def raise_green_channel_alert(job: dict[str, Any]) -> None:
     """Alert the service point's on-duty staff, once per case; schedule the escalation."""
+    settings = current().settings
     case = parse_job(CaseJob, job, "raise_green_channel_alert")
     if case is None:
         return
@@ -135,7 +137,7 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
     notify_staff(point.on_duty, message, flow=FLOW)
     if settings.green_channel_sms:
         _text_staff(point.on_duty, alert.id, case, groups)
-    sent_at = CLOCK.utcnow()
+    sent_at = current().clock.utcnow()
     with session(settings) as s:
         # sent_at is a fact whatever happened meanwhile (staff may acknowledge within ms).
         s.execute(
@@ -167,6 +169,7 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
 
 def _text_staff(staff: Any, alert_id: str, case: CaseJob, groups: str) -> None:
     """The alert as a critical SMS to each on-duty staff member (once per alert and person)."""
+    settings = current().settings
     body = (
         f"{settings.sms_signature}绿色通道：{groups}申请人在{case.service_point_name}"
         f"办理「{case.service_item}」，请立即优先接待。"
@@ -193,6 +196,7 @@ def _text_staff(staff: Any, alert_id: str, case: CaseJob, groups: str) -> None:
 )
 def acknowledge_green_channel_alert(job: dict[str, Any]) -> None:
     """Record the acknowledgement; the pending escalation never fires."""
+    settings = current().settings
     ack = parse_job(GreenChannelAckJob, job, "acknowledge_green_channel_alert")
     if ack is None:
         return
@@ -243,6 +247,7 @@ def acknowledge_green_channel_alert(job: dict[str, Any]) -> None:
 )
 def escalate_green_channel_alert(case_id: str) -> None:
     """Not acknowledged in time: tell the hall supervisor."""
+    settings = current().settings
     with session(settings) as s:
         alert = s.execute(
             select(StaffAlert).where(StaffAlert.case_id == case_id)
@@ -273,7 +278,7 @@ def escalate_green_channel_alert(case_id: str) -> None:
         s.execute(
             update(StaffAlert)
             .where(StaffAlert.id == alert.id, StaffAlert.acknowledged_at.is_(None))
-            .values(status="escalated", escalated_at=CLOCK.utcnow())
+            .values(status="escalated", escalated_at=current().clock.utcnow())
         )
         s.commit()
 

@@ -8,9 +8,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.db import session
 from infra.deadletters import record_dead_letter
-from workers.broker import settings
+from workers.context import current
 
 __all__ = ["parse_job"]
 
@@ -21,6 +22,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def parse_job(model: type[M], job: Any, actor: str) -> M | None:
     """``model`` from ``job``, or None after recording a dead letter."""
+    settings = current().settings
     try:
         return model.model_validate(job)
     except ValidationError as exc:

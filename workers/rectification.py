@@ -17,11 +17,11 @@ import dramatiq
 from prometheus_client import Counter
 from sqlalchemy import select, update
 
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.db import session
-from infra.workdays import WorkdayCalendar
 from notifiers.errors import PermanentDeliveryError
+from notifiers.staff import StaffMessage
 from notifiers.templates import load_templates
-from notifiers.webhook import StaffMessage
 from schemas.commands import CloseRectificationJob, EvaluationJob
 from schemas.models import (
     EvaluationRecord,
@@ -31,11 +31,11 @@ from schemas.models import (
     utcnow,
 )
 from workers import ledger
-from workers.broker import settings
 from workers.callbacks import open_callback_task
-from workers.delivery import CLOCK, RETRY_OPTIONS, attempt, create_from_template
+from workers.context import current
+from workers.delivery import RETRY_OPTIONS, attempt, create_from_template
 from workers.jobs import parse_job
-from workers.scheduler import cancel, schedule
+from workers.scheduled_jobs import cancel, schedule
 from workers.staff import directory, notify_staff
 from workers.surveys import survey_key
 
@@ -54,9 +54,8 @@ __all__ = [
 log = logging.getLogger("govnotify.rectification")
 
 FLOW = "rectification"
-QUEUE = settings.queue("evaluations")
+QUEUE = current().settings.queue("evaluations")
 CLOSED = load_templates()["rectification_closed"]
-CALENDAR = WorkdayCalendar.from_settings(settings)
 #: Reminders go out at this local time on the working day before the deadline.
 REMIND_AT = dt.time(9, 0)
 
@@ -78,6 +77,7 @@ def _head(department: str) -> list[Any]:
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def record_evaluation(job: dict[str, Any]) -> None:
     """Record a rating; stop the survey; open rectification and callback for a negative one."""
+    settings = current().settings
     ev = parse_job(EvaluationJob, job, "record_evaluation")
     if ev is None:
         return
@@ -129,7 +129,10 @@ def record_evaluation(job: dict[str, Any]) -> None:
 
 
 def _open_ticket(ev: EvaluationJob) -> None:
-    deadline_at = CALENDAR.deadline(ev.evaluated_at, settings.rectification_workdays, settings.tz)
+    settings = current().settings
+    deadline_at = current().calendar.deadline(
+        ev.evaluated_at, settings.rectification_workdays, settings.tz
+    )
     key = f"rectification:{ev.evaluation_id}"
     with session(settings) as s:
         created = ledger.insert_ignore(
@@ -155,7 +158,7 @@ def _open_ticket(ev: EvaluationJob) -> None:
         ticket = s.execute(
             select(RectificationTicket).where(RectificationTicket.idempotency_key == key)
         ).scalar_one()
-        remind_day = CALENDAR.add_workdays(
+        remind_day = current().calendar.add_workdays(
             deadline_at.date(), -settings.rectification_remind_workdays
         )
         remind_at = dt.datetime.combine(remind_day, REMIND_AT, tzinfo=settings.tz)
@@ -190,6 +193,7 @@ def _open_ticket(ev: EvaluationJob) -> None:
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def remind_rectification(ticket_id: str) -> None:
     """One working day before the deadline, if still open."""
+    settings = current().settings
     with session(settings) as s:
         ticket = s.get(RectificationTicket, ticket_id)
     if ticket is None or ticket.status != "open" or ticket.reminded_at is not None:
@@ -210,7 +214,7 @@ def remind_rectification(ticket_id: str) -> None:
         s.execute(
             update(RectificationTicket)
             .where(RectificationTicket.id == ticket_id, RectificationTicket.status == "open")
-            .values(reminded_at=CLOCK.utcnow())
+            .values(reminded_at=current().clock.utcnow())
         )
         s.commit()
 
@@ -223,6 +227,7 @@ def flag_rectification_overdue(ticket_id: str) -> None:
     between sends again (receivers de-duplicate by ``X-Govnotify-Id``) instead of finding the
     ticket already marked and never telling anyone.
     """
+    settings = current().settings
     with session(settings) as s:
         ticket = s.get(RectificationTicket, ticket_id)
     if ticket is None or ticket.status != "open" or ticket.overdue_at is not None:
@@ -246,7 +251,7 @@ def flag_rectification_overdue(ticket_id: str) -> None:
                 RectificationTicket.status == "open",
                 RectificationTicket.overdue_at.is_(None),
             )
-            .values(overdue_at=CLOCK.utcnow())
+            .values(overdue_at=current().clock.utcnow())
         )
         s.commit()
     if result.rowcount:
@@ -256,6 +261,7 @@ def flag_rectification_overdue(ticket_id: str) -> None:
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def close_rectification(job: dict[str, Any]) -> None:
     """Close a ticket with its outcome; tell a real-name citizen by SMS."""
+    settings = current().settings
     close = parse_job(CloseRectificationJob, job, "close_rectification")
     if close is None:
         return

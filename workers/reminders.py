@@ -16,9 +16,9 @@ import dramatiq
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.clock import Clock
-from infra.db import session
-from infra.jobs import JobSender
+from infra.db import get_engine, session
 from infra.journal import get_checkpoint, set_checkpoint
 from infra.metrics import CALL_LIST_ENTRIES, NOTIFICATIONS
 from notifiers.errors import (
@@ -29,7 +29,7 @@ from schemas.categories import load_categories
 from schemas.commands import LicenseStateJob, RenewalJob
 from schemas.models import CallListEntry, LicenseRecord, Notification, NotificationStatus, utcnow
 from workers import ledger
-from workers.broker import settings
+from workers.context import current
 from workers.delivery import (
     RETRY_OPTIONS,
     attempt,
@@ -38,7 +38,7 @@ from workers.delivery import (
 )
 from workers.jobs import parse_job
 from workers.renewal_rules import due_renewal_jobs, scan_windows
-from workers.scheduler import schedule_many
+from workers.scheduled_jobs import schedule_many
 
 __all__ = [
     "SCAN_CHECKPOINT",
@@ -55,14 +55,12 @@ FLOW = "renewal"
 #: Loaded at import: a template with a missing placeholder stops the worker at start, not at send.
 TEMPLATE = load_templates()["renewal_reminder"]
 CATEGORIES = load_categories()
-CLOCK = Clock.from_settings(settings)
 #: Checkpoint holding the local day the daily renewal scan last completed.
 SCAN_CHECKPOINT = "renewal_scan"
 
 
 def _dialect() -> str:
-    from infra.db import get_engine
-
+    settings = current().settings
     return get_engine(settings.resolved_database_url).dialect.name
 
 
@@ -128,15 +126,11 @@ def reminder_actor(job: RenewalJob) -> str:
     return "send_renewal_reminder" if job.kind == "sms" else "add_call_list_entry"
 
 
-#: Reminders handed over by name, confirms pipelined (a day's scan is thousands of jobs).
-JOBS = JobSender(settings)
-
-
 def _send_jobs(jobs: list[RenewalJob]) -> None:
-    JOBS.send_many([(reminder_actor(job), job.model_dump(mode="json")) for job in jobs])
+    current().jobs.send_many([(reminder_actor(job), job.model_dump(mode="json")) for job in jobs])
 
 
-@dramatiq.actor(queue_name=settings.queue("registry"), **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=current().settings.queue("registry"), **RETRY_OPTIONS)
 def record_licenses(jobs: list[dict[str, Any]]) -> None:
     """Record a batch of license events in the registry and plan what they make due.
 
@@ -148,6 +142,7 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
     of pending work made for states the registry no longer has. A retry does it all again
     harmlessly: reminders are keyed, the registry only moves forward.
     """
+    settings = current().settings
     states = [st for job in jobs if (st := parse_job(LicenseStateJob, job, "record_licenses"))]
     if not states:
         return
@@ -157,7 +152,7 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
         if st.license_id not in latest or latest[st.license_id].state_at < st.state_at:
             latest[st.license_id] = st
     ids = list(latest)
-    today, now = CLOCK.today(), CLOCK.utcnow()
+    today, now = current().clock.today(), current().clock.utcnow()
     with session(settings) as s:
         _upsert(s, [st for st in latest.values() if st.status == "live"], _LIVE_COLUMNS)
         _upsert(s, [st for st in latest.values() if st.status == "revoked"], _REVOKED_COLUMNS)
@@ -236,6 +231,7 @@ def renewal_scan(
     (``govnotify renewals scan --since``). Reminders sent before are found by their keys and not
     sent again. Returns the jobs handed over.
     """
+    settings = current().settings
     send = send or _send_jobs
     today = clock.today()
     with session(settings) as s:
@@ -305,13 +301,14 @@ def _outdated(record: LicenseRecord | None, expires_on: str) -> str | None:
 
 
 @dramatiq.actor(
-    queue_name=settings.queue("reminders"),
+    queue_name=current().settings.queue("reminders"),
     **RETRY_OPTIONS,
     throws=(PermanentDeliveryError,),
     records_own_failures=True,
 )
 def send_renewal_reminder(job: dict[str, Any]) -> None:
     """Send one renewal SMS, exactly once per idempotency key."""
+    settings = current().settings
     reminder = parse_job(RenewalJob, job, "send_renewal_reminder")
     if reminder is None:
         return
@@ -321,7 +318,7 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
         "license_id": reminder.license_id,
         "expires_on": f"{reminder.expires_on:%Y年%m月%d日}",
         # Days left on the day it is sent (a late reminder must not claim 30 when 20 are left).
-        "days_left": (reminder.expires_on - CLOCK.today()).days,
+        "days_left": (reminder.expires_on - current().clock.today()).days,
         "issuing_department": reminder.issuing_department,
     }
     with session(settings) as s:
@@ -361,9 +358,10 @@ def _stale_after_claim(s: Any, row: Notification) -> str | None:
 register_stale_check(FLOW, _stale_after_claim)
 
 
-@dramatiq.actor(queue_name=settings.queue("reminders"), **RETRY_OPTIONS)
+@dramatiq.actor(queue_name=current().settings.queue("reminders"), **RETRY_OPTIONS)
 def add_call_list_entry(job: dict[str, Any]) -> None:
     """Put a holder on the issuing department's call list, once per (license, expiry, offset)."""
+    settings = current().settings
     reminder = parse_job(RenewalJob, job, "add_call_list_entry")
     if reminder is None:
         return

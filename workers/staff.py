@@ -1,89 +1,35 @@
-"""Reaching staff: the directory of who is on duty, and delivery to their robots or mailboxes.
+"""Reaching staff: the directory of who is on duty, and the fan-out to their robots or mailboxes.
 
-Each distinct webhook of the staff addressed gets the message once: an HTTP(S) robot or portal
-(:class:`~notifiers.webhook.WebhookNotifier`), a ``mailto:`` address through
-``GOVNOTIFY_SMTP_URL`` (:class:`~notifiers.email_smtp.EmailNotifier`), or the sandbox file for
-``sandbox://`` entries and for e-mail while no SMTP server is configured.
+Each distinct webhook of the staff addressed gets the message once, through the notifier
+:func:`notifiers.registry.staff_notifier` builds for it: an HTTP(S) robot or portal
+(:class:`~notifiers.staff.webhook.WebhookNotifier`), a ``mailto:`` address through
+``GOVNOTIFY_SMTP_URL`` (:class:`~notifiers.staff.email.EmailNotifier`), or the sandbox file for
+``sandbox://`` entries and for e-mail while no SMTP server is configured
+(:class:`~notifiers.staff.sandbox.SandboxWebhook`). Here: the per-process cache of those
+notifiers (built once per worker context), the metrics, and which error the actor sees.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from infra.metrics import NOTIFICATIONS, PROVIDER_DURATION
-from notifiers.email_smtp import EmailNotifier
 from notifiers.errors import DeliveryError, TransientDeliveryError
-from notifiers.webhook import StaffMessage, WebhookNotifier
-from schemas.models import utcnow
-from schemas.staff import Staff, StaffDirectory, load_staff_directory
-from workers.broker import settings
+from notifiers.staff import StaffMessage
+from notifiers.staff.email import EmailNotifier
+from schemas.staff import Staff, StaffDirectory
+from workers.context import current
 
 __all__ = ["directory", "notify_staff", "retry_first"]
 
 log = logging.getLogger("govnotify.staff")
 
 
-@functools.cache
 def directory() -> StaffDirectory:
-    """The staff directory, loaded (and validated) once per process."""
-    return load_staff_directory(settings.staff_directory)
-
-
-class SandboxWebhook:
-    """Records staff messages to ``<data_dir>/sandbox-webhooks.jsonl`` instead of posting them."""
-
-    def __init__(self, name: str, path: Path) -> None:
-        self.name, self.path = name, path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def send(self, message: StaffMessage) -> None:
-        record = {
-            "webhook": self.name,
-            "id": message.message_id,
-            "kind": message.kind,
-            "title": message.title,
-            "text": message.text,
-            "data": dict(message.data),
-            "sent_at": utcnow().isoformat(),
-        }
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        with _SANDBOX_LOCK, self.path.open("a", encoding="utf-8") as out:
-            out.write(line)
-
-
-_SANDBOX_LOCK = threading.Lock()
-
-
-@functools.cache
-def _notifier(webhook_key: str) -> WebhookNotifier | EmailNotifier | SandboxWebhook:
-    hook = directory().webhooks[webhook_key]
-    sandbox = settings.data_dir / "sandbox-webhooks.jsonl"
-    if hook.format == "email":
-        address = hook.email_address
-        if not settings.smtp_url:
-            _warn_email_sandbox()
-            return SandboxWebhook(webhook_key, sandbox)
-        assert address is not None  # every "email" entry has one mailto: address (schemas)
-        return EmailNotifier(settings.smtp_url, settings.smtp_from, to=address)
-    if hook.url.startswith("sandbox://"):
-        return SandboxWebhook(webhook_key, sandbox)
-    return WebhookNotifier(hook.url, fmt=hook.format, secret=hook.secret)
-
-
-@functools.cache
-def _warn_email_sandbox() -> None:
-    """Said once per process: the zero-setup default, but in production a misconfiguration."""
-    log.warning(
-        "GOVNOTIFY_SMTP_URL is empty: staff e-mail (mailto: webhooks) goes to the sandbox file "
-        "%s, not to any mailbox",
-        settings.data_dir / "sandbox-webhooks.jsonl",
-    )
+    """The staff directory of this worker's context (loaded and validated once)."""
+    return current().directory
 
 
 def _labels(webhook_key: str) -> tuple[str, str]:
@@ -118,7 +64,7 @@ def notify_staff(staff: Iterable[Staff], message: StaffMessage, *, flow: str) ->
         channel, provider = _labels(key)
         started = time.perf_counter()
         try:
-            _notifier(key).send(message)
+            current().staff_notifier(key).send(message)
         except DeliveryError as exc:
             first_error = retry_first(first_error, exc)
             PROVIDER_DURATION.labels(provider, "error").observe(time.perf_counter() - started)

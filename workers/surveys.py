@@ -14,22 +14,22 @@ import dramatiq
 from sqlalchemy import select
 from sqlmodel import Session
 
+import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.amqp import publish_confirmed
 from infra.db import session
 from notifiers.templates import load_templates
 from schemas.commands import CaseJob
 from schemas.events import DEFAULT_RATING_SOURCE, make_event
 from schemas.models import EvaluationRecord, Notification
-from workers.broker import settings
+from workers.context import current
 from workers.delivery import (
-    CLOCK,
     RETRY_OPTIONS,
     attempt,
     create_from_template,
     register_stale_check,
 )
 from workers.jobs import parse_job
-from workers.scheduler import schedule
+from workers.scheduled_jobs import schedule
 
 __all__ = [
     "DEFAULT_RATING_SOURCE",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 FLOW = "survey"
-QUEUE = settings.queue("surveys")
+QUEUE = current().settings.queue("surveys")
 TEMPLATE = load_templates()["survey_invitation"]
 
 
@@ -60,6 +60,7 @@ def _rated(s: Session, case_id: str) -> bool:
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
 def schedule_survey(job: dict[str, Any]) -> None:
     """Plan the invitation for ``survey_delay_s`` after completion, unless already rated."""
+    settings = current().settings
     case = parse_job(CaseJob, job, "schedule_survey")
     if case is None or case.completed_at is None:
         return
@@ -76,6 +77,7 @@ def schedule_survey(job: dict[str, Any]) -> None:
 @dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
 def send_survey(job: dict[str, Any]) -> None:
     """Persist and send the invitation (deferred out of quiet hours by the citizen rules)."""
+    settings = current().settings
     case = parse_job(CaseJob, job, "send_survey")
     if case is None or case.completed_at is None:
         return
@@ -117,6 +119,7 @@ def record_default_rating(job: dict[str, Any]) -> None:
     an ``evaluation.submitted`` from ``DEFAULT_RATING_SOURCE``; a real rating that arrived first
     makes this a no-op.
     """
+    settings = current().settings
     case = parse_job(CaseJob, job, "record_default_rating")
     if case is None or case.completed_at is None:
         return
@@ -134,10 +137,10 @@ def record_default_rating(job: dict[str, Any]) -> None:
             "comment": "逾期未评价，系统默认基本满意",
             "department": case.department,
             "service_point_id": case.service_point_id,
-            "evaluated_at": CLOCK.utcnow().isoformat(),
+            "evaluated_at": current().clock.utcnow().isoformat(),
         },
         source=DEFAULT_RATING_SOURCE,
-        occurred_at=CLOCK.utcnow(),
+        occurred_at=current().clock.utcnow(),
     )
     # Raises PublishError unless confirmed: the job is retried, and a rating published twice is
     # one event id, which the relay and the stream de-duplicate.
