@@ -27,7 +27,7 @@ __all__ = [
 #: Every job by its actor's name → the queue (short name, see ``Settings.queue``) that actor
 #: consumes. Whoever hands a job over by name (the stream, the relay's fast path, the
 #: scheduler) finds its queue here instead of importing the worker that declares the actor;
-#: tests/unit/test_job_queues.py checks that each actor is declared on the queue named here.
+#: tests/unit/workers/test_job_queues.py checks that each actor is declared on the queue named here.
 JOB_QUEUES: dict[str, str] = {
     # green channel: the highest priority, a queue of its own
     "raise_green_channel_alert": "alerts",
