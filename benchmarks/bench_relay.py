@@ -29,6 +29,7 @@ from benchmarks.common import (
     queue_depth,
     run_main,
 )
+from infra.amqp import amqp_user
 from infra.processes import wait_until
 from infra.settings import Settings
 from producers.generator import generate_registry
@@ -78,7 +79,9 @@ def preload(settings: Settings, bodies: list[tuple[bytes, str]]) -> None:
                 exchange=s.exchange,
                 routing_key=key,
                 body=body,
-                properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
+                properties=pika.BasicProperties(
+                    delivery_mode=pika.DeliveryMode.Persistent, user_id=amqp_user(s.amqp_url)
+                ),
             )
             if i % 256 == 0:
                 check()

@@ -7,13 +7,18 @@ to the work queues (:mod:`infra.jobs`) both use it: a confirm per message limits
 to about a thousand messages a second, pipelined confirms to what the broker can write.
 :func:`publish_confirmed` is the all-or-nothing form, for a process that publishes an event of
 its own onto the ingest exchange (the surveys worker's default rating) without the producers.
+
+Every message carries the AMQP ``user_id`` property: the user of the connection's URL
+(:func:`amqp_user`). RabbitMQ refuses a message whose ``user_id`` is not the connection's login
+(unless that user has the ``impersonator`` tag, which no publisher may be given), so the relay
+can trust it to say who published an event (:mod:`infra.sources`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import pika
@@ -34,6 +39,7 @@ __all__ = [
     "Message",
     "Outcome",
     "PublishError",
+    "amqp_user",
     "properties",
     "publish_confirmed",
     "queue_arguments",
@@ -94,18 +100,40 @@ def reason_connection(error: BaseException | str) -> str:
     return f"connection to RabbitMQ failed: {type(error).__name__}{detail}"
 
 
-def properties(message_id: str | None, now: float, seq: int | None = None) -> pika.BasicProperties:
+def amqp_user(parameters: pika.connection.Parameters | str) -> str | None:
+    """The user a connection to ``parameters`` (or an AMQP URL) logs in as; None without one
+    (e.g. a TLS client certificate login)."""
+    if isinstance(parameters, str):
+        parameters = pika.URLParameters(parameters)
+    username = getattr(parameters.credentials, "username", None)
+    return username if isinstance(username, str) and username else None
+
+
+def properties(
+    message_id: str | None,
+    now: float,
+    seq: int | None = None,
+    *,
+    user_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> pika.BasicProperties:
     """Persistent JSON with the publish time: AMQP ``timestamp`` (seconds) and, in a header,
-    milliseconds, so the relay can report how long events waited in the queue."""
-    headers: dict[str, int] = {"timestamp_in_ms": int(now * 1000)}
+    milliseconds, so the relay can report how long events waited in the queue.
+
+    ``user_id`` is the publisher's AMQP user (RabbitMQ checks it against the login; the relay
+    authorises on it); ``headers`` are added as they are (e.g. ``govnotify-http-source``).
+    """
+    all_headers: dict[str, object] = dict(headers or {})
+    all_headers["timestamp_in_ms"] = int(now * 1000)
     if seq is not None:
-        headers[SEQ_HEADER] = seq
+        all_headers[SEQ_HEADER] = seq
     return pika.BasicProperties(
         delivery_mode=pika.DeliveryMode.Persistent,
         content_type="application/json",
         message_id=message_id,
         timestamp=int(now),
-        headers=headers,
+        user_id=user_id,
+        headers=all_headers,
     )
 
 
@@ -116,12 +144,14 @@ def publish_confirmed(
     *,
     window: int = DEFAULT_WINDOW,
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+    headers: Mapping[str, str] | None = None,
 ) -> int:
     """Publish ``(body, routing key, message id)`` triples to ``exchange``; all or raise.
 
     Each message goes out as ``producers.rabbitmq.Publisher.publish_raw`` sends it (persistent,
-    mandatory, :func:`properties`) plus a ``publish_seq`` header, on a connection of its own
-    with pipelined confirms (:class:`ConfirmPipeline`). Returns how many were published.
+    mandatory, :func:`properties`, ``user_id`` = the URL's user, ``headers`` added) plus a
+    ``publish_seq`` header, on a connection of its own with pipelined confirms
+    (:class:`ConfirmPipeline`). Returns how many were published.
 
     Raises:
       PublishError: unless RabbitMQ confirmed (acked and did not return) every message; the
@@ -134,6 +164,7 @@ def publish_confirmed(
         messages,
         window=window,
         confirm_timeout=confirm_timeout,
+        headers=headers,
     ).run()
     failed = [reason for ok, reason in outcomes if not ok]
     if failed:
@@ -173,8 +204,12 @@ class ConfirmPipeline:
         window: int,
         confirm_timeout: float,
         keepalive: Callable[[], None] = lambda: None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self._parameters = parameters
+        #: Every message says who publishes it; RabbitMQ refuses one that lies.
+        self._user_id = amqp_user(parameters)
+        self._headers = dict(headers or {})
         self._exchange = exchange
         self._messages = iter(messages)
         self._window = window
@@ -316,7 +351,13 @@ class ConfirmPipeline:
                     exchange=self._exchange,
                     routing_key=routing_key,
                     body=body,
-                    properties=properties(message_id, time.time(), seq=tag),
+                    properties=properties(
+                        message_id,
+                        time.time(),
+                        seq=tag,
+                        user_id=self._user_id,
+                        headers=self._headers,
+                    ),
                     mandatory=True,
                 )
             except AMQPError as exc:

@@ -109,8 +109,13 @@ def record_dead_letter(
     raw: bytes,
     event_type: str | None = None,
     event_id: str | None = None,
+    publisher: str | None = None,
+    http_source: str | None = None,
 ) -> None:
     """Keep ``raw`` with its reason; the same bytes seen again bump ``count`` and ``last_seen``.
+
+    ``publisher`` (the AMQP user the relay judged an ingest event as) and ``http_source`` (the
+    HTTP source that posted it) let a replay be judged as the first publisher's.
 
     Seen again after a replay, the letter is ``open`` again: the replay did not cure it.
     """
@@ -129,6 +134,8 @@ def record_dead_letter(
         event_type=(event_type or None) and event_type[:64],
         event_id=(event_id or None) and event_id[:64],
         raw=raw,
+        publisher=publisher and publisher[:64],
+        http_source=http_source and http_source[:64],
         count=1,
         first_seen=now,
         last_seen=now,

@@ -8,18 +8,23 @@ Bulk loads (``govnotify publish`` of a whole registry) go through ``publish_many
 messages and the same guarantees, but confirms are pipelined (up to ``window`` messages
 unconfirmed at once) instead of one round trip per message, which is what limits the
 per-message path to about a thousand messages a second.
+
+Every message carries the AMQP ``user_id`` of the connection's login (RabbitMQ checks it; the
+relay authorises on it). An upstream user may only write to the exchange (no configure
+permission, see :mod:`infra.sources`): where declaring is refused, the publisher checks that
+the exchange exists instead and publishes to it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pika
-from pika.exceptions import AMQPError, NackError, UnroutableError
+from pika.exceptions import AMQPError, ChannelClosedByBroker, NackError, UnroutableError
 
 from infra.amqp import (
     DEFAULT_CONFIRM_TIMEOUT_S,
@@ -31,6 +36,7 @@ from infra.amqp import (
     Message,
     Outcome,
     PublishError,
+    amqp_user,
     queue_arguments,
     reason_unroutable,
 )
@@ -137,13 +143,51 @@ class Publisher:
         as ``queue_type`` queues."""
         self.exchange = exchange
         self._parameters = pika.URLParameters(amqp_url)
+        self._user_id = amqp_user(self._parameters)
         self._connection = pika.BlockingConnection(self._parameters)
         self._channel = self._connection.channel()
-        if topology:
-            declare_topology(self._channel, exchange, *topology, queue_type=queue_type)
-        else:
-            self._channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
+        try:
+            self._declare(exchange, topology, queue_type)
+        except BaseException:
+            self.close()
+            raise
         self._channel.confirm_delivery()
+
+    def _declare(self, exchange: str, topology: tuple[str, str] | None, queue_type: str) -> None:
+        """Declare the topology (``topology``) or make sure the exchange is there.
+
+        An upstream user may write to the exchange but not declare anything (govnotify's
+        relay owns the topology): a refused declare (403) falls back to checking that the
+        exchange exists. Without ``topology`` the check comes first, so a publisher of an
+        existing exchange never asks for what it may not do.
+        """
+        if topology is None:
+            try:
+                self._channel.exchange_declare(exchange=exchange, passive=True)
+                return
+            except ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+            self._channel = self._connection.channel()
+        try:
+            if topology:
+                declare_topology(self._channel, exchange, *topology, queue_type=queue_type)
+            else:
+                self._channel.exchange_declare(
+                    exchange=exchange, exchange_type="topic", durable=True
+                )
+            return
+        except ChannelClosedByBroker as exc:
+            if exc.reply_code != 403:
+                raise
+        self._channel = self._connection.channel()
+        try:
+            self._channel.exchange_declare(exchange=exchange, passive=True)
+        except ChannelClosedByBroker as missing:
+            raise PublishError(
+                f"exchange {exchange!r} does not exist and this user may not declare it; "
+                "start the relay (it declares the topology) first"
+            ) from missing
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Publisher:
@@ -156,18 +200,28 @@ class Publisher:
             queue_type=settings.rabbitmq_queue_type,
         )
 
-    def publish_raw(self, body: bytes, routing_key: str, *, message_id: str | None = None) -> None:
+    def publish_raw(
+        self,
+        body: bytes,
+        routing_key: str,
+        *,
+        message_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Publish bytes as they are (persistent, mandatory) and wait for the confirm.
 
         The publish time rides along (AMQP ``timestamp`` in seconds, and milliseconds in a
-        header) so the relay can report how long events waited in the queue.
+        header) so the relay can report how long events waited in the queue, and so does the
+        connection's user (``user_id``); ``headers`` are added to the message's headers.
         """
         try:
             self._channel.basic_publish(
                 exchange=self.exchange,
                 routing_key=routing_key,
                 body=body,
-                properties=amqp_properties(message_id, time.time()),
+                properties=amqp_properties(
+                    message_id, time.time(), user_id=self._user_id, headers=headers
+                ),
                 mandatory=True,
             )
         except UnroutableError as exc:
@@ -187,6 +241,7 @@ class Publisher:
         *,
         window: int = DEFAULT_WINDOW,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        headers: Mapping[str, str] | None = None,
     ) -> list[Outcome]:
         """Publish ``(body, routing key, message id)`` triples with pipelined confirms.
 
@@ -196,6 +251,7 @@ class Publisher:
         with the reason :meth:`publish_raw`'s :class:`PublishError` carries (a lost connection
         also names pika's detail). Instead of a round trip per confirm, up to ``window``
         messages are in flight: that is what makes a bulk load about ten times faster.
+        ``headers`` are added to every message (HTTP ingest names its source so).
 
         ``messages`` is consumed lazily, so a generator over a huge file keeps at most
         ``window`` messages in memory. The publishing runs on its own ``SelectConnection`` in
@@ -216,6 +272,7 @@ class Publisher:
             window=window,
             confirm_timeout=confirm_timeout,
             keepalive=self._keepalive,
+            headers=headers,
         )
         return pipeline.run()
 

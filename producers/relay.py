@@ -8,6 +8,14 @@ never dropped silently, never a crash, never redelivered forever. An event whose
 journal already holds is not written again (an upstream publishing it twice); the same id with
 other content is a dead letter (``duplicate_event_id``).
 
+Only a registered publisher gets through (:mod:`infra.sources`): the message's AMQP ``user_id``
+(checked by RabbitMQ against the login) must own the event's ``source``, the source may send
+the event's type, and the routing key must be that type; anything else is a dead letter
+``unauthorised`` that never reaches the journal or Kafka. The registry is read at most every
+``GOVNOTIFY_SOURCES_CACHE_S`` seconds, not per event. An event dated further ahead of our clock
+than ``GOVNOTIFY_MAX_CLOCK_SKEW_S`` is refused (``occurred_in_future``): the registry keeps the
+newest state by ``occurred_at``, and one dated 9999 would freeze a license.
+
 Kafka may come back empty (the embedded Tansu keeps nothing across a restart). The relay keeps
 an epoch marker in Kafka and checks it every ``kafka_epoch_check_s``; when it is gone, a new
 epoch begins (:mod:`producers.epochs`) and every journaled event the stream has not applied
@@ -20,12 +28,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pika
 from pika.exceptions import AMQPError
 from prometheus_client import Counter, Gauge
 
+from infra.clock import Clock, event_horizon
 from infra.db import session
 from infra.deadletters import record_dead_letter
 from infra.jobs import JobSender
@@ -35,6 +44,7 @@ from infra.metrics import (
     EVENTS_REJECTED,
     EVENTS_RELAYED,
 )
+from infra.sources import HTTP_SOURCE_HEADER, REPLAY_OF_HEADER, CachedRegistry
 from producers.epochs import EpochKeeper
 from producers.kafka import KafkaSink
 from producers.rabbitmq import declare_topology
@@ -45,7 +55,14 @@ from streams.case_rules import apply_case_event
 if TYPE_CHECKING:
     from infra.settings import Settings
 
-__all__ = ["REASON_DUPLICATE_ID", "Relay", "epoch_headers", "published_at"]
+__all__ = [
+    "REASON_DUPLICATE_ID",
+    "REASON_UNAUTHORISED",
+    "Delivery",
+    "Relay",
+    "epoch_headers",
+    "published_at",
+]
 
 log = logging.getLogger("govnotify.relay")
 
@@ -74,6 +91,46 @@ DUPLICATES = Counter(
 
 #: Dead-letter reason of an event id seen before with other content.
 REASON_DUPLICATE_ID = "duplicate_event_id"
+#: Dead-letter reason of an event its publisher may not send (see infra.sources).
+REASON_UNAUTHORISED = "unauthorised"
+
+
+class Delivery(NamedTuple):
+    """One message taken off the ingest queue, with what the relay needs of its properties."""
+
+    tag: int
+    routing_key: str
+    body: bytes
+    #: When it was published (epoch seconds), for the relay lag.
+    published: float
+    #: The AMQP ``user_id`` property: the publisher's login, as RabbitMQ checked it.
+    user_id: str | None
+    #: The ``govnotify-http-source`` header (honoured from govnotify's own user only).
+    http_source: object
+    #: The ``govnotify-replay-of`` header of a replayed dead letter (own user only, too).
+    replay_of: object = None
+
+
+def delivery(
+    method: pika.spec.Basic.Deliver, properties: pika.BasicProperties | None, body: bytes
+) -> Delivery:
+    """A :class:`Delivery` of what ``channel.consume`` yielded."""
+    user_id = properties.user_id if properties is not None else None
+    headers = (properties.headers if properties is not None else None) or {}
+    return Delivery(
+        tag=method.delivery_tag,
+        routing_key=method.routing_key,
+        body=body,
+        published=published_at(properties, time.time()),
+        user_id=user_id if isinstance(user_id, str) and user_id else None,
+        http_source=headers.get(HTTP_SOURCE_HEADER),
+        replay_of=headers.get(REPLAY_OF_HEADER),
+    )
+
+
+def _text(value: object) -> str | None:
+    """A header value kept on a dead letter: text of at most 64 characters, else nothing."""
+    return value[:64] if isinstance(value, str) and value else None
 
 
 def green_channel_job(event: Event, elderly_age: int) -> tuple[str, dict[str, object]] | None:
@@ -127,6 +184,9 @@ class Relay:
         self._known_types = set(event_types())
         self.epochs = EpochKeeper(settings, self.sink)
         self.jobs = JobSender(settings)
+        #: Who may publish what: read from the database at most every sources_cache_s.
+        self.sources = CachedRegistry(settings, ttl_s=settings.sources_cache_s)
+        self.clock = Clock.from_settings(settings)
 
     def _type_label(self, routing_key: str) -> str:
         # Bounded label values: whatever a sender puts in the routing key is not a label.
@@ -190,21 +250,14 @@ class Relay:
             # Kafka's epoch before the first event: a broker that came back empty while we
             # were down gets its missing events re-driven before new ones follow.
             self.epochs.check(keepalive=lambda: connection.process_data_events(0))
-            pending: list[tuple[int, str, bytes, float]] = []
+            pending: list[Delivery] = []
             for method, props, body in channel.consume(
                 s.relay_queue, inactivity_timeout=self.linger_s
             ):
                 if self.epochs.due() and not pending:
                     self.epochs.check(keepalive=lambda: connection.process_data_events(0))
                 if method is not None:
-                    pending.append(
-                        (
-                            method.delivery_tag,
-                            method.routing_key,
-                            body,
-                            published_at(props, time.time()),
-                        )
-                    )
+                    pending.append(delivery(method, props, body))
                 if pending and (method is None or len(pending) >= self.batch_size):
                     self._flush(channel, dlq, pending)
                     pending = []
@@ -243,16 +296,58 @@ class Relay:
             except AMQPError:
                 pass
 
-    def _flush(self, channel, dlq, pending: list[tuple[int, str, bytes, float]]) -> None:  # type: ignore[no-untyped-def]
+    def _flush(self, channel, dlq, pending: list[Delivery]) -> None:  # type: ignore[no-untyped-def]
         entries: list[tuple[JournalEntry, Event]] = []
-        rejected: list[tuple[bytes, str, EventRejected]] = []
-        for _tag, routing_key, body, _published in pending:
-            label = self._type_label(routing_key)
+        #: (body, type label, why, the delivery): the delivery says who published it.
+        rejected: list[tuple[bytes, str, EventRejected, Delivery]] = []
+        try:
+            registry = self.sources.current()
+        except Exception:
+            log.exception("reading the sources registry failed; batch of %d requeued", len(pending))
+            channel.basic_nack(delivery_tag=pending[-1].tag, multiple=True, requeue=True)
+            time.sleep(1.0)
+            return
+        for message in pending:
+            body = message.body
+            label = self._type_label(message.routing_key)
             EVENTS_RECEIVED.labels(event_type=label).inc()
+            publisher = registry.publisher_of(message.user_id, message.replay_of)
+            # An unknown publisher's bytes are not even parsed.
+            refused = registry.check_publisher(publisher)
+            if refused is not None:
+                rejected.append((body, label, EventRejected(REASON_UNAUTHORISED, refused), message))
+                continue
             try:
-                event = parse_event(body, max_bytes=self.settings.max_event_bytes)
+                event = parse_event(
+                    body,
+                    max_bytes=self.settings.max_event_bytes,
+                    now=event_horizon(self.clock),
+                    max_skew=self.settings.max_clock_skew_s,
+                )
             except EventRejected as exc:
-                rejected.append((body, label, exc))
+                rejected.append((body, label, exc, message))
+                continue
+            refused = registry.authorize(
+                publisher,
+                event.envelope.source,
+                event.event_type,
+                message.routing_key,
+                http_source=message.http_source,
+            )
+            if refused is not None:
+                rejected.append(
+                    (
+                        body,
+                        label,
+                        EventRejected(
+                            REASON_UNAUTHORISED,
+                            refused,
+                            event_type=event.event_type,
+                            event_id=event.event_id,
+                        ),
+                        message,
+                    )
+                )
                 continue
             entry = JournalEntry(
                 event_id=event.event_id,
@@ -263,7 +358,7 @@ class Relay:
                 body=event.to_json_bytes(),
             )
             entries.append((entry, event))
-        last_tag = pending[-1][0]
+        last_tag = pending[-1].tag
         epoch = self.epochs.current
         try:
             # Journal first: once Kafka has an event, the journal must know it, so that a
@@ -279,8 +374,8 @@ class Relay:
                 mark_relayed(
                     s, [e.event_id for e in verdict.forward], epoch.generation if epoch else 0
                 )
-            for body, label, exc in rejected:
-                self._dead_letter(dlq, body, label, exc)
+            for body, label, exc, message in rejected:
+                self._dead_letter(dlq, body, label, exc, message)
             for entry in verdict.conflicts:
                 self._dead_letter(
                     dlq,
@@ -302,7 +397,7 @@ class Relay:
             return
         channel.basic_ack(delivery_tag=last_tag, multiple=True)
         # The oldest message of the batch, from publish (or receipt) to Kafka's ack.
-        oldest = min(published for _tag, _key, _body, published in pending)
+        oldest = min(message.published for message in pending)
         RELAY_LAG.set(max(0.0, time.time() - oldest))
         for topic, _key, _value in records:
             EVENTS_RELAYED.labels(topic=topic).inc()
@@ -336,7 +431,16 @@ class Relay:
         for actor_name, _job in jobs:
             FAST_PATH.labels(actor=actor_name).inc()
 
-    def _dead_letter(self, dlq, body: bytes, label: str, exc: EventRejected) -> None:  # type: ignore[no-untyped-def]
+    def _dead_letter(  # type: ignore[no-untyped-def]
+        self, dlq, body: bytes, label: str, exc: EventRejected, message: Delivery | None = None
+    ) -> None:
+        # Who sent it, so that a replay is judged as its first publisher's (infra.sources).
+        publisher = http_source = None
+        if message is not None:
+            # As the registry judged it: a replay header counts from govnotify's own user only.
+            replayed = message.user_id == self.sources.own_user and _text(message.replay_of)
+            publisher = replayed or message.user_id
+            http_source = _text(message.http_source)
         with session(self.settings) as s:
             record_dead_letter(
                 s,
@@ -346,6 +450,8 @@ class Relay:
                 raw=body,
                 event_type=exc.event_type,
                 event_id=exc.event_id,
+                publisher=publisher,
+                http_source=http_source,
             )
         dlq.basic_publish(
             exchange="",

@@ -6,6 +6,7 @@ of the contract: add a reason only together with the dead-letter and metric hand
 
 from __future__ import annotations
 
+from schemas.escaping import escape_controls
 from schemas.pii import mask_pii
 
 __all__ = ["MAX_DETAIL_CHARS", "REJECT_REASONS", "EventRejected"]
@@ -20,6 +21,16 @@ REJECT_REASONS: tuple[str, ...] = (
     # The id of an event accepted before, now with other content (the ingest journal keeps
     # the first; an upstream reusing ids would otherwise have its second event lost unseen).
     "duplicate_event_id",
+    # The publisher may not send it: an AMQP user the sources registry does not know, a
+    # ``source`` that is not that user's, a type the source may not send, or a routing key
+    # other than the event type (producers.relay; infra.sources.SourceRegistry.authorize).
+    "unauthorised",
+    # Text a citizen's SMS or a staff message must not carry (control or bidi characters,
+    # links in SMS): refused at ingest rather than sent.
+    "unsafe_text",
+    # An ``occurred_at`` later than now plus the allowed clock skew: it would outrank every
+    # real event of its entity (newer wins) and pin that entity's state.
+    "occurred_in_future",
 )
 
 #: Longest ``detail`` kept; dead-letter headers and metric exemplars stay small.
@@ -45,9 +56,10 @@ class EventRejected(Exception):
     ) -> None:
         if reason not in REJECT_REASONS:
             raise ValueError(f"unknown reject reason {reason!r}; expected one of {REJECT_REASONS}")
-        # The detail travels to logs, dead letters and back to the sender: mask here, once, so no
-        # caller can forget to.
-        detail = mask_pii(detail)
+        # The detail travels to logs, dead letters, headers and back to the sender, and may quote
+        # what the sender chose (a field name, an id): mask and escape here, once, so no caller
+        # can forget to.
+        detail = escape_controls(mask_pii(detail))
         if len(detail) > MAX_DETAIL_CHARS:
             detail = detail[: MAX_DETAIL_CHARS - 1] + "…"
         super().__init__(reason, detail)

@@ -37,9 +37,11 @@ __all__ = [
     "Notification",
     "NotificationStatus",
     "NotificationStatusEvent",
+    "OperatorAudit",
     "OptOut",
     "RectificationTicket",
     "ScheduledJob",
+    "Source",
     "StaffAlert",
     "Suppression",
     "set_utc_source",
@@ -309,6 +311,10 @@ class DeadLetter(SQLModel, table=True):
     event_type: str | None = Field(default=None, max_length=64)
     event_id: str | None = Field(default=None, max_length=64)
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    #: Ingest letters: the AMQP user the event was judged as (its publisher), and the HTTP
+    #: source that posted it, if any; a replay is published on that publisher's behalf.
+    publisher: str | None = Field(default=None, max_length=64)
+    http_source: str | None = Field(default=None, max_length=64)
     count: int = 1
     first_seen: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     last_seen: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
@@ -511,3 +517,50 @@ class Checkpoint(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=200)
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class Source(SQLModel, table=True):
+    """An upstream system allowed to publish events: the sources registry.
+
+    ``name`` is what its events carry as the envelope's ``source``. It publishes over AMQP as
+    ``amqp_user`` (RabbitMQ checks the ``user_id`` property against the connection's login,
+    so the relay knows who really sent a message; one user may own several sources), or over
+    HTTP with a token whose salted HMAC is kept here, never the token. ``event_types`` is the
+    comma-separated list of types it may send. A disabled source is refused from
+    ``disabled_at`` on (the row stays, for the record).
+    """
+
+    __tablename__ = "source"
+
+    name: str = Field(primary_key=True, max_length=64)
+    #: The RabbitMQ user that publishes it; None for a source that only posts over HTTP.
+    amqp_user: str | None = Field(default=None, max_length=64, index=True)
+    #: Comma-separated event types it may send (sorted, no blanks).
+    event_types: str = Field(sa_column=Column(Text, nullable=False))
+    #: Public half of the HTTP token, to find the row; None when it has no HTTP access.
+    token_id: str | None = Field(default=None, max_length=32, unique=True)
+    #: ``hmac-sha256$<salt>$<digest>`` of the token's secret half (infra.sources).
+    token_hash: str | None = Field(default=None, max_length=200)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    disabled_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+
+
+class OperatorAudit(SQLModel, table=True):
+    """What an operator did that touches trust or personal data: who, when, to what.
+
+    Written in the same transaction as the change it records (adding or disabling a source,
+    revealing a call list's numbers), never updated or deleted by govnotify.
+    """
+
+    __tablename__ = "operator_audit"
+    __table_args__ = (Index("ix_operator_audit_at", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    #: The operating-system user who ran the command.
+    operator: str = Field(max_length=64)
+    #: Dotted command, e.g. ``sources.add`` or ``call-list.reveal``.
+    action: str = Field(max_length=64)
+    #: What it acted on (a source name, a department); never a phone or ID number.
+    subject: str = Field(max_length=200)
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))

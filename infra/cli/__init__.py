@@ -27,6 +27,7 @@ from infra.cli import (
     retention,
     satisfaction,
     services,
+    sources,
     suppression,
     top,
     workdays,
@@ -54,6 +55,7 @@ COMMAND_GROUPS = (
     dead_letters,
     retention,
     suppression,
+    sources,
     top,
     demo,
 )

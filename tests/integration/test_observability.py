@@ -19,6 +19,7 @@ import pika
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from infra.amqp import amqp_user
 from infra.clock import Clock
 from infra.db import session
 from infra.dbgauges import DatabaseGauges
@@ -170,6 +171,8 @@ def test_relay_lag_is_the_age_of_the_oldest_event_of_the_batch(
             event.to_json_bytes(),
             pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent,
+                # the publisher's RabbitMQ user, which the relay checks against the sources
+                user_id=amqp_user(settings.amqp_url),
                 timestamp=int(published),
                 headers={"timestamp_in_ms": int(published * 1000)},
             ),
