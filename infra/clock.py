@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from schemas.models import set_utc_source, utcnow
 
-__all__ = ["Clock", "install_clock", "to_wall_time", "uninstall_clock"]
+__all__ = ["Clock", "event_horizon", "install_clock", "to_wall_time", "uninstall_clock"]
 
 
 class Clock:
@@ -104,3 +104,16 @@ def to_wall_time(instant: dt.datetime) -> dt.datetime:
     instant it was written at. In production the two are the same and this changes nothing.
     """
     return instant - (utcnow() - dt.datetime.now(dt.UTC))
+
+
+def event_horizon(clock: Clock) -> dt.datetime:
+    """The latest "now" an incoming event may be judged against: the later of ``clock`` and
+    the real time (UTC).
+
+    In production the two are one. On a clock pinned to another day (the demo, the tests, a
+    replay of history) upstream systems still stamp events with their own time, which may be
+    ahead of the pinned clock without being in anyone's future; an ``occurred_at`` beyond both
+    (say 9999-12-31) is what the clock-skew check refuses.
+    """
+    return max(clock.utcnow(), dt.datetime.now(dt.UTC))
+

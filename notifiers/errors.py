@@ -28,6 +28,7 @@ __all__ = [
     "RecipientUnsubscribedError",
     "TransientDeliveryError",
     "UnknownStatusWordError",
+    "UnsafeTextError",
     "UnsupportedRecipientError",
 ]
 
@@ -106,6 +107,43 @@ class MessageRejectedError(PermanentDeliveryError):
     """Raised when the content is refused: empty, too long, a URL, or filtered by the provider."""
 
     default_reason = "content_rejected"
+
+
+class UnsafeTextError(MessageRejectedError):
+    """Raised when a value for an SMS holds a link, a phone number, a line break, 【】 or a
+    character not allowed in an SMS (the rule of ``schemas.events.sms_text_problem``)."""
+
+    default_reason = "unsafe_text"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+        code: str | int | None = None,
+        provider: str | None = None,
+    ) -> None:
+        #: The template parameter (or payload field) whose value was refused; never the value.
+        self.field = field
+        super().__init__(message, reason=reason, code=code, provider=provider)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_unsafe,
+            (type(self), self.message, self.field, self.reason, self.code, self.provider),
+        )
+
+
+def _rebuild_unsafe(
+    cls: type[UnsafeTextError],
+    message: str,
+    field: str | None,
+    reason: str,
+    code: str | None,
+    provider: str | None,
+) -> UnsafeTextError:
+    return cls(message, field=field, reason=reason, code=code, provider=provider)
 
 
 # ---- transient: retry with backoff -----------------------------------------------------------

@@ -3,19 +3,31 @@
 A template is plain text with ``{name}`` placeholders (``str.format`` syntax, named fields only).
 Loading rejects bad syntax, positional or attribute fields, links, and placeholders that differ
 from what the flow provides; rendering adds the sender's signature and the opt-out hint and
-refuses missing values or values that smuggle in a link.
+refuses missing values. Every value is checked again with the ingest rule for text that may
+reach an SMS (:func:`schemas.events.sms_text_problem`): a value may come from the database or a
+job, not only from a validated event, and one with a link, a phone number, a line break or 【】
+is refused for good (:class:`UnsafeValueError`), naming the parameter, never quoting the value.
 """
 
 from __future__ import annotations
 
 import string
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
+from notifiers.errors import UnsafeTextError
 from notifiers.sms.text import contains_url
+from schemas.events import sms_text_problem
 
-__all__ = ["REQUIRED_PLACEHOLDERS", "SmsTemplate", "TemplateError", "load_templates"]
+__all__ = [
+    "REQUIRED_PLACEHOLDERS",
+    "SmsTemplate",
+    "TemplateError",
+    "UnsafeValueError",
+    "load_templates",
+]
 
 #: Placeholders each shipped template must use, exactly: the flow that renders it provides
 #: these values and no others. A template file not listed here is loaded without this check.
@@ -35,6 +47,19 @@ _FORMATTER = string.Formatter()
 
 class TemplateError(ValueError):
     """Raised when a template is malformed or rendered with missing values."""
+
+
+class UnsafeValueError(TemplateError, UnsafeTextError):
+    """Raised when a value (or the rendered text) is not safe for an SMS; permanent.
+
+    Both a :class:`TemplateError` (what rendering raises) and an
+    :class:`~notifiers.errors.UnsafeTextError` (a permanent delivery error: the same value can
+    never be sent, so retrying cannot help).
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None, **kwargs: object) -> None:
+        # ValueError comes first in the MRO but takes no keywords: initialise the delivery side.
+        UnsafeTextError.__init__(self, message, field=field, **kwargs)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -80,9 +105,9 @@ class SmsTemplate:
                 raise TemplateError(f"template {name!r}: nested placeholder in {{{field}:{spec}}}")
             placeholders.add(field)
 
-        # Literal text only: a link built from a value is caught at render time.
-        literal_text = "".join(literal for literal, *_ in fields)
-        if contains_url(literal_text):
+        # Literal text only, each piece on its own (joining them across a placeholder makes
+        # neighbours that no rendering has): a link built with a value is caught at render time.
+        if any(contains_url(literal) for literal, *_ in fields):
             raise TemplateError(
                 f"template {name!r} contains a URL; links are refused in SMS to mainland China"
             )
@@ -105,9 +130,12 @@ class SmsTemplate:
     ) -> str:
         """``signature`` + the filled-in text + ``opt_out_hint``.
 
+        Values are NFKC-normalised, as at ingest, before they are checked and filled in.
+
         Raises:
-          TemplateError: when the signature is blank, a placeholder has no value, or a value
-            (or the finished text) contains a URL.
+          TemplateError: when the signature is blank or a placeholder has no value.
+          UnsafeValueError: when a value breaks the SMS text rule (a link, a phone number, a
+            line break, 【】, a character not allowed), or the finished text contains a URL.
         """
         if not signature.strip():
             # Every citizen message carries the sender's signature (【长安政务】): carriers in
@@ -116,10 +144,19 @@ class SmsTemplate:
         missing = sorted(self.placeholders - values.keys())
         if missing:
             raise TemplateError(f"template {self.name!r}: no value for {', '.join(missing)}")
-        used = {key: values[key] for key in self.placeholders}
-        for key, value in used.items():
-            if contains_url(str(value)):
-                raise TemplateError(f"template {self.name!r}: value of {key} contains a URL")
+        used: dict[str, object] = {}
+        for key in sorted(self.placeholders):
+            value = values[key]
+            # Text is sent in the form it was checked in; numbers and dates keep their type
+            # for format specs ({days:02d}) and are checked as they will read.
+            if isinstance(value, str):
+                value = unicodedata.normalize("NFKC", value)
+            problem = sms_text_problem(str(value))
+            if problem is not None:
+                raise UnsafeValueError(
+                    f"template {self.name!r}: value of {key} {problem}", field=key
+                )
+            used[key] = value
         try:
             body = self.text.format_map(used)
         except (ValueError, TypeError) as exc:
@@ -127,7 +164,7 @@ class SmsTemplate:
         text = f"{signature}{body}{opt_out_hint}"
         if contains_url(text):
             # A value next to literal text can still form a domain ("{host}/x").
-            raise TemplateError(f"template {self.name!r}: rendered text contains a URL")
+            raise UnsafeValueError(f"template {self.name!r}: rendered text contains a URL")
         return text
 
 

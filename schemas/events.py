@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from schemas.categories import CATEGORY_CODES
 from schemas.errors import EventRejected
@@ -40,7 +43,12 @@ __all__ = [
     "DEFAULT_RATING_SOURCE",
     "EVENT_REGISTRY",
     "FAMILIES",
+    "LINK_PATTERN",
+    "MAX_CLOCK_SKEW_S",
     "MAX_EVENT_BYTES",
+    "PHONE_RUN",
+    "SMS_PUNCTUATION",
+    "UNSAFE_TEXT",
     "Applicant",
     "CallbackCompletedPayload",
     "CaseCompletedPayload",
@@ -53,16 +61,26 @@ __all__ = [
     "LicensePayload",
     "LicenseRevokedPayload",
     "ServicePoint",
+    "SmsId",
+    "SmsName",
     "Steward",
+    "contains_link",
+    "contains_phone",
     "event_types",
     "make_event",
     "parse_event",
     "register",
+    "sms_text_problem",
     "spec_for",
 ]
 
 #: Largest accepted raw event; matches the default of ``GOVNOTIFY_MAX_EVENT_BYTES``.
 MAX_EVENT_BYTES = 64 * 1024
+
+#: How far ``occurred_at`` may be ahead of our clock before the event is refused
+#: (``occurred_in_future``); the default of ``GOVNOTIFY_MAX_CLOCK_SKEW_S``. Upstream clocks drift
+#: by seconds; an event dated hours or years ahead would freeze the state kept by occurred_at.
+MAX_CLOCK_SKEW_S = 300
 
 #: Kafka topic families; each event type belongs to exactly one.
 FAMILIES: tuple[str, ...] = ("licenses", "cases", "evaluations")
@@ -92,8 +110,172 @@ def _known_category(value: str) -> str:
     return value
 
 
+# ---- text that may reach an SMS ------------------------------------------------------------
+# Upstream free text (a service item, a department, a steward's name) is rendered into SMS sent
+# under the centre's signature. Whatever could make such a message lie about who sends it or
+# send the citizen elsewhere is refused at ingest, not stripped: a link, a phone number, a line
+# break (a second "message" under a fake 【公安局】), the signature brackets themselves, control
+# and invisible characters. notifiers.templates applies the same rule again when rendering.
+
+#: pydantic error type of a value refused by the rule; :func:`parse_event` turns it into the
+#: reject reason ``unsafe_text``.
+UNSAFE_TEXT = "unsafe_text"
+
+#: Punctuation allowed besides letters and digits, after NFKC (which has already turned
+#: full-width ，（）：；！？ into their ASCII forms and the ideographic space into a space). The
+#: ASCII period is allowed only where it cannot start a domain label (see ``_DOMAIN_DOT``).
+SMS_PUNCTUATION = frozenset(" ,.()-:;!?'\"&、。“”‘’《》〔〕·・•—–")
+
+# The SMS signature's brackets and their look-alikes: only our own signature may use them.
+_SIGNATURE_BRACKETS = frozenset("【】〖〗")
+# Letters that render as nothing (Hangul fillers are category Lo): a hidden payload.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+# Dots a phone or a reader takes for a domain separator, after NFKC (．→ . and ｡ → 。).
+_DOTS = ".。·・"
+_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Top-level domains of more than two letters that count on their own; every two-letter TLD (a
+# country code: .cn, .ru, .io) counts. "Mr.Smith" or "e.g." is not a link; "evil.ru" is.
+_GENERIC_TLDS = (
+    "com|net|org|gov|edu|mil|int|info|biz|top|xyz|vip|site|online|app|link|shop|club|wang|ink"
+    "|mobi|asia|pro|name|tel|live|store|tech|cloud|fun|icu|work|red|ltd|group|cyou|press|space"
+    "|website|host|art|love|life|news|video|email|bank|law"
+)
+# IDN top-level domains in Chinese (例子.中国); after "." only: "。中国" is an ordinary sentence.
+_CJK_TLDS = (
+    "中国|中國|公司|网络|網絡|网址|网站|在线|中文网|商城|商店|商标|集团|手机|政务|公益|我爱你"
+    "|信息|企业|娱乐|游戏|购物|移动|联通|广东|香港|台湾|台灣|澳门|新加坡|佛山|慈善|健康|时尚|微博"
+)
+_ASCII_TLD = rf"(?:[a-z]{{2}}|{_GENERIC_TLDS})(?![a-z0-9-])"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+
+#: Anything a phone would make tappable or a reader would type into a browser, on NFKC text:
+#: a scheme (``https://``, ``tel:``), ``www.``, a punycode label (``xn--``), an IPv4 address
+#: (with any port or path), an ASCII domain with ``.``/``。``/``·`` between labels and a known
+#: TLD, or an internationalised domain (``例子.中国``, ``政务。cn``).
+LINK_PATTERN = re.compile(
+    rf"""
+      [a-z][a-z0-9+.-]{{0,30}}:\s*//                                    # any scheme with //
+    | (?<![a-z0-9])(?:https?|ftp|mailto|tel|sms|smsto|weixin|alipays?|intent|market|javascript
+        |data|file)\s*:                                                 # schemes without //
+    | (?<![a-z0-9])www\s*[{_DOTS}]                                      # www. without a scheme
+    | (?<![a-z0-9])xn--                                                 # punycode (IDN) label
+    | (?<![0-9.])[0-9]{{1,3}}(?:[.。][0-9]{{1,3}}){{3}}(?![0-9])         # IPv4, port/path after
+    | (?<![a-z0-9-]){_LABEL}(?:[{_DOTS}]{_LABEL})*[{_DOTS}]{_ASCII_TLD}  # evil.ru, gov-check。cn
+    | [{_CJK}]+(?:[.](?:{_CJK_TLDS}|{_ASCII_TLD})|[。·・]{_ASCII_TLD})    # 例子.中国, 政务。cn
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+# The ASCII period may end a sentence or sit in a number (12.5), never before a letter, where
+# it could form a domain ("evil.anything", "长安.abc"); LINK_PATTERN catches the rest.
+_DOMAIN_DOT = re.compile(r"\.(?=[A-Za-z])")
+
+#: A run of digits, optionally after ``+`` and with single spaces or hyphens between groups
+#: (``029-8888 6666``, ``+86 138 0013 8000``). A run touching an ASCII letter, or joined to one
+#: by a hyphen, is part of a code (``JY16101160012345``, ``SX-SP-2023-0456``, a hex id), not
+#: something to dial.
+PHONE_RUN = re.compile(
+    r"(?<![0-9A-Za-z])(?<![A-Za-z]-)(\+\s?)?[0-9](?:[ -]?[0-9])*(?![0-9A-Za-z])(?!-[A-Za-z])"
+)
+
+
+def _is_phone(plus: bool, digits: str) -> bool:
+    """Whether a digit run is dialable in China (the numbering plan, not any 7 digits)."""
+    n = len(digits)
+    return (
+        (plus and n >= 5)  # +86 …, or any international number
+        or 7 <= n <= 8  # a local fixed-line number (8888 6666)
+        or (digits[0] == "0" and n >= 9)  # area code + local number, or 00 international
+        or (digits[0] == "1" and n == 11)  # a mobile
+        or (digits[:3] in ("400", "800") and n == 10)  # a service hotline
+        or (digits[:2] == "86" and 12 <= n <= 13)  # 86 + a mobile or fixed line, no "+"
+    )
+
+
+def contains_link(text: str) -> bool:
+    """True when ``text`` (any normalisation) holds something link-shaped, see LINK_PATTERN."""
+    return LINK_PATTERN.search(unicodedata.normalize("NFKC", text)) is not None
+
+
+def contains_phone(text: str) -> bool:
+    """True when ``text`` (any normalisation) holds a number one could dial in China."""
+    for m in PHONE_RUN.finditer(unicodedata.normalize("NFKC", text)):
+        digits = re.sub(r"[^0-9]", "", m.group(0))
+        if _is_phone(m.group(1) is not None, digits):
+            return True
+    return False
+
+
+def _allowed_char(ch: str, previous: str) -> bool:
+    if "0" <= ch <= "9" or ch in SMS_PUNCTUATION:
+        return True
+    category = unicodedata.category(ch)
+    if category[0] == "L":
+        return ch not in _INVISIBLE_LETTERS
+    # Combining marks (Tibetan vowel signs, say) only on a letter.
+    return category[0] == "M" and unicodedata.category(previous)[:1] in ("L", "M")
+
+
+def sms_text_problem(text: str) -> str | None:
+    """Why ``text`` may not reach an SMS, or None when it may; never quotes the text.
+
+    The rule of :data:`SmsName` and of :meth:`notifiers.templates.SmsTemplate.render`: NFKC
+    first, then no line break or control character, no 【】, no link, no phone number, and
+    only letters, ASCII digits and :data:`SMS_PUNCTUATION`.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
+        return "contains a line break or control character"
+    if any(ch in _SIGNATURE_BRACKETS for ch in text):
+        return "contains 【】 brackets, reserved for the SMS signature"
+    if LINK_PATTERN.search(text) or _DOMAIN_DOT.search(text):
+        return "contains a link (URL or domain)"
+    if contains_phone(text):
+        return "contains a phone number"
+    for previous, ch in zip(" " + text, text, strict=False):
+        if not _allowed_char(ch, previous):
+            name = unicodedata.name(ch, "unnamed").lower()
+            return f"contains a character not allowed in an SMS (U+{ord(ch):04X} {name})"
+    return None
+
+
+def _sms_safe(value: str) -> str:
+    normalised = unicodedata.normalize("NFKC", value)
+    problem = sms_text_problem(normalised)
+    if problem is not None:
+        raise PydanticCustomError(UNSAFE_TEXT, "unsafe text: {problem}", {"problem": problem})
+    return normalised
+
+
+def _sms_schema(max_length: int, description: str) -> dict[str, Any]:
+    # JSON Schema (and upstream validators in other languages) can carry the character rule:
+    # no control characters, line breaks or signature brackets. Links and phone numbers are
+    # checked at ingest only; the description says so.
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029【】〖〗]+$",
+        "description": description
+        + " Text that may reach an SMS: letters, digits and common punctuation; no link, phone"
+        " number, line break or 【】 (refused at ingest with reason unsafe_text).",
+    }
+
+
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+#: A name or title that may be rendered into an SMS (holder, department, service item, point).
+SmsName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    AfterValidator(_sms_safe),
+    WithJsonSchema(_sms_schema(100, "A name that may appear in an SMS.")),
+]
+#: An identifier that may be rendered into an SMS (the license number in a renewal reminder).
+SmsId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    AfterValidator(_sms_safe),
+    WithJsonSchema(_sms_schema(64, "An identifier that may appear in an SMS.")),
+]
 FreeText = Annotated[str, StringConstraints(max_length=1000)]
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
 Day = Annotated[dt.date, BeforeValidator(_iso_only)]
@@ -161,11 +343,11 @@ class LicensePayload(BaseModel):
         },
     )
 
-    license_id: Id
+    license_id: SmsId
     category: CategoryCode
-    holder_name: Name
+    holder_name: SmsName
     holder_mobile: MobileNumber
-    issuing_department: Name
+    issuing_department: SmsName
     issued_on: Day
     expires_on: Day
 
@@ -193,7 +375,8 @@ class LicenseRevokedPayload(BaseModel):
         },
     )
 
-    license_id: Id
+    # The same type as in license.issued: the same key, normalised the same way.
+    license_id: SmsId
     reason: Annotated[str, StringConstraints(max_length=500)] = ""
     revoked_on: Day
 
@@ -204,7 +387,7 @@ class ServicePoint(BaseModel):
     model_config = _FROZEN
 
     id: Id
-    name: Name
+    name: SmsName
     level: ServicePointLevel
 
 
@@ -214,7 +397,7 @@ class Applicant(BaseModel):
     model_config = _FROZEN
 
     kind: Literal["citizen", "enterprise"]
-    name: Name
+    name: SmsName
     mobile: MobileNumber
     age: Annotated[StrictInt, Field(ge=0, le=130)] | None = None
     special_groups: tuple[SpecialGroup, ...] = Field(
@@ -237,9 +420,9 @@ class Steward(BaseModel):
     model_config = _FROZEN
 
     staff_id: Id
-    name: Name
+    name: SmsName
     mobile: MobileNumber | None = None
-    department: Name
+    department: SmsName
 
 
 _CASE_EXAMPLE: dict[str, Any] = {
@@ -284,8 +467,8 @@ class CasePayload(BaseModel):
     )
 
     case_id: Id
-    service_item: Name
-    department: Name
+    service_item: SmsName
+    department: SmsName
     service_point: ServicePoint
     applicant: Applicant
     key_project: StrictBool = False
@@ -357,7 +540,7 @@ class EvaluationPayload(BaseModel):
         default=None, description="Required when real_name is true."
     )
     comment: FreeText = ""
-    department: Name
+    department: SmsName
     service_point_id: Id
     evaluated_at: Timestamp
 
@@ -586,8 +769,31 @@ def _readable_id(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-def parse_event(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
-    """Validate raw event bytes into an :class:`Event`, or raise :class:`EventRejected`."""
+def _reason(exc: ValidationError) -> str:
+    """``unsafe_text`` when any field broke the SMS text rule, else ``schema_violation``."""
+    if any(err["type"] == UNSAFE_TEXT for err in exc.errors(include_url=False)):
+        return UNSAFE_TEXT
+    return "schema_violation"
+
+
+def parse_event(
+    raw: bytes,
+    *,
+    max_bytes: int = MAX_EVENT_BYTES,
+    now: dt.datetime | None = None,
+    max_skew: dt.timedelta | float = MAX_CLOCK_SKEW_S,
+) -> Event:
+    """Validate raw event bytes into an :class:`Event`, or raise :class:`EventRejected`.
+
+    Parameters:
+      raw: the event as received.
+      max_bytes: the largest accepted event (``oversize`` beyond).
+      now: the receiver's clock (``infra.clock``), timezone-aware. When given, an event whose
+        ``occurred_at`` is more than ``max_skew`` ahead of it is refused (``occurred_in_future``):
+        state kept by occurred_at (the license registry) would otherwise ignore every genuine
+        event until that date. Without it (tests, ``make_event``) the time is not checked.
+      max_skew: seconds (or a timedelta) an upstream clock may run ahead of ours.
+    """
     if len(raw) > max_bytes:
         raise EventRejected("oversize", f"event is {len(raw)} bytes; the limit is {max_bytes}")
     try:
@@ -629,12 +835,25 @@ def parse_event(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
         raise EventRejected(
             "schema_violation", _describe(exc), event_type=event_type, event_id=event_id
         ) from None
+    if now is not None:
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware (infra.clock's utcnow)")
+        skew = max_skew if isinstance(max_skew, dt.timedelta) else dt.timedelta(seconds=max_skew)
+        ahead = envelope.occurred_at - now
+        if ahead > skew:
+            raise EventRejected(
+                "occurred_in_future",
+                f"occurred_at is {int(ahead.total_seconds())} s ahead of the receiver's clock; "
+                f"at most {int(skew.total_seconds())} s is allowed",
+                event_type=event_type,
+                event_id=event_id,
+            )
     spec = spec_for(envelope.event_type, envelope.schema_version)
     try:
         payload = spec.payload_model.model_validate(envelope.payload)
     except ValidationError as exc:
         raise EventRejected(
-            "schema_violation",
+            _reason(exc),
             _describe(exc, "payload"),
             event_type=event_type,
             event_id=event_id,

@@ -2,8 +2,10 @@
 
 Alerts are critical: their own queue and the highest priority, so a backlog of surveys or
 reminders never delays them; no quiet hours, no caps. Not acknowledged within
-``green_escalate_after_s`` → escalated to the hall supervisor. Every alert keeps its timestamps
-(event, sent, acknowledged, escalated) for response times per service point.
+``green_escalate_after_s`` → escalated to the hall supervisor. The escalation is scheduled
+before the first send: an alert its robot refuses for good (a dead letter) still reaches the
+supervisor when it falls due. Every alert keeps its timestamps (event, sent, acknowledged,
+escalated) for response times per service point.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _escalation_key(case_id: str) -> str:
     queue_name=QUEUE, priority=PRIORITY, **RETRY_OPTIONS, throws=(PermanentDeliveryError,)
 )
 def raise_green_channel_alert(job: dict[str, Any]) -> None:
-    """Alert the service point's on-duty staff, once per case; schedule the escalation."""
+    """Schedule the escalation, then alert the service point's on-duty staff, once per case."""
     settings = current().settings
     case = parse_job(CaseJob, job, "raise_green_channel_alert")
     if case is None:
@@ -106,7 +108,19 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
         ).scalar_one()
     if alert.sent_at is not None:
         return  # already sent (a replay or a redelivery)
-    # An acknowledgement processed first (it raced us) only stops the escalation below: the
+    if alert.acknowledged_at is None:
+        # Before the send, so a send that fails for good (a robot refusing the alert, a dead
+        # letter) still escalates: the supervisor is told in time whatever happens below. An
+        # acknowledgement that lands after this read cancels the job; escalate re-checks anyway.
+        with session(settings) as s:
+            schedule(
+                s,
+                _escalation_key(case.case_id),
+                case.submitted_at + dt.timedelta(seconds=settings.green_escalate_after_s),
+                "escalate_green_channel_alert",
+                case.case_id,
+            )
+    # An acknowledgement processed first (it raced us) only stops the escalation: the
     # staff still get the alert, which is also the record of the special-group applicant.
     try:
         point = directory().service_point(case.service_point_id)
@@ -154,16 +168,11 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
         acknowledged = s.execute(
             select(StaffAlert.acknowledged_at).where(StaffAlert.id == alert.id)
         ).scalar_one()
-        # Acknowledged already: nothing to escalate (escalate re-checks anyway, for the race
-        # where the acknowledgement lands after this read).
-        if acknowledged is None:
-            schedule(
-                s,
-                _escalation_key(case.case_id),
-                case.submitted_at + dt.timedelta(seconds=settings.green_escalate_after_s),
-                "escalate_green_channel_alert",
-                case.case_id,
-            )
+        if acknowledged is not None:
+            # Acknowledged while we sent, maybe before the escalation above was written (so
+            # the acknowledgement's own cancel found nothing): cancel it now. Any later
+            # acknowledgement cancels it itself; escalate re-checks in any case.
+            cancel(s, _escalation_key(case.case_id))
     ALERT_LATENCY.observe(max(0.0, (sent_at - case.submitted_at).total_seconds()))
 
 

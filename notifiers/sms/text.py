@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
+
+from schemas.events import LINK_PATTERN
 
 __all__ = [
     "GSM7_SEGMENT",
@@ -98,5 +101,12 @@ URL_PATTERN = re.compile(
 
 
 def contains_url(text: str) -> bool:
-    """True when ``text`` holds a link; Twilio refuses URLs in SMS to mainland China."""
-    return URL_PATTERN.search(text) is not None
+    """True when ``text`` holds a link; Twilio refuses URLs in SMS to mainland China.
+
+    Checked on the NFKC form, so full-width letters and dots (``ｅｖｉｌ．ｃｏｍ``) are seen as
+    what a phone shows them as, with both :data:`URL_PATTERN` and the ingest rule's
+    :data:`schemas.events.LINK_PATTERN` (ideographic dots ``gov-check。cn``, any country-code
+    TLD ``evil.ru``, IPv4 ``10.1.2.3:8080/a``, punycode ``xn--``, IDN ``例子.中国``).
+    """
+    text = unicodedata.normalize("NFKC", text)
+    return URL_PATTERN.search(text) is not None or LINK_PATTERN.search(text) is not None

@@ -4,11 +4,16 @@ It stands for every ``sandbox://`` entry of the staff directory, and for ``mailt
 while no SMTP server is configured (the zero-setup default); a real implementation for tests,
 as :class:`notifiers.sms.sandbox.SandboxNotifier` is for SMS. The file is
 ``<data_dir>/sandbox-webhooks.jsonl`` (:data:`notifiers.registry.STAFF_SANDBOX_OUTBOX`).
+
+Staff messages name citizens and carry their (masked) numbers and the alerts' data: the file is
+readable by its owner only (0600, an existing looser file is tightened), a folder made for it
+0700.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -16,11 +21,23 @@ from typing import ClassVar
 from notifiers.base import Notifier
 from notifiers.staff import StaffMessage
 from schemas.models import utcnow
+from schemas.pii import mask_numbers
 
 __all__ = ["SandboxWebhook"]
 
 #: One writer at a time within the process, so lines never interleave.
 _SANDBOX_LOCK = threading.Lock()
+#: The file's mode: owner read/write only.
+FILE_MODE = 0o600
+#: The mode of a folder made for it: owner only.
+FOLDER_MODE = 0o700
+
+
+def _open_private(path: Path) -> int:
+    """An append descriptor on ``path``, created 0600 (or tightened to it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
 
 
 class SandboxWebhook(Notifier[StaffMessage, None]):
@@ -37,7 +54,9 @@ class SandboxWebhook(Notifier[StaffMessage, None]):
         #: The directory's key of the webhook this stands for; written in every record.
         self.webhook = name
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        os.close(_open_private(path))
 
     def __repr__(self) -> str:
         return f"SandboxWebhook(webhook={self.webhook!r}, path={str(self.path)!r})"
@@ -50,11 +69,12 @@ class SandboxWebhook(Notifier[StaffMessage, None]):
             "webhook": self.webhook,
             "id": message.message_id,
             "kind": message.kind,
-            "title": message.title,
-            "text": message.text,
+            # As a robot would show it: numbers masked (the file is read by people too).
+            "title": mask_numbers(message.title),
+            "text": mask_numbers(message.text),
             "data": dict(message.data),
             "sent_at": utcnow().isoformat(),
         }
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        with _SANDBOX_LOCK, self.path.open("a", encoding="utf-8") as out:
+        with _SANDBOX_LOCK, os.fdopen(_open_private(self.path), "a", encoding="utf-8") as out:
             out.write(line)

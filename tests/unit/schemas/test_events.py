@@ -453,3 +453,23 @@ def test_categories_are_the_ten_from_data() -> None:
     assert tuple(categories) == CATEGORY_CODES
     assert categories["road_transport"].name_zh == "道路运输经营许可证"
     assert all(c.issuing_department and c.validity_years > 0 for c in categories.values())
+
+
+@pytest.mark.parametrize(
+    ("detail", "shown"),
+    [
+        (
+            "payload.\x1b[31mnote\n2026-01-01 INFO forged",
+            "payload.\\x1b[31mnote\\n2026-01-01 INFO forged",
+        ),
+        ("id \u202egnp.exe", "id \\u202egnp.exe"),
+        ("line\u2028break\rreturn\x00nul", "line\\u2028break\\rreturn\\x00nul"),
+    ],
+)
+def test_a_rejection_detail_is_one_line_with_its_controls_visible(detail: str, shown: str) -> None:
+    # Given a detail quoting what a sender chose (a field name, an id)
+    # When the rejection is made
+    rejected = EventRejected("schema_violation", detail)
+
+    # Then it carries no control character: it goes to logs, headers and terminals
+    assert rejected.detail == shown
