@@ -107,7 +107,7 @@ DEAD_LETTERS = Counter(
 CALLBACK_REQUESTS = Counter(
     "govnotify_callback_requests_total",
     "Provider status callbacks received by the api, by provider and outcome "
-    "(accepted, unsigned, forged, malformed, unconfigured, error).",
+    "(accepted, unsigned, forged, malformed, too_large, unconfigured, error).",
     ["provider", "outcome"],
 )
 STATUS_CALLBACKS_APPLIED = Counter(

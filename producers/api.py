@@ -1,6 +1,6 @@
-"""``govnotify api``: receives provider status callbacks, signed, and applies them.
+"""``govnotify api``: signed provider status callbacks, and HTTP ingest for upstream systems.
 
-Two endpoints on ``GOVNOTIFY_API_HOST:GOVNOTIFY_API_PORT`` (the public side, behind the city's
+Three endpoints on ``GOVNOTIFY_API_HOST:GOVNOTIFY_API_PORT`` (the public side, behind the city's
 proxy), served by waitress:
 
 - ``POST /callbacks/twilio/status``: Twilio's form-encoded status callbacks. Every request is
@@ -10,14 +10,39 @@ proxy), served by waitress:
 - ``POST /callbacks/gateway/status``: the mainland gateway's JSON reports, checked by
   :func:`notifiers.sms.gateway.verify_status_callback` (HMAC-SHA256 over timestamp, nonce and
   the raw body; a timestamp outside five minutes is refused).
+- ``POST /events``: events from upstream systems that cannot speak AMQP, authenticated by a
+  bearer token per source (:mod:`producers.ingest_http`).
 
-Answers: no signature → 403 ``unsigned``; a signature that does not verify (another key, edited
-parameters, a stale timestamp) → 403 ``forged``; signed but unreadable → 400 ``malformed``;
-applied (or kept for a reference not written yet, or a duplicate) → 204 (Twilio) / 200
-(gateway) ``accepted``; the provider not configured here → 404 ``unconfigured``; the database
-not answering → 503 ``error``, so the provider may try again. Each is counted in
-``govnotify_callback_requests_total{provider, outcome}``. Bodies are never logged: a Twilio
-callback carries the recipient's number. Logs name the provider's message id.
+Callback answers: no signature → 403 ``unsigned``; a signature that does not verify (another
+key, edited parameters, a stale timestamp) → 403 ``forged``; signed but unreadable → 400
+``malformed``; a body over the route's cap → 413 ``too_large``; applied (or kept for a
+reference not written yet, or a duplicate) → 204 (Twilio) / 200 (gateway) ``accepted``; the
+provider not configured here → 404 ``unconfigured``; the database not answering → 503
+``error``, so the provider may try again. Each is counted in
+``govnotify_callback_requests_total{provider, outcome}`` and refused ones are logged in one
+short line. Bodies are never logged: a Twilio callback carries the recipient's number. Logs
+name the provider's message id, and only once its shape is checked.
+
+Hardening (every bound is per request and cheap, see :mod:`producers.http_guards`):
+
+- waitress reads requests asynchronously (one event loop, no thread per connection) and hands
+  complete requests to :data:`THREADS` worker threads; it holds at most
+  ``GOVNOTIFY_API_MAX_CONNECTIONS`` connections and closes one idle for
+  ``GOVNOTIFY_API_IDLE_TIMEOUT_S``, so a few hundred idle or slow clients neither hold a thread
+  nor lock Twilio out (waitress's defaults, 100 connections and 120 s, did: ~110 idle sockets
+  made a genuine callback time out);
+- a body cap per route (a Twilio callback is under 1 KiB, a gateway batch a few KiB), judged
+  from ``Content-Length`` before anything is read, and a header cap;
+- form bodies parsed with a cap on fields (a 34,000-field body cost ~155 ms of CPU before);
+- JSON parsed by the C decoder, whose recursion guard becomes a 400 (it was a 500 and a long
+  traceback), and gateway headers checked for shape before they are used (a non-ASCII digit in
+  the timestamp raised out of ``int()``);
+- provider ids checked for shape before any lookup: Twilio signs the sorted concatenation of
+  names and values, so text moved from one parameter into another keeps a genuine signature
+  valid; a ``MessageSid`` must be ``SM``/``MM`` + 32 hex digits, a gateway ``biz_id`` a short
+  ASCII identifier;
+- anything from the request that reaches a log line goes through
+  :func:`producers.http_guards.printable`.
 
 ``/metrics``, ``/healthz`` and ``/readyz`` are served on ``GOVNOTIFY_API_METRICS_PORT`` (the
 private side), like every other component.
@@ -31,6 +56,8 @@ those functions in as a :class:`StatusHandlers`.
 from __future__ import annotations
 
 import logging
+import re
+import resource
 import signal
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -38,18 +65,40 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from twilio.request_validator import RequestValidator
+from waitress import create_server
 
 from infra.db import session
 from infra.metrics import CALLBACK_REQUESTS
+from infra.sources import authenticate_token
 from notifiers.errors import CallbackSignatureError
-from notifiers.sms.gateway import verify_status_callback
+from notifiers.sms.gateway import (
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    verify_status_callback,
+)
+from producers.http_guards import Refusal, content_type, parse_form, printable, read_body
+from producers.ingest_http import (
+    HTTP_INGEST_REQUESTS,
+    INGEST_PATH,
+    Authenticate,
+    HttpIngest,
+    Publish,
+    publish_events,
+)
 
 if TYPE_CHECKING:
     from infra.settings import Settings
 
 __all__ = [
+    "GATEWAY_MAX_BODY_BYTES",
+    "GATEWAY_MAX_REPORTS",
     "GATEWAY_STATUS_PATH",
-    "MAX_BODY_BYTES",
+    "INGEST_PATH",
+    "THREADS",
+    "TWILIO_MAX_BODY_BYTES",
+    "TWILIO_MAX_FIELDS",
     "TWILIO_STATUS_PATH",
     "CallbackApp",
     "StatusHandlers",
@@ -59,15 +108,41 @@ __all__ = [
 
 log = logging.getLogger("govnotify.api")
 
-#: Paths of the two endpoints, below ``settings.api_public_url``.
+#: Paths of the two callback endpoints, below ``settings.api_public_url``.
 TWILIO_STATUS_PATH = "/callbacks/twilio/status"
 GATEWAY_STATUS_PATH = "/callbacks/gateway/status"
-#: A status callback is a few hundred bytes; a gateway batch of reports a few KiB.
-MAX_BODY_BYTES = 256 * 1024
+
+#: A Twilio status callback is ~500 bytes of form fields; 8 KiB leaves room for new fields.
+TWILIO_MAX_BODY_BYTES = 8 * 1024
+#: Twilio sends about a dozen fields; more than this is not Twilio.
+TWILIO_MAX_FIELDS = 64
+#: A gateway batch is ~150 bytes a report; 64 KiB is some 400 reports.
+GATEWAY_MAX_BODY_BYTES = 64 * 1024
+#: Reports applied from one gateway request at most (each is a database transaction).
+GATEWAY_MAX_REPORTS = 500
+#: Request line and headers together; a provider's are under 2 KiB.
+MAX_HEADER_BYTES = 16 * 1024
+#: How often waitress looks for idle connections (its default, 30 s, would let an idle one
+#: live twice the timeout).
+IDLE_CHECK_S = 5
+#: Threads running complete requests (database writes, RabbitMQ confirms); a connection that
+#: is still sending its request never holds one.
+THREADS = 8
+
+#: Twilio message sids: ``SM`` (SMS) or ``MM`` (MMS) and 32 lowercase hex digits.
+_TWILIO_SID = re.compile(r"(?:SM|MM)[0-9a-f]{32}")
+#: The gateway's ``biz_id``: digits, letters and a few separators (``1718…^0a1b…``).
+_GATEWAY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z^._:-]{0,63}")
+#: Gateway headers: unix seconds in ASCII digits, a nonce, a hex HMAC.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_NONCE = re.compile(r"[!-~]{1,128}")
+_HEX_SIGNATURE = re.compile(r"[0-9A-Fa-f]{1,128}")
 
 StartResponse = Callable[..., Any]
 #: (provider reference, status word, error code) of one report.
 ReportFields = tuple[str, str, str | None]
+#: A route's handler: environ → (HTTP status, body, content type).
+Handler = Callable[[dict[str, Any]], tuple[int, bytes, str]]
 
 
 @dataclass(frozen=True)
@@ -87,39 +162,45 @@ class StatusHandlers:
     malformed: type[Exception]
 
 
-class _Reply(Exception):
-    """Raised inside a handler to answer at once with ``status`` and count ``outcome``."""
-
-    def __init__(self, status: int, outcome: str, detail: str = "") -> None:
-        super().__init__(detail or outcome)
-        self.status = status
-        self.outcome = outcome
-        self.detail = detail or outcome
-
-
 _REASONS = {
     200: "OK",
     204: "No Content",
+    207: "Multi-Status",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
-    411: "Length Required",
     413: "Content Too Large",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
 class CallbackApp:
-    """The WSGI application: one handler per provider, in an explicit route table."""
+    """The WSGI application: one handler per route, in an explicit route table.
 
-    def __init__(self, settings: Settings, status: StatusHandlers) -> None:
+    HTTP ingest (``/events``) authenticates with ``authenticate`` and publishes with
+    ``publish``: by default the sources registry (:func:`infra.sources.authenticate_token`) and
+    RabbitMQ with confirms (:func:`producers.ingest_http.publish_events`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        status: StatusHandlers,
+        *,
+        authenticate: Authenticate = authenticate_token,
+        publish: Publish = publish_events,
+    ) -> None:
         self.settings = settings
         self.status = status
-        #: path → (provider, handler returning (HTTP status, body, content type)).
-        self.routes: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[int, bytes, str]]]] = {
+        #: path → (metrics label, handler).
+        self.routes: dict[str, tuple[str, Handler]] = {
             TWILIO_STATUS_PATH: ("twilio", self._twilio),
             GATEWAY_STATUS_PATH: ("gateway", self._gateway),
+            INGEST_PATH: ("ingest", HttpIngest(settings, authenticate, publish).handle),
         }
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -129,50 +210,71 @@ class CallbackApp:
             return _respond(start_response, 404, b"not found\n")
         if environ.get("REQUEST_METHOD") != "POST":
             return _respond(start_response, 405, b"POST only\n", extra=[("Allow", "POST")])
-        provider, handler = route
+        name, handler = route
+        extra: list[tuple[str, str]] = []
         try:
-            status, body, content_type = handler(environ)
+            status, body, kind = handler(environ)
             outcome = "accepted"
-        except _Reply as reply:
-            status, body, content_type = reply.status, reply.outcome.encode() + b"\n", "text/plain"
-            outcome = reply.outcome
+        except Refusal as refusal:
+            status, body, kind = refusal.status, refusal.outcome.encode() + b"\n", "text/plain"
+            outcome = refusal.outcome
+            if status == 401:
+                extra.append(("WWW-Authenticate", 'Bearer realm="govnotify"'))
             level = logging.ERROR if status >= 500 else logging.WARNING
-            log.log(level, "%s callback refused (%d %s): %s", provider, status, outcome, reply)
-        CALLBACK_REQUESTS.labels(provider, outcome).inc()
-        return _respond(start_response, status, body, content_type=content_type)
+            log.log(
+                level,
+                "%s request refused (%d %s): %s",
+                name,
+                status,
+                outcome,
+                printable(refusal.detail),
+            )
+        except Exception as exc:
+            # A bug, not a bad request: answer without detail, log one escaped line and the
+            # traceback (the formatter escapes what is inside it).
+            status, body, kind, outcome = 500, b"error\n", "text/plain", "error"
+            log.error(
+                "%s request failed: %s: %s",
+                name,
+                type(exc).__name__,
+                printable(exc),
+                exc_info=True,
+            )
+        if name == "ingest":
+            HTTP_INGEST_REQUESTS.labels(str(status)).inc()
+        else:
+            CALLBACK_REQUESTS.labels(name, outcome).inc()
+        return _respond(start_response, status, body, content_type=kind, extra=extra)
 
     # ---- Twilio -------------------------------------------------------------------------------
     def _twilio(self, environ: dict[str, Any]) -> tuple[int, bytes, str]:
-        from twilio.request_validator import RequestValidator
-
         settings = self.settings
         if not settings.twilio_auth_token:
             # Validating with an empty token would accept signatures anyone can compute.
-            raise _Reply(404, "unconfigured", "Twilio is not configured here")
-        signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
+            raise Refusal(404, "unconfigured", "Twilio is not configured here")
+        signature = str(environ.get("HTTP_X_TWILIO_SIGNATURE") or "")
         if not signature:
-            raise _Reply(403, "unsigned", "no X-Twilio-Signature")
-        raw = _read_body(environ)
-        content_type = (environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
-        if content_type != "application/x-www-form-urlencoded":
-            raise _Reply(400, "malformed", f"content type {content_type[:60]!r}")
-        try:
-            pairs = urllib.parse.parse_qsl(
-                raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw)
-            )
-        except (UnicodeDecodeError, ValueError):
-            raise _Reply(400, "malformed", "body is not form-encoded UTF-8") from None
-        params = dict(pairs)
+            raise Refusal(403, "unsigned", "no X-Twilio-Signature")
+        kind = content_type(environ)
+        if kind != "application/x-www-form-urlencoded":
+            raise Refusal(400, "malformed", f"content type {printable(kind, 60)!r}")
+        raw = read_body(environ, TWILIO_MAX_BODY_BYTES)
+        params = parse_form(raw, TWILIO_MAX_FIELDS)
         # Twilio signs the URL it was given: the public one, with the query string as sent.
         url = settings.api_public_url + _path_and_query(environ)
         if not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
-            raise _Reply(403, "forged", "X-Twilio-Signature does not verify")
+            raise Refusal(403, "forged", "X-Twilio-Signature does not verify")
         if params.get("AccountSid", settings.twilio_account_sid) != settings.twilio_account_sid:
-            raise _Reply(403, "forged", "callback for another account")
+            raise Refusal(403, "forged", "callback for another account")
+        # The signature covers the sorted concatenation of names and values, not where one
+        # value ends: the sid must have its exact shape before it is looked up or logged.
+        sids = {params[name] for name in ("MessageSid", "SmsSid") if name in params}
+        if len(sids) > 1 or not all(_TWILIO_SID.fullmatch(sid) for sid in sids):
+            raise Refusal(400, "malformed", "MessageSid is not a Twilio message sid")
         try:
             sid, word, code = self.status.twilio_fields(params)
         except self.status.malformed as exc:
-            raise _Reply(400, "malformed", str(exc)) from None
+            raise Refusal(400, "malformed", str(exc)) from None
         result = self._apply("twilio", sid, word, code)
         # workers.status logs what the status did to the notification; this line adds nothing
         # at INFO but the duplicates (one callback per segment), which the metric counts.
@@ -184,25 +286,45 @@ class CallbackApp:
     def _gateway(self, environ: dict[str, Any]) -> tuple[int, bytes, str]:
         settings = self.settings
         if not (settings.gateway_enabled and settings.gateway_secret):
-            raise _Reply(404, "unconfigured", "the SMS gateway is not configured here")
-        if not environ.get("HTTP_X_GATEWAY_SIGNATURE"):
-            raise _Reply(403, "unsigned", "no X-Gateway-Signature")
-        raw = _read_body(environ)
+            raise Refusal(404, "unconfigured", "the SMS gateway is not configured here")
+        headers = _headers(environ)
+        if not headers.get(SIGNATURE_HEADER.title()):
+            raise Refusal(403, "unsigned", "no X-Gateway-Signature")
+        # Shapes first: header values arrive as latin-1 text, where "²" passes str.isdigit()
+        # and then fails int(); nothing here may raise out of the handler.
+        for name, shape in (
+            (TIMESTAMP_HEADER, _TIMESTAMP),
+            (NONCE_HEADER, _NONCE),
+            (SIGNATURE_HEADER, _HEX_SIGNATURE),
+        ):
+            value = headers.get(name.title())
+            if value is not None and not shape.fullmatch(value.strip()):
+                raise Refusal(400, "malformed", f"{name} is not well-formed")
+        raw = read_body(environ, GATEWAY_MAX_BODY_BYTES)
         try:
             reports = verify_status_callback(
                 settings.gateway_secret,
-                _headers(environ),
+                headers,
                 raw,
                 key_id=settings.gateway_key_id or None,
             )
         except CallbackSignatureError as exc:
             reason = exc.reason if exc.reason in ("unsigned", "malformed") else "forged"
-            raise _Reply(400 if reason == "malformed" else 403, reason, str(exc)) from None
+            raise Refusal(400 if reason == "malformed" else 403, reason, str(exc)) from None
+        except RecursionError:
+            # Only reached once the signature verified: the JSON decoder's recursion guard.
+            raise Refusal(400, "malformed", "status report nests too deeply") from None
+        except ValueError:
+            raise Refusal(400, "malformed", "status report is unreadable") from None
+        if len(reports) > GATEWAY_MAX_REPORTS:
+            raise Refusal(413, "too_large", f"more than {GATEWAY_MAX_REPORTS} reports")
         try:
             # Every report is read before any is applied: a bad batch changes nothing.
             fields = [self.status.gateway_fields(report) for report in reports]
         except self.status.malformed as exc:
-            raise _Reply(400, "malformed", str(exc)) from None
+            raise Refusal(400, "malformed", str(exc)) from None
+        if not all(_GATEWAY_ID.fullmatch(ref) for ref, _, _ in fields):
+            raise Refusal(400, "malformed", "a biz_id is not a gateway message id")
         results = [self._apply("gateway", ref, word, code) for ref, word, code in fields]
         for (ref, word, code), result in zip(fields, results, strict=True):
             log.debug(
@@ -221,17 +343,7 @@ class CallbackApp:
                     error_code=code,
                 )
         except SQLAlchemyError as exc:
-            raise _Reply(503, "error", f"database: {type(exc).__name__}") from None
-
-
-def _read_body(environ: dict[str, Any]) -> bytes:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise _Reply(400, "malformed", "bad Content-Length") from None
-    if length > MAX_BODY_BYTES:
-        raise _Reply(413, "malformed", f"body of {length} bytes")
-    return environ["wsgi.input"].read(length) if length > 0 else b""
+            raise Refusal(503, "error", f"database: {type(exc).__name__}") from None
 
 
 def _path_and_query(environ: dict[str, Any]) -> str:
@@ -266,23 +378,48 @@ def _respond(
     return [body]
 
 
-def make_server(settings: Settings, app: CallbackApp) -> Any:
-    """A waitress server for ``app`` on ``api_host:api_port`` (not yet running)."""
-    from waitress import create_server
+def make_server(settings: Settings, app: Callable[..., Iterable[bytes]]) -> Any:
+    """A waitress server for ``app`` on ``api_host:api_port`` (not yet running).
 
+    ``GOVNOTIFY_API_MAX_CONNECTIONS`` connections at once (idle ones included: each costs a
+    socket and a few KiB, not a thread), each closed after ``GOVNOTIFY_API_IDLE_TIMEOUT_S`` with
+    no request in progress; bodies up to ``GOVNOTIFY_API_MAX_BODY_BYTES`` (HTTP ingest's cap;
+    the callbacks' are smaller and checked per route).
+    """
+    connections = settings.api_max_connections
+    _raise_open_files_limit(connections + 64)
     return create_server(
         app,
         host=settings.api_host,
         port=settings.api_port,
         ident="govnotify",
-        # Bodies are tiny; refuse anything large before it is read.
-        max_request_body_size=MAX_BODY_BYTES,
+        threads=THREADS,
+        connection_limit=connections,
+        channel_timeout=settings.api_idle_timeout_s,
+        cleanup_interval=IDLE_CHECK_S,
+        # poll(), not select(): select() cannot watch a descriptor numbered 1024 or above.
+        asyncore_use_poll=True,
+        max_request_header_size=MAX_HEADER_BYTES,
+        max_request_body_size=settings.api_max_body_bytes,
+        # Never show a traceback to a client (waitress's default, kept explicit).
+        expose_tracebacks=False,
     )
 
 
+def _raise_open_files_limit(wanted: int) -> None:
+    """Raise this process's soft limit on open files towards ``wanted`` (up to the hard limit):
+    a common soft limit of 1024 would stop accepting before ``connection_limit`` is reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(settings: Settings, status: StatusHandlers) -> None:
-    """Serve the callbacks on ``api_host:api_port`` until SIGTERM or SIGINT (``govnotify api``,
-    which serves ``/metrics`` and the health endpoints beside it)."""
+    """Serve callbacks and HTTP ingest on ``api_host:api_port`` until SIGTERM or SIGINT
+    (``govnotify api``, which serves ``/metrics`` and the health endpoints beside it)."""
     server = make_server(settings, CallbackApp(settings, status))
 
     def _stop(signum: int, frame: object) -> None:
@@ -292,13 +429,15 @@ def serve(settings: Settings, status: StatusHandlers) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log.info(
-        "api on %s:%s, callbacks at %s%s and %s%s",
+        "api on %s:%s, callbacks at %s%s and %s%s, ingest at %s%s",
         settings.api_host,
         settings.api_port,
         settings.api_public_url,
         TWILIO_STATUS_PATH,
         settings.api_public_url,
         GATEWAY_STATUS_PATH,
+        settings.api_public_url,
+        INGEST_PATH,
     )
     try:
         server.run()

@@ -71,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser(
-        "api", help="serve provider status callbacks (signed), with /metrics, /healthz, /readyz"
+        "api",
+        help="serve provider status callbacks (signed) and HTTP ingest (POST /events), with "
+        "/metrics, /healthz, /readyz",
     )
     p.set_defaults(func=cmd_api)
 
@@ -179,7 +181,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    """Serve provider status callbacks until SIGTERM or SIGINT, then exit 0."""
+    """Serve provider status callbacks and HTTP ingest (``POST /events``, tokens from the
+    sources registry) until SIGTERM or SIGINT, then exit 0."""
     s = get_settings()
     configure_logging(args.log_level, "api")
     serve_metrics(s.api_metrics_port, s.metrics_host, ready_checks=component_checks(s, "api"))

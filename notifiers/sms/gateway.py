@@ -221,7 +221,7 @@ def verify_status_callback(
         raise CallbackSignatureError("status report carries no signature", reason="unsigned")
     timestamp = _header(headers, TIMESTAMP_HEADER) or ""
     nonce = _header(headers, NONCE_HEADER) or ""
-    if not timestamp.isdigit() or not nonce:
+    if not (timestamp.isascii() and timestamp.isdigit()) or not nonce:
         raise CallbackSignatureError("status report lacks a timestamp or nonce", reason="forged")
     if key_id is not None and _header(headers, KEY_HEADER) != key_id:
         raise CallbackSignatureError("status report signed with another key", reason="forged")
@@ -247,7 +247,7 @@ def verify_status_callback(
 def _parse_reports(body: bytes) -> list[dict[str, Any]]:
     try:
         document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CallbackSignatureError(
             f"status report is not JSON: {exc}", reason="malformed"
         ) from None
