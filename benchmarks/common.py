@@ -32,6 +32,7 @@ from infra.services import (
     free_port,
     start_tansu,
     stop_pid,
+    topic_configs,
 )
 from infra.settings import Settings, load_settings
 from producers.rabbitmq import delete_namespace, queue_depth
@@ -134,7 +135,12 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
             stream_metrics_port=free_port(),
             worker_metrics_port=free_port(),
         )
-        create_topics(settings.kafka_bootstrap, settings.topics, settings.kafka_partitions)
+        create_topics(
+            settings.kafka_bootstrap,
+            settings.topics,
+            settings.kafka_partitions,
+            topic_configs=topic_configs(settings),
+        )
         yield BenchEnv(settings, tmp, tansu)
         ok = True
     finally:

@@ -4,31 +4,138 @@ PostgreSQL in production and tests, SQLite as the zero-set-up default. The schem
 Alembic migrations (``infra/migrations``), generated from the SQLModel tables in
 ``schemas.models``; ``upgrade()`` applies them and is what ``govnotify db upgrade`` and
 ``govnotify services up`` call.
+
+Every engine is made with ``hide_parameters=True``: SQLAlchemy otherwise puts a failed
+statement's bound values (a name, a mobile number) into the exception's message, and from there
+into logs and tracebacks. PostgreSQL's own message can quote a value too (``DETAIL:  Key
+(id)=(13800138000) already exists``, ``Failing row contains (…)``, ``invalid input syntax for
+type integer: "张三"``): a ``handle_error`` hook rewrites the message of the driver's exception
+and of SQLAlchemy's wrapper (same types, so every ``except IntegrityError`` still works) to keep
+the error's kind, constraint, table and column names and drop the values.
+
+The SQLite file holds the same personal data as PostgreSQL does, so it is created readable by
+its owner only (0600, its folder 0700 when we create it), and so are its ``-wal`` and ``-shm``
+files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import ExceptionContext
 from sqlmodel import Session, create_engine
 
 if TYPE_CHECKING:
     from infra.settings import Settings
 
-__all__ = ["engine_for", "get_engine", "session", "upgrade"]
+__all__ = [
+    "HIDDEN",
+    "PRIVATE_DIR_MODE",
+    "PRIVATE_FILE_MODE",
+    "engine_for",
+    "get_engine",
+    "scrub_db_message",
+    "session",
+    "upgrade",
+]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+#: Files holding personal data: owner read/write only.
+PRIVATE_FILE_MODE = 0o600
+#: Folders we create for them: owner only.
+PRIVATE_DIR_MODE = 0o700
+#: SQLite's companions of a database file in WAL mode.
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL; None for an in-memory database."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create ``path`` (and its folder) owner-only before SQLite opens it; tighten an old one.
+
+    SQLite creates a missing file with 0644 (less the umask), and its -wal and -shm files with
+    the database file's mode, so creating the file 0600 first covers all three.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        # A file made before this rule (or under a loose umask) is tightened as well.
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in _SQLITE_SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), PRIVATE_FILE_MODE)
+
+
+#: Lines of a PostgreSQL error after the primary message (DETAIL, CONTEXT, HINT, …): DETAIL and
+#: CONTEXT quote keys, rows and parameters, so none is kept.
+_PG_EXTRA_LINE = re.compile(r"\n(?:DETAIL|CONTEXT|HINT|QUERY|LINE \d+|WHERE):.*", re.DOTALL)
+#: A quoted string in a primary message, with the word before it: matched left to right, so
+#: the text between two quoted names is never taken for a quoted string itself.
+_PG_QUOTED = re.compile(r'(?:(\w+) )?"[^"]*"')
+#: Words that introduce an identifier, which stays (``constraint "t_pkey"``, ``relation "t"``).
+_PG_IDENTIFIER_WORDS = frozenset(
+    "constraint relation column table index type schema sequence database role function enum "
+    "operator trigger view".split()
+)
+#: Marks a removed value.
+HIDDEN = "[hidden]"
+
+
+def scrub_db_message(message: str) -> str:
+    """A database error message without the values it quotes (keys, rows, bad input).
+
+    PostgreSQL's DETAIL/CONTEXT/HINT lines are dropped and quoted literals in the primary
+    message replaced with ``[hidden]``; quoted identifiers (constraint, relation, column …)
+    stay, so the message still says what was violated.
+    """
+    primary = _PG_EXTRA_LINE.sub("", message)
+
+    def hide(match: re.Match[str]) -> str:
+        word = match.group(1)
+        if word is not None and word.lower() in _PG_IDENTIFIER_WORDS:
+            return match.group(0)
+        return f'{word} "{HIDDEN}"' if word is not None else f'"{HIDDEN}"'
+
+    return _PG_QUOTED.sub(hide, primary)
+
+
+def _scrub_error(context: ExceptionContext) -> None:
+    """Rewrite the driver's and SQLAlchemy's exception messages without the values."""
+    for exc in (context.original_exception, context.sqlalchemy_exception):
+        if exc is None or len(exc.args) != 1 or not isinstance(exc.args[0], str):
+            continue
+        scrubbed = scrub_db_message(exc.args[0])
+        if scrubbed != exc.args[0]:
+            exc.args = (scrubbed,)
 
 
 def engine_for(url: str, *, pool_size: int = 10) -> Engine:
-    """A new engine for ``url``; SQLite gets WAL and a busy timeout so threads can share it."""
+    """A new engine for ``url``; SQLite gets WAL and a busy timeout so threads can share it.
+
+    Bound parameters never appear in error messages (``hide_parameters``).
+    """
     if url.startswith("sqlite"):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        path = _sqlite_path(url)
+        if path is not None:
+            _private_sqlite_file(path)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -39,8 +146,17 @@ def engine_for(url: str, *, pool_size: int = 10) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        event.listen(engine, "handle_error", _scrub_error)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
+    )
+    event.listen(engine, "handle_error", _scrub_error)
+    return engine
 
 
 @functools.cache
@@ -70,6 +186,7 @@ def upgrade(settings: Settings | None = None, *, url: str | None = None) -> None
     if url is None:
         assert settings is not None
         url = settings.resolved_database_url
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_path(url)
+    if path is not None:
+        _private_sqlite_file(path)
     command.upgrade(alembic_config(url), "head")

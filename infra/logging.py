@@ -16,6 +16,13 @@ Masking happens at three layers, because a library can bypass any one of them:
    exception) is masked line by line.
 3. Masking exception hooks (``sys.excepthook``, ``threading.excepthook``) and warnings routed
    to logging, so a crash report never carries a full number either.
+
+One record is one line: after masking, control characters (``\n``, ``\r``, ESC and the rest of
+C0 and C1, DEL, and the Unicode line and paragraph separators) in a message and its arguments
+are written as visible escapes (``\n``, ``\x1b``, ``\u2028``), so an id that carries
+``"\n2026-01-01 INFO forged"`` or a terminal colour code cannot forge a log line or repaint a
+console. A traceback keeps its own line breaks; control characters inside each of its lines
+(an exception message with a newline in it among them) are escaped the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import traceback
 from types import TracebackType
 from typing import Any, TextIO
 
+from schemas.escaping import escape_controls
 from schemas.pii import mask_mobile, mask_name, mask_numbers, mask_pii
 
 __all__ = [
@@ -34,6 +42,8 @@ __all__ = [
     "MaskingFormatter",
     "MaskingStream",
     "configure_logging",
+    "escape_controls",
+    "format_exception",
     "install_masking",
     "install_process_masking",
     "mask_mobile",
@@ -43,12 +53,70 @@ __all__ = [
 ]
 
 
+# ---- one record, one line ---------------------------------------------------------------------
+def _escape_lines(text: str) -> str:
+    """Each line of a multi-line text (a traceback) escaped on its own; its breaks kept."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
+
+
+def format_exception(exc_info: Any) -> str:
+    """A masked traceback whose exception messages are each one line.
+
+    The interpreter prints an exception's message as is, so ``ValueError("a\\nb")`` would span
+    two lines indistinguishable from the traceback's own; here each message in the chain (and
+    its notes) is escaped first, then every line of the result.
+    """
+    te = traceback.TracebackException(*exc_info, compact=True)
+    seen: set[int] = set()
+    pending = [te]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        # _str is the message TracebackException prints (CPython 3.11+); a version without it
+        # still gets every line escaped below.
+        if isinstance(getattr(current, "_str", None), str):
+            current._str = escape_controls(current._str)
+        notes = getattr(current, "__notes__", None)
+        if isinstance(notes, list):
+            current.__notes__ = [escape_controls(str(n)) for n in notes]
+        pending.extend(
+            t
+            for t in (
+                current.__cause__,
+                current.__context__,
+                *(getattr(current, "exceptions", None) or ()),
+            )
+            if t is not None
+        )
+    return _escape_lines(mask_pii("".join(te.format()).rstrip("\n")))
+
+
 # ---- logging ----------------------------------------------------------------------------------
 class MaskingFormatter(logging.Formatter):
-    """A formatter whose every output, traceback included, has personal data masked."""
+    """A formatter whose every output is one masked line, plus a masked traceback if any.
+
+    Masking comes first, escaping second: the escapes must not split a number the masking
+    would otherwise have recognised.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask_pii(super().format(record))
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = escape_controls(mask_pii(self.formatMessage(record)))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            # Cached by a handler or filter we may not own: escape within its lines again.
+            line += "\n" + _escape_lines(mask_pii(record.exc_text))
+        if record.stack_info:
+            line += "\n" + _escape_lines(mask_pii(self.formatStack(record.stack_info)))
+        return line
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception(ei)
 
 
 class MaskingFilter(logging.Filter):
@@ -62,17 +130,19 @@ class MaskingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a malformed record is the logging module's to report, not ours
             return True
-        masked = mask_pii(message)
+        # Escaped here too, for formatters we do not own (dramatiq's, faust's): one record, one
+        # line. Escaping is idempotent, so our own formatter's second pass changes nothing.
+        masked = escape_controls(mask_pii(message))
         if masked != message or record.args:
             # () not None: some formatters (mode's) wrap a None into (None,) and then fail.
             record.msg, record.args = masked, ()
         if record.exc_text:
             # Another handler may have formatted (and cached) the traceback before us.
-            record.exc_text = mask_pii(record.exc_text)
+            record.exc_text = _escape_lines(mask_pii(record.exc_text))
         elif record.exc_info:
-            record.exc_text = mask_pii("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_text = format_exception(record.exc_info)
         if record.stack_info:
-            record.stack_info = mask_pii(record.stack_info)
+            record.stack_info = _escape_lines(mask_pii(record.stack_info))
         return True
 
 

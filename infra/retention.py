@@ -7,6 +7,13 @@ department, rating). Rows are updated, never deleted: counts per flow and status
 before and after. Each table is done in batches (one short transaction each), and a second run
 finds nothing left to do.
 
+The scheduler runs it every night at ``GOVNOTIFY_RETENTION_PURGE_AT`` (02:30 local), once per
+local day with a checkpoint (``workers.scheduler.purge_if_due``): a restart does not repeat a
+night, a missed night is caught up when the scheduler is back. The same retention reaches the
+brokers: ``govnotify services up`` gives the Kafka event topics ``retention.ms`` and the
+RabbitMQ dead-letter queues a ``message-ttl`` of ``GOVNOTIFY_RETENTION_DAYS``
+(``infra.services``), so raw rejected events do not outlive the rows scrubbed here.
+
 What is scrubbed, table by table (every table of ``schemas.models`` was checked):
 
 ==================== ========================================== ===============================

@@ -7,6 +7,16 @@ would otherwise auto-create each with 4) and runs the database migrations. What 
 recorded in ``data_dir/services.json`` so ``services down`` stops exactly that, by pid: only
 Tansu is ever stopped, never the system RabbitMQ or PostgreSQL.
 
+Retention (``GOVNOTIFY_RETENTION_DAYS``) reaches the brokers too. The event topics get
+``retention.ms`` of that many days when created, and an existing topic whose value differs is
+altered (its other topic configs kept); the epoch topic keeps its one marker per epoch forever
+(``retention.ms=-1``: it holds no personal data, and a marker aged out would read as a broker
+that lost its data). The RabbitMQ dead-letter queues (``<ns>.events.dead`` and every dramatiq
+``.XQ``) get an *operator policy* with ``message-ttl`` of that many days: a policy applies to
+queues that exist already (a queue argument would need every queue deleted and declared again),
+and an operator policy combines with whatever ordinary policy the broker's operators set (the
+lower TTL wins) instead of displacing it, as a second ordinary policy would.
+
 Auto-start rule: a service is only started when its URL points at loopback *and* at the port the
 machine's own service listens on (5672 for RabbitMQ; the port in the local cluster's
 ``postgresql.conf`` for PostgreSQL). ``rabbitmq-server -detached`` and ``pg_ctlcluster`` start the
@@ -32,7 +42,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,9 +58,12 @@ __all__ = [
     "EMBEDDED_KAFKA_PORT",
     "ServiceError",
     "TansuProcess",
+    "apply_dead_letter_ttl",
     "check_postgres",
     "check_rabbitmq",
+    "clear_dead_letter_ttl",
     "create_topics",
+    "dead_letter_policy",
     "enable_rabbitmq_prometheus",
     "free_port",
     "kafka_answers",
@@ -65,6 +78,7 @@ __all__ = [
     "state_path",
     "stop_pid",
     "tansu_binary",
+    "topic_configs",
     "topic_partitions",
     "wait_for_port",
 ]
@@ -84,6 +98,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Kafka error codes handled by name in create_topics (the rest become a ServiceError).
 _KAFKA_TOPIC_ALREADY_EXISTS = 36
 _KAFKA_REQUEST_TIMED_OUT = 7
+#: DescribeConfigs' source of a config set on the topic itself (DYNAMIC_TOPIC_CONFIG).
+_KAFKA_TOPIC_CONFIG_SOURCE = 1
+_MS_PER_DAY = 86_400_000
 
 # Popen objects of the brokers this process started, by pid. Keeping them stops Popen.__del__
 # from warning "subprocess is still running" and lets stop_pid reap its own children.
@@ -450,21 +467,110 @@ def new_topics(
     *,
     replication_factor: int = 1,
     min_insync_replicas: int | None = None,
+    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[Any]:
     """The aiokafka ``NewTopic`` of each topic, as ``create_topics`` sends them.
 
     ``min_insync_replicas`` becomes the topic config ``min.insync.replicas`` (None: none is
-    sent and the broker's default applies).
+    sent and the broker's default applies); ``topic_configs`` adds configs per topic name.
     """
     from aiokafka.admin import NewTopic
 
-    configs = (
-        None if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
+    shared = (
+        {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
     )
     return [
-        NewTopic(t, partitions, replication_factor=replication_factor, topic_configs=configs)
+        NewTopic(
+            t,
+            partitions,
+            replication_factor=replication_factor,
+            topic_configs={**shared, **(topic_configs or {}).get(t, {})} or None,
+        )
         for t in topics
     ]
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The configs every govnotify topic must carry, by topic name.
+
+    Event topics keep records ``retention_days`` (their payloads hold names and numbers); the
+    epoch topic keeps its marker forever (see the module docstring).
+    """
+    keep = str(settings.retention_days * _MS_PER_DAY)
+    configs = {topic: {"retention.ms": keep} for topic in settings.stream_topics}
+    configs[settings.epoch_topic] = {"retention.ms": "-1"}
+    return configs
+
+
+async def _topic_config_values(admin: Any, topics: list[str]) -> dict[str, dict[str, str]]:
+    """The configs set on each topic itself (not broker defaults), by topic name."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    values: dict[str, dict[str, str]] = {}
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+    )
+    for response in responses:
+        for error_code, message, _type, name, entries in response.resources:
+            if error_code != 0:
+                raise ServiceError(f"could not read the config of topic {name!r}: {message}")
+            values[name] = {
+                entry[0]: entry[1]
+                for entry in entries
+                # Tansu reports only topic configs; a real Kafka reports defaults as well.
+                if len(entry) < 4 or entry[3] in (_KAFKA_TOPIC_CONFIG_SOURCE, 5)
+            }
+    return values
+
+
+async def _align_topic_configs(
+    admin: Any, bootstrap: str, wanted: Mapping[str, Mapping[str, str]]
+) -> list[str]:
+    """Set ``wanted`` configs on existing topics that differ; return the topics altered.
+
+    AlterConfigs replaces a topic's whole config, so each request carries the topic's own
+    configs with the wanted ones over them. A broker that cannot alter configs (Tansu, which
+    keeps topics only until it stops, so ``services up`` creates them afresh) is logged with
+    the command that does it by hand.
+    """
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import IncompatibleBrokerVersion
+
+    if not wanted:
+        return []
+    current = await _topic_config_values(admin, list(wanted))
+    changes = {
+        topic: {**current.get(topic, {}), **configs}
+        for topic, configs in wanted.items()
+        if any(current.get(topic, {}).get(k) != v for k, v in configs.items())
+    }
+    if not changes:
+        return []
+    try:
+        responses = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs=c) for t, c in changes.items()]
+        )
+    except IncompatibleBrokerVersion:
+        for topic in changes:
+            log.warning(
+                "Kafka at %s cannot alter topic configs; set them by hand: kafka-configs "
+                "--bootstrap-server %s --alter --entity-type topics --entity-name %s "
+                "--add-config %s",
+                bootstrap,
+                bootstrap,
+                topic,
+                ",".join(f"{k}={v}" for k, v in wanted[topic].items()),
+            )
+        return []
+    for response in responses:
+        for error_code, message, _type, name in response.resources:
+            if error_code != 0:
+                raise ServiceError(
+                    f"Kafka at {bootstrap} refused to alter the config of topic {name!r}: "
+                    f"error {error_code} {message or ''}".rstrip()
+                )
+    log.info("Kafka topics at %s: configs set on %s", bootstrap, sorted(changes))
+    return sorted(changes)
 
 
 async def _create_topics(
@@ -475,6 +581,8 @@ async def _create_topics(
     *,
     replication_factor: int,
     min_insync_replicas: int | None,
+    configs: Mapping[str, Mapping[str, str]] | None,
+    align_existing: bool = True,
 ) -> list[str]:
     deadline = time.monotonic() + timeout
     admin = _admin(bootstrap, timeout)
@@ -494,6 +602,7 @@ async def _create_topics(
                     partitions,
                     replication_factor=replication_factor,
                     min_insync_replicas=min_insync_replicas,
+                    topic_configs=configs,
                 ),
                 # The broker's own wait, kept under the client's request timeout so the broker's
                 # answer (say "timed out, still creating") arrives instead of a client timeout.
@@ -515,7 +624,15 @@ async def _create_topics(
             counts = await _all_partition_counts(admin)
             _raise_mismatches({t: counts[t] for t in topics if t in counts}, partitions)
             absent = [t for t in topics if t not in counts]
+            if not absent and not align_existing:
+                return created
             if not absent:
+                # Topics that existed before keep what they had; what must hold is set now.
+                await _align_topic_configs(
+                    admin,
+                    bootstrap,
+                    {t: c for t, c in (configs or {}).items() if t in topics and t not in created},
+                )
                 return created
             if time.monotonic() >= deadline:
                 raise ServiceError(
@@ -547,6 +664,8 @@ def create_topics(
     *,
     replication_factor: int = 1,
     min_insync_replicas: int | None = None,
+    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
+    align_existing: bool = True,
     timeout: float = 30.0,
 ) -> list[str]:
     """Make sure every topic exists with ``partitions`` partitions; return the ones created.
@@ -559,8 +678,14 @@ def create_topics(
     ``services up`` passes ``settings.topic_replication_factor`` and
     ``settings.topic_min_insync_replicas``: 1 and 1 on the embedded Tansu, the
     ``GOVNOTIFY_KAFKA_REPLICATION_FACTOR`` / ``GOVNOTIFY_KAFKA_MIN_INSYNC_REPLICAS`` settings
-    on a real cluster. Existing topics are left as they are: changing a topic's replicas takes
-    a partition reassignment, and its config ``kafka-configs --alter``.
+    on a real cluster. Existing topics keep their replicas (changing them takes a partition
+    reassignment).
+
+    ``topic_configs`` (by topic name; ``services up`` passes :func:`topic_configs`) are set on
+    the topics created, and, with ``align_existing`` (``services up``), on existing topics whose
+    values differ (AlterConfigs, keeping the topic's other configs; a broker without it gets a
+    warning naming the command). The relay, re-creating what a Kafka that lost its data no
+    longer has, passes ``align_existing=False``: the topics still there are ``services up``'s.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, not {partitions}")
@@ -583,6 +708,8 @@ def create_topics(
                 timeout,
                 replication_factor=replication_factor,
                 min_insync_replicas=min_insync_replicas,
+                configs=topic_configs,
+                align_existing=align_existing,
             )
         )
     except ServiceError:
@@ -744,6 +871,84 @@ def enable_rabbitmq_prometheus(settings: Settings) -> str:
             return f"enabled ({where})"
         time.sleep(0.5)
     return f"enabled, but {where} did not answer within {PROMETHEUS_PLUGIN_TIMEOUT_S:g} s"
+
+
+def dead_letter_policy(settings: Settings, *, ttl_ms: int | None = None) -> dict[str, Any]:
+    """The operator policy giving ``settings``' dead-letter queues their message TTL.
+
+    ``name``, ``pattern`` (the events' dead-letter queue and every dramatiq ``.XQ`` of the
+    namespace), ``definition`` (``message-ttl``: ``ttl_ms``, default ``retention_days``) and the
+    ``vhost`` of ``amqp_url``.
+    """
+    ns = re.escape(settings.namespace)
+    ttl = settings.retention_days * _MS_PER_DAY if ttl_ms is None else ttl_ms
+    if ttl < 0:
+        raise ValueError(f"ttl_ms must not be negative, not {ttl}")
+    vhost = unquote(urlsplit(settings.amqp_url).path[1:]) or "/"
+    return {
+        "name": f"{settings.namespace}-dead-letter-ttl",
+        "pattern": rf"^{ns}\.(events\.dead|.+\.XQ)$",
+        "definition": {"message-ttl": ttl},
+        "vhost": vhost,
+    }
+
+
+def _rabbitmqctl(*args: str) -> tuple[bool, str]:
+    """Run ``rabbitmqctl`` on this machine's node: (succeeded, last line of its output)."""
+    cli = shutil.which("rabbitmqctl")
+    if cli is None:
+        return False, "rabbitmqctl not found"
+    try:
+        result = subprocess.run(
+            [cli, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"rabbitmqctl failed: {type(exc).__name__}"
+    lines = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+    if result.returncode != 0:
+        return False, f"rabbitmqctl failed (status {result.returncode}): {lines[0]}"
+    return True, lines[0]
+
+
+def apply_dead_letter_ttl(settings: Settings, *, ttl_ms: int | None = None) -> str:
+    """Give the dead-letter queues a message TTL of ``retention_days``; never raises.
+
+    Sets the operator policy of :func:`dead_letter_policy` with ``rabbitmqctl`` on a broker on
+    this machine (idempotent: setting it again replaces it). A remote broker, or a machine
+    without the CLI, is reported with the command to run there: RabbitMQ then keeps dead
+    letters until someone does, as it did before.
+    """
+    policy = dead_letter_policy(settings, ttl_ms=ttl_ms)
+    definition = json.dumps(policy["definition"])
+    command = (
+        f"rabbitmqctl set_operator_policy -p {policy['vhost']} --apply-to queues "
+        f"{policy['name']} '{policy['pattern']}' '{definition}'"
+    )
+    host = urlsplit(settings.amqp_url).hostname or "127.0.0.1"
+    if not _is_loopback(host):
+        return f"not set (remote broker); run on it: {command}"
+    ok, detail = _rabbitmqctl(
+        "set_operator_policy",
+        "-p",
+        policy["vhost"],
+        "--apply-to",
+        "queues",
+        policy["name"],
+        policy["pattern"],
+        definition,
+    )
+    if not ok:
+        log.warning("dead-letter TTL not set (%s); set it with: %s", detail, command)
+        return f"not set ({detail}); run: {command}"
+    days = policy["definition"]["message-ttl"] / _MS_PER_DAY
+    return f"set ({policy['name']}: message-ttl {days:g} days)"
+
+
+def clear_dead_letter_ttl(settings: Settings) -> bool:
+    """Remove the policy :func:`apply_dead_letter_ttl` set (a namespace being retired)."""
+    policy = dead_letter_policy(settings)
+    ok, _detail = _rabbitmqctl("clear_operator_policy", "-p", policy["vhost"], policy["name"])
+    return ok
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------
@@ -937,6 +1142,7 @@ def services_up(settings: Settings) -> dict[str, str]:
 
     result["rabbitmq"] = check_rabbitmq(settings.amqp_url)
     result["rabbitmq_prometheus"] = enable_rabbitmq_prometheus(settings)
+    result["dead_letter_ttl"] = apply_dead_letter_ttl(settings)
     result["postgres"] = check_postgres(settings.resolved_database_url)
     for name in ("rabbitmq", "postgres"):
         if result[name] == "started":
@@ -951,6 +1157,7 @@ def services_up(settings: Settings) -> dict[str, str]:
         settings.kafka_partitions,
         replication_factor=settings.topic_replication_factor,
         min_insync_replicas=settings.topic_min_insync_replicas,
+        topic_configs=topic_configs(settings),
     )
     existed = len(settings.topics) - len(created)
     result["topics"] = f"created {len(created)}" + (f", {existed} existed" if existed else "")

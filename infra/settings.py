@@ -3,6 +3,16 @@
 Every number the product talks about (offsets, ports, partition counts) is a setting with a
 documented default. A bad value fails at start with :class:`SettingsError`, whose message names
 the environment variable to fix.
+
+Secrets (the passwords inside ``GOVNOTIFY_AMQP_URL``, ``_DATABASE_URL``, ``_KAFKA_URL`` and
+``_SMTP_URL``; ``GOVNOTIFY_TWILIO_AUTH_TOKEN``; ``GOVNOTIFY_GATEWAY_SECRET``) never show in
+``repr(settings)``, ``str(settings)``, ``settings.model_dump()`` or ``model_dump_json()``, nor in a
+validation error (settings objects end up in test failures, tracebacks and logs). The URLs are
+shown with the password as ``***``; the token and the secret not at all. The attributes stay
+plain ``str`` so every caller reads the value it needs as before (``settings.amqp_url`` is what
+pika is given); only the displays are masked. ``model_dump()`` gives each secret as a
+:class:`pydantic.SecretStr` (``.get_secret_value()`` for the value), which ``Settings(**dump)``
+accepts back, and :meth:`Settings.env` hands the real values to child processes.
 """
 
 from __future__ import annotations
@@ -13,18 +23,35 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.quiet_hours import QuietHours
 from schemas.addresses import parse_address
 from schemas.staff import StaffDirectoryError, load_staff_directory
 
-__all__ = ["EMBEDDED_KAFKA_PORT", "Settings", "SettingsError", "get_settings", "load_settings"]
+__all__ = [
+    "EMBEDDED_KAFKA_PORT",
+    "SECRET_FIELDS",
+    "Settings",
+    "SettingsError",
+    "get_settings",
+    "load_settings",
+    "redact_url",
+]
 
 #: Loopback port of the embedded Tansu broker when ``GOVNOTIFY_KAFKA_URL`` is not set.
 EMBEDDED_KAFKA_PORT = 19092
@@ -41,6 +68,49 @@ _TWILIO_AUTH_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
 _TWILIO_SENDER = re.compile(r"\+[1-9][0-9]{6,14}|MG[0-9a-fA-F]{32}")
 #: Providers a route may name.
 _SMS_PROVIDERS = ("twilio", "gateway", "sandbox")
+#: Settings that are URLs which may carry a password: shown with the password as ``***``.
+_SECRET_URLS = ("amqp_url", "database_url", "kafka_url", "smtp_url")
+#: Every setting holding a secret: never shown whole outside the attribute itself.
+SECRET_FIELDS = (*_SECRET_URLS, "twilio_auth_token", "gateway_secret")
+#: What a hidden secret (or a URL that cannot be parsed) is shown as.
+_HIDDEN = "**********"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``; several ``;``/``,``-separated
+    URLs (the Kafka form) are redacted each. A URL that cannot be parsed is hidden whole."""
+
+    def one(part: str) -> str:
+        try:
+            parts = urlsplit(part)
+            password = parts.password
+        except ValueError:
+            return _HIDDEN
+        if password is None:
+            return part
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+    return re.sub(r"[^;,]+", lambda m: one(m.group(0)), url)
+
+
+class _Secret(SecretStr):
+    """A secret in ``model_dump()``: shown as ``**********``, its value via get_secret_value."""
+
+
+class _SecretUrl(SecretStr):
+    """A URL secret in ``model_dump()``: shown with its password as ``***``."""
+
+    def _display(self) -> str:
+        return redact_url(self.get_secret_value())
+
+
+def _shown(name: str, value: str) -> str:
+    """How secret setting ``name`` with ``value`` is displayed."""
+    if not value:
+        return value
+    return redact_url(value) if name in _SECRET_URLS else _HIDDEN
 
 
 class SettingsError(Exception):
@@ -50,13 +120,18 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     """All of govnotify's configuration. Field ``x`` is read from ``GOVNOTIFY_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="GOVNOTIFY_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a ValidationError's text would otherwise quote the bad value (a
+    # mistyped token, a URL with its password).
+    model_config = SettingsConfigDict(
+        env_prefix="GOVNOTIFY_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     #: Prefix of every exchange, queue, topic and consumer group; tests use a unique one each.
     namespace: str = Field("govnotify", pattern=r"^[a-z][a-z0-9_-]{0,40}$")
     #: Folder for the SQLite default database, pid files, sandbox outbox and metrics files.
     data_dir: Path = Path(".govnotify")
 
+    #: Shown with its password as ``***`` (as are the other URLs below).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     #: Empty means the embedded Tansu broker on 127.0.0.1:EMBEDDED_KAFKA_PORT.
     kafka_url: str = ""
@@ -115,8 +190,24 @@ class Settings(BaseSettings):
     #: Empty: http://api_host:api_port.
     public_base_url: str = ""
 
-    #: Message bodies and recipients are purged after this many days; statistics are kept.
+    #: Most simultaneous connections the api serves; more wait in the listen backlog.
+    api_max_connections: int = Field(1000, ge=1, le=100_000)
+    #: A connection that sent nothing for this long is closed, in seconds (a client trickling
+    #: its request a byte at a time is the proxy's to cut off: every byte resets the timer).
+    api_idle_timeout_s: int = Field(15, ge=1, le=3600)
+    #: Largest request body ``POST /events`` accepts, in bytes (callbacks have a small fixed cap).
+    api_max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: How far in the future an event's ``occurred_at`` may lie (clock skew allowed), seconds.
+    max_clock_skew_s: int = Field(300, ge=0, le=86400)
+    #: How long the relay trusts its copy of the sources registry before reading it again, in
+    #: seconds (0: read it for every event).
+    sources_cache_s: float = Field(2.0, ge=0, le=3600)
+
+    #: Message bodies and recipients are purged after this many days; statistics are kept. The
+    #: RabbitMQ dead-letter queues and the Kafka event topics keep messages as long, no longer.
     retention_days: int = Field(30, ge=1, le=3650)
+    #: Local time of the nightly retention purge the scheduler runs.
+    retention_purge_at: dt.time = dt.time(2, 30)
 
     timezone: str = "Asia/Shanghai"
     #: The settable clock: run "as of" this date (YYYY-MM-DD) instead of today.
@@ -216,6 +307,28 @@ class Settings(BaseSettings):
     #: Rows in `sent` with no final status from the provider after this are resolved by the
     #: sweep (asked of the provider, else `unknown-failure`). Twilio reports within hours.
     sweep_sent_after_s: int = Field(72 * 3600, ge=1)
+
+    # ---- secrets: plain str attributes, masked displays ---------------------------------------
+    @field_validator(*SECRET_FIELDS, mode="before")
+    @classmethod
+    def _unwrap_secret(cls, value: object) -> object:
+        # model_dump() gives secrets as SecretStr: Settings(**settings.model_dump()) takes them.
+        return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+    @field_serializer(*SECRET_FIELDS)
+    def _dump_secret(self, value: str, info: SerializationInfo) -> str | SecretStr:
+        if not value:
+            return value
+        if info.mode_is_json():
+            return _shown(info.field_name or "", value)
+        return _SecretUrl(value) if info.field_name in _SECRET_URLS else _Secret(value)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in SECRET_FIELDS and isinstance(value, str):
+                yield name, _shown(name, value)
+            else:
+                yield name, value
 
     @field_validator("timezone")
     @classmethod
@@ -639,6 +752,8 @@ class Settings(BaseSettings):
         """These settings as GOVNOTIFY_* variables, for a child process to load them exactly."""
         out = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()  # the child needs the real value
             if value is None or value == "":
                 continue
             if isinstance(value, list | dict):

@@ -36,7 +36,7 @@ from infra.journal import (
     lock_epochs,
     record_redriven,
 )
-from infra.services import create_topics
+from infra.services import create_topics, topic_configs
 from producers.kafka import KafkaSink
 from schemas.models import IngestEvent, utcnow
 
@@ -100,7 +100,15 @@ class EpochKeeper:
                 return known, False
             # Gone (or never written): the broker's data is not what we wrote. Make sure the
             # topics are there with the right partitions before anything is written again.
-            create_topics(s.kafka_bootstrap, s.topics, s.kafka_partitions)
+            create_topics(
+                s.kafka_bootstrap,
+                s.topics,
+                s.kafka_partitions,
+                replication_factor=s.topic_replication_factor,
+                min_insync_replicas=s.topic_min_insync_replicas,
+                topic_configs=topic_configs(s),
+                align_existing=False,
+            )
             epoch = begin_epoch(db, known)
             self.sink.write_marker(s.epoch_topic, epoch.marker().encode())
             db.commit()

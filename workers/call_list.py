@@ -5,12 +5,15 @@ Three days before a license expires its holder goes on the issuing department's 
 ``GOVNOTIFY_CALL_LIST_DIGEST_AT`` (09:00) each department head gets, through the department's
 robot, the entries due and not sent before: category, license, holder and expiry. Names and
 numbers are masked there (robots post to group chats); staff at the console see them whole with
-``govnotify call-list list --reveal`` and record the call with ``govnotify call-list done``.
+``govnotify call-list list --reveal --operator NAME --department DEPT`` (:func:`reveal`: one
+department's entries, with an ``operator_audit`` row saying who saw how many, never which
+numbers) and record the call with ``govnotify call-list done``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import hashlib
 import logging
 from collections import defaultdict
@@ -27,7 +30,7 @@ from infra.logging import mask_mobile, mask_name
 from notifiers.errors import DeliveryError, PermanentDeliveryError
 from notifiers.staff import StaffMessage
 from schemas.categories import load_categories
-from schemas.models import CallListEntry
+from schemas.models import CallListEntry, OperatorAudit
 from workers.context import current
 from workers.delivery import RETRY_OPTIONS
 from workers.scheduled_jobs import schedule
@@ -47,6 +50,7 @@ __all__ = [
     "digest_days",
     "entries",
     "open_counts",
+    "reveal",
     "schedule_digests",
     "send_call_list_digests",
 ]
@@ -54,6 +58,8 @@ __all__ = [
 log = logging.getLogger("govnotify.call_list")
 
 FLOW = "call_list"
+#: The ``operator_audit`` action of a reveal.
+REVEAL_ACTION = "call-list.reveal"
 #: Budget of one robot message's text in UTF-8 bytes: WeCom takes 2,048 for title and text.
 MESSAGE_BYTES = 1800
 
@@ -147,7 +153,8 @@ def _send_department(department: str, entries: list[CallListEntry], day: dt.date
                 kind="call_list",
                 title=f"续证提醒电话清单{part}",
                 text=f"{head.name}：以下{len(entries)}户许可证即将到期，请安排电话提醒办理续证"
-                f"（{day:%m月%d日}）。完整号码：govnotify call-list list --reveal\n"
+                f"（{day:%m月%d日}）。完整号码：govnotify call-list list --reveal "
+                f"--operator 姓名 --department {department}\n"
                 + "\n".join(line.text for line in chunk),
                 data={
                     "department": department,
@@ -252,6 +259,56 @@ def entries(
         if status != "all":
             query = query.where(CallListEntry.status == (status or "open"))
         return list(s.execute(query).scalars().all())
+
+
+def _audit_word(value: str | None, what: str, limit: int) -> str:
+    """``value`` stripped, or CallListError saying what is wrong (never echoing it whole)."""
+    word = (value or "").strip()
+    if not word:
+        raise CallListError(
+            f"list --reveal needs {what}: full names and numbers are shown only to a named "
+            "operator, for one department, and each reveal is recorded"
+        )
+    if len(word) > limit or not word.isprintable():
+        raise CallListError(f"{what} must be at most {limit} printable characters")
+    return word
+
+
+def reveal(
+    settings: Settings, *, operator: str | None, department: str | None, status: str | None
+) -> list[CallListEntry]:
+    """One department's entries with names and numbers, recorded in ``operator_audit``.
+
+    The audit row (operator, the OS user, department, status asked, how many entries) is
+    committed with the read, so a reveal that returned rows is never unrecorded.
+    """
+    who = _audit_word(operator, "--operator NAME", 64)
+    dept = _audit_word(department, "--department DEPT (one issuing department)", 200)
+    with session(settings) as s:
+        query = (
+            select(CallListEntry)
+            .where(CallListEntry.issuing_department == dept)
+            .order_by(CallListEntry.due_on, CallListEntry.license_id)
+        )
+        if status != "all":
+            query = query.where(CallListEntry.status == (status or "open"))
+        found = list(s.execute(query).scalars().all())
+        try:
+            account = getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry (a bare container)
+            account = "unknown"
+        s.add(
+            OperatorAudit(
+                operator=who,
+                action=REVEAL_ACTION,
+                subject=dept,
+                detail=f"revealed {len(found)} entries (status {status or 'open'}); "
+                f"os user {account}",
+            )
+        )
+        s.commit()
+    log.info("call list of %s revealed to %s: %d entries", dept, who, len(found))
+    return found
 
 
 def open_counts(settings: Settings) -> dict[str, int]:

@@ -22,11 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["list", "done"])
     p.add_argument("entry", nargs="?", help="entry id or unique prefix (for done)")
     p.add_argument("--outcome", help="what the call achieved (for done)")
-    p.add_argument("--department", help="only this issuing department's entries (for list)")
+    p.add_argument(
+        "--department",
+        help="only this issuing department's entries (for list; required with --reveal)",
+    )
     p.add_argument(
         "--status", choices=["open", "done", "cancelled", "all"], default="open", help="for list"
     )
-    p.add_argument("--reveal", action="store_true", help="show names and numbers unmasked")
+    p.add_argument(
+        "--reveal",
+        action="store_true",
+        help="show names and numbers unmasked (needs --operator and --department; recorded)",
+    )
+    p.add_argument("--operator", help="who asks to reveal (recorded in the audit table)")
     p.set_defaults(func=cmd_call_list)
 
 
@@ -58,7 +66,7 @@ def _rows(found: Iterable[CallListEntry], reveal: bool) -> list[list[object]]:
 def cmd_call_list(args: argparse.Namespace) -> int:
     # Imported once main() has applied --today, inside its SettingsError handling (exit 2):
     # lazy: workers.broker reads the settings as it is imported.
-    from workers.call_list import CallListError, complete, entries
+    from workers.call_list import CallListError, complete, entries, reveal
 
     cfg = get_settings()
     try:
@@ -68,7 +76,12 @@ def cmd_call_list(args: argparse.Namespace) -> int:
             entry = complete(cfg, args.entry, args.outcome)
             print(f"entry {entry.id[:8]} ({entry.license_id}) done")
             return 0
-        found = entries(cfg, department=args.department, status=args.status)
+        if args.reveal:
+            found = reveal(
+                cfg, operator=args.operator, department=args.department, status=args.status
+            )
+        else:
+            found = entries(cfg, department=args.department, status=args.status)
     except CallListError as exc:
         print(f"govnotify: {exc}", file=sys.stderr)
         return 2

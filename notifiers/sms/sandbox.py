@@ -4,6 +4,9 @@ It is the embedded default (no Twilio credentials) and a real implementation for
 manner of dramatiq's stub broker. Many worker threads and processes append to the same file, so
 each record is one ``write`` on an ``O_APPEND`` descriptor under an exclusive ``flock``: lines
 never interleave and none is lost.
+
+The outbox holds full phone numbers and message texts: it is readable by its owner only (0600,
+an existing looser file is tightened) and a folder made for it is 0700.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from typing import Any, ClassVar
 from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
 from notifiers.sms.text import count_segments
 
-__all__ = ["SandboxNotifier", "read_outbox"]
+__all__ = ["OUTBOX_MODE", "SandboxNotifier", "read_outbox"]
+
+#: The outbox's mode: owner read/write only.
+OUTBOX_MODE = 0o600
+#: The mode of a folder made for the outbox: owner only.
+FOLDER_MODE = 0o700
 
 
 class SandboxNotifier(SMSNotifier):
@@ -32,7 +40,14 @@ class SandboxNotifier(SMSNotifier):
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = Path(outbox)
-        self.outbox.parent.mkdir(parents=True, exist_ok=True)
+        if not self.outbox.parent.exists():
+            self.outbox.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        # Created (or tightened, if an older run left it 0644) before the first message.
+        fd = os.open(self.outbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, OUTBOX_MODE)
+        try:
+            os.fchmod(fd, OUTBOX_MODE)
+        finally:
+            os.close(fd)
 
     def _send(self, message: OutboundMessage) -> Receipt:
         record = {
@@ -44,8 +59,8 @@ class SandboxNotifier(SMSNotifier):
             "sent_at": dt.datetime.now(dt.UTC).isoformat(),
         }
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        # 0o600: the outbox holds full phone numbers, unlike our logs.
-        fd = os.open(self.outbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # 0600 also when a test or an operator removed the file since __init__.
+        fd = os.open(self.outbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, OUTBOX_MODE)
         try:
             # O_APPEND alone does not make a large write atomic across processes; the lock does.
             fcntl.flock(fd, fcntl.LOCK_EX)

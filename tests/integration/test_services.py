@@ -88,6 +88,8 @@ def embedded_settings(
         data_dir=tmp_path / "data", namespace=f"t{uuid.uuid4().hex[:12]}", kafka_url=""
     )
     yield settings
+    # `up` set the namespace's dead-letter TTL policy on the shared RabbitMQ: removed again.
+    services.clear_dead_letter_ttl(settings)
     # Whatever `up` started and the test did not bring down is stopped by the pids fixture.
     try:
         record = json.loads(state_path(settings).read_text()).get("tansu", {})
@@ -251,8 +253,11 @@ def test_services_up_against_external_kafka(
     )
 
     # When the services are brought up, then down
-    result = services_up(settings)
-    down = services_down(settings)
+    try:
+        result = services_up(settings)
+        down = services_down(settings)
+    finally:
+        services.clear_dead_letter_ttl(settings)
 
     # Then that broker got the topics, nothing was recorded to stop, and it still runs
     assert result["kafka"] == "up"

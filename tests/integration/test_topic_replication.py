@@ -18,7 +18,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from infra import services
-from infra.services import create_topics, new_topics, services_down, services_up
+from infra.services import (
+    clear_dead_letter_ttl,
+    create_topics,
+    new_topics,
+    services_down,
+    services_up,
+)
 from infra.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -161,12 +167,16 @@ def test_services_up_creates_topics_with_the_settings_replication(
         result = services_up(settings)
     finally:
         services_down(settings)
+        clear_dead_letter_ttl(settings)
 
-    # Then every topic got the replication of its kind of broker
+    # Then every topic got the replication of its kind of broker, and the retention of the
+    # settings (the epoch topic keeps its marker for good)
     assert result["topics"] == f"created {len(settings.topics)}"
     replicas, min_insync = expected
     for topic in settings.topics:
+        keep = "-1" if topic == settings.epoch_topic else str(settings.retention_days * 86_400_000)
         assert layout(tansu.bootstrap, topic) == (
             [replicas] * settings.kafka_partitions,
-            {"min.insync.replicas": min_insync},
+            {"min.insync.replicas": min_insync, "retention.ms": keep},
         ), topic
+    assert result["dead_letter_ttl"].startswith("set (")

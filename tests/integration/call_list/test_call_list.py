@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from infra.db import session
 from infra.settings import Settings
-from schemas.models import CallListEntry, DeadLetter
+from schemas.models import CallListEntry, DeadLetter, OperatorAudit
 from tests.fakes.webhook_server import FakeWebhook
 from tests.support import Pipeline, env_for, metric, scrape, wait_until
 from tests.support.call_list import add_entry, notified
@@ -167,12 +167,15 @@ def test_staff_list_their_calls_and_record_them_done(settings: Settings) -> None
 
     # When staff list their department's calls, masked and then revealed
     masked = govnotify(settings, "list", "--department", "市场监督管理局")
-    revealed = govnotify(settings, "list", "--department", "市场监督管理局", "--reveal")
+    revealed = govnotify(
+        settings, "list", "--department", "市场监督管理局", "--reveal", "--operator", "李娜"
+    )
 
     # Then
     assert masked.returncode == 0, masked.stderr
     assert "LIC-MKT-1" in masked.stdout and "LIC-HEALTH-1" not in masked.stdout
     assert "138****8001" in masked.stdout and "13800138001" not in masked.stdout
+    assert revealed.returncode == 0, revealed.stderr
     assert "13800138001" in revealed.stdout and "王伟" in revealed.stdout
 
     # When one call is recorded done, by a prefix of its id
@@ -223,3 +226,74 @@ def test_bad_call_list_commands_exit_2_with_the_reason(
     # Then
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def audit_rows(settings: Settings) -> list[OperatorAudit]:
+    with session(settings) as s:
+        return list(s.execute(select(OperatorAudit).order_by(OperatorAudit.id)).scalars())
+
+
+@pytest.mark.parametrize(
+    ("args", "missing"),
+    [
+        (("--reveal",), "--operator NAME"),
+        (("--reveal", "--department", "市场监督管理局"), "--operator NAME"),
+        (("--reveal", "--operator", "李娜"), "--department DEPT"),
+        (("--reveal", "--operator", "  ", "--department", "市场监督管理局"), "--operator NAME"),
+        (("--reveal", "--operator", "李娜\n伪造", "--department", "市场监督管理局"), "printable"),
+    ],
+)
+def test_reveal_without_a_named_operator_and_one_department_is_refused(
+    settings: Settings, args: tuple[str, ...], missing: str
+) -> None:
+    # Given an open entry
+    add_entry(settings, "LIC-MKT-1", mobile="13800138001")
+
+    # When numbers are asked for without saying who asks, or for which department
+    result = govnotify(settings, "list", *args)
+
+    # Then nothing is shown, the reason is, and nothing is recorded
+    assert result.returncode == 2
+    assert missing in result.stderr
+    assert "13800138001" not in result.stdout + result.stderr
+    assert audit_rows(settings) == []
+
+
+def test_reveal_shows_one_department_and_records_who_saw_how_many(settings: Settings) -> None:
+    # Given two open entries of one department, one done, and one of another department
+    add_entry(settings, "LIC-MKT-1", mobile="13800138001")
+    add_entry(settings, "LIC-MKT-2", mobile="13800138002")
+    add_entry(settings, "LIC-MKT-3", mobile="13800138004", status="done")
+    add_entry(settings, "LIC-HEALTH-1", department="卫生健康局", mobile="13800138003")
+
+    # When an operator reveals the market regulator's open calls
+    result = govnotify(
+        settings, "list", "--reveal", "--operator", "李娜", "--department", "市场监督管理局"
+    )
+
+    # Then that department's open numbers are shown, no other department's
+    assert result.returncode == 0, result.stderr
+    assert "13800138001" in result.stdout and "13800138002" in result.stdout
+    assert "LIC-HEALTH-1" not in result.stdout and "13800138003" not in result.stdout
+    assert "13800138004" not in result.stdout
+    # … and one audit row says who, what, for which department and how many, never a number
+    (row,) = audit_rows(settings)
+    assert (row.operator, row.action, row.subject) == ("李娜", "call-list.reveal", "市场监督管理局")
+    assert "revealed 2 entries" in row.detail
+    assert "1380013800" not in f"{row.operator}{row.subject}{row.detail}"
+    assert row.at is not None
+
+
+def test_listing_without_reveal_stays_masked_and_unrecorded(settings: Settings) -> None:
+    # Given entries of two departments
+    add_entry(settings, "LIC-MKT-1", mobile="13800138001")
+    add_entry(settings, "LIC-HEALTH-1", department="卫生健康局", mobile="13800138003")
+
+    # When the whole list is shown without --reveal (an operator named or not)
+    result = govnotify(settings, "list", "--operator", "李娜")
+
+    # Then both departments show, masked, and nothing is audited
+    assert result.returncode == 0, result.stderr
+    assert "138****8001" in result.stdout and "138****8003" in result.stdout
+    assert "13800138001" not in result.stdout and "王伟" not in result.stdout
+    assert audit_rows(settings) == []
