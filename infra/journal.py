@@ -93,10 +93,12 @@ def _insert(s: Session) -> Any:
 def journal(s: Session, entries: Sequence[JournalEntry]) -> JournalVerdict:
     """Insert ``entries`` once each (by ``event_id``) and sort them into a verdict.
 
-    Within the batch the first entry of an id wins; a later one is a duplicate or conflict of
-    it. Commits.
+    An id the journal held before keeps what it holds: every copy in the batch is a duplicate
+    or a conflict of that. A new id is journaled as its first copy in the batch; later copies are
+    duplicates or conflicts of it. Commits.
     """
     verdict = JournalVerdict([], [], [])
+    known: dict[str, tuple[str, dt.datetime | None]] = {}
     first: dict[str, JournalEntry] = {}
     repeats: list[JournalEntry] = []
     for entry in entries:
@@ -131,7 +133,6 @@ def journal(s: Session, entries: Sequence[JournalEntry]) -> JournalVerdict:
         )
         created = set(s.scalars(stmt, rows).all())
         seen = [i for i in first if i not in created]
-        known: dict[str, tuple[str, dt.datetime | None]] = {}
         if seen:
             known = {
                 row.event_id: (row.fingerprint, row.relayed_at)
@@ -158,8 +159,11 @@ def journal(s: Session, entries: Sequence[JournalEntry]) -> JournalVerdict:
                 verdict.duplicates.append(entry)
         s.commit()
     for entry in repeats:
-        kept = first[entry.event_id]
-        if fingerprint(kept.body) == fingerprint(entry.body):
+        # Compared with what the journal holds for the id: stored before this batch (the batch's
+        # first copy may be the conflicting one), else the batch's first copy, just stored.
+        stored = known.get(entry.event_id)
+        kept = stored[0] if stored is not None else fingerprint(first[entry.event_id].body)
+        if kept == fingerprint(entry.body):
             verdict.duplicates.append(entry)
         else:
             verdict.conflicts.append(entry)
