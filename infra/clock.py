@@ -116,4 +116,3 @@ def event_horizon(clock: Clock) -> dt.datetime:
     (say 9999-12-31) is what the clock-skew check refuses.
     """
     return max(clock.utcnow(), dt.datetime.now(dt.UTC))
-
