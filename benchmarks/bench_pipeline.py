@@ -1,8 +1,9 @@
 """End to end: publish → relay → Kafka → stream → RabbitMQ → worker → sandbox SMS.
 
 relay, stream and worker run as real processes (``infra.processes.ProcessGroup``) with the
-benchmark's settings: PostgreSQL database, ``GOVNOTIFY_TODAY`` set, no Twilio credentials (so the
-worker uses the sandbox notifier). After one warm-up event has gone all the way through (the
+benchmark's settings: PostgreSQL database, ``GOVNOTIFY_NOW`` pinned to 10:00 of a fixed day (so
+quiet hours never hold reminders, whatever the hour), no Twilio credentials (so the worker uses
+the sandbox notifier). After one warm-up event has gone all the way through (the
 stream's consumer group has joined and the worker answers), ``generate_registry(3000, today)`` is
 published with the product's Publisher and the clock runs until the pipeline has settled, as
 ``govnotify demo`` decides it:
