@@ -17,6 +17,7 @@ from sqlmodel import Session
 import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.amqp import publish_confirmed
 from infra.db import session
+from notifiers.errors import PermanentDeliveryError
 from notifiers.templates import load_templates
 from schemas.commands import CaseJob
 from schemas.events import DEFAULT_RATING_SOURCE, make_event
@@ -74,7 +75,9 @@ def schedule_survey(job: dict[str, Any]) -> None:
             schedule(s, f"default-rating:{case.case_id}", default_at, "record_default_rating", job)
 
 
-@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS)
+# A value refused at render time (notifiers.templates) will be refused again: a dead letter at
+# once, not after every retry.
+@dramatiq.actor(queue_name=QUEUE, **RETRY_OPTIONS, throws=(PermanentDeliveryError,))
 def send_survey(job: dict[str, Any]) -> None:
     """Persist and send the invitation (deferred out of quiet hours by the citizen rules)."""
     settings = current().settings
