@@ -1,10 +1,17 @@
-# The two commands of the README: `make demo` and `make test`. Each creates the virtual
-# environment and installs what it needs on first use.
+# The two commands of the README: `make demo` and `make test`. Each makes the machine ready
+# (scripts/prereqs.sh: installs or starts what is missing as root on Debian, or stops at once
+# with the command that would), then creates the virtual environment on first use.
 VENV ?= .venv
 PY   := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench chaos services-up services-down clean
+.PHONY: demo test prereqs-demo prereqs-test lint bench chaos services-up services-down clean
+
+prereqs-demo:
+	PYTHON=$(PYTHON) scripts/prereqs.sh demo
+
+prereqs-test:
+	PYTHON=$(PYTHON) scripts/prereqs.sh test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,10 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: prereqs-demo $(VENV)/.installed
 	$(VENV)/bin/govnotify demo
 
-test: $(VENV)/.installed
+test: prereqs-test $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
