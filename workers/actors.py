@@ -10,6 +10,10 @@ for each of its webhooks. What refuses them ends the process with one line on st
 variable to fix and exit status :data:`EXIT_MISCONFIGURED`, without a traceback (the fault is
 the configuration, not the code); dramatiq's main process then exits with that status too.
 
+First of all at boot, each worker process asks to die with dramatiq's main process
+(:func:`workers.observability.die_with_parent`): that process killed with SIGKILL, its worker
+processes would otherwise live on as orphans, consuming with the old code and settings.
+
 The check runs at process boot rather than at import because other processes import this
 module only to declare the actors on the broker (the scheduler, the stream's job sender): they
 send nothing through these notifiers, and the stream imports it on a background thread.
@@ -27,6 +31,7 @@ from infra.settings import SettingsError
 from notifiers.errors import NotifierConfigError
 from notifiers.registry import notifier_from_settings
 from schemas.staff import StaffDirectoryError
+from workers.observability import die_with_parent
 
 __all__ = ["EXIT_MISCONFIGURED", "StartCheck", "broker", "check_can_send"]
 
@@ -101,10 +106,14 @@ def check_can_send() -> None:
 
 
 class StartCheck(dramatiq.Middleware):
-    """Runs :func:`check_can_send` as a dramatiq worker process boots, before any consumer
-    exists; a refusal ends the process (:data:`EXIT_MISCONFIGURED`)."""
+    """Ties a dramatiq worker process to its parent, then runs :func:`check_can_send`, as it
+    boots and before any consumer exists; a refusal ends the process
+    (:data:`EXIT_MISCONFIGURED`), and so does a parent already gone (status 1)."""
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        # Before the check, which takes a moment: a parent that dies meanwhile is caught too.
+        # Added last, this middleware's after_* hooks run first (dramatiq runs them reversed).
+        die_with_parent()
         try:
             check_can_send()
         except (NotifierConfigError, StaffDirectoryError, OSError) as exc:
