@@ -13,6 +13,11 @@ plain ``str`` so every caller reads the value it needs as before (``settings.amq
 pika is given); only the displays are masked. ``model_dump()`` gives each secret as a
 :class:`pydantic.SecretStr` (``.get_secret_value()`` for the value), which ``Settings(**dump)``
 accepts back, and :meth:`Settings.env` hands the real values to child processes.
+
+Profiles: by default (``GOVNOTIFY_ENV=development``) a missing provider, database, Kafka or
+staff directory falls back on a sandbox or a local stand-in, and :func:`warn_sandboxes` names
+them in one warning line at start. ``GOVNOTIFY_ENV=production`` refuses to start with any
+(:meth:`Settings.fallbacks`), listing every variable to set in one :class:`SettingsError`.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import datetime as dt
 import functools
 import ipaddress
 import json
+import logging
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +43,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.quiet_hours import QuietHours
@@ -46,11 +53,14 @@ from schemas.staff import StaffDirectoryError, load_staff_directory
 __all__ = [
     "EMBEDDED_KAFKA_PORT",
     "SECRET_FIELDS",
+    "Fallback",
     "Settings",
     "SettingsError",
+    "env_name",
     "get_settings",
     "load_settings",
     "redact_url",
+    "warn_sandboxes",
 ]
 
 #: Loopback port of the embedded Tansu broker when ``GOVNOTIFY_KAFKA_URL`` is not set.
@@ -117,77 +127,132 @@ class SettingsError(Exception):
     """Raised when a GOVNOTIFY_* setting is missing or invalid; the message names it."""
 
 
+class Fallback(NamedTuple):
+    """A development fall-back: what :meth:`Settings.fallbacks` finds, and production refuses."""
+
+    #: The environment variable(s) to set.
+    variable: str
+    #: Why production refuses it, and what to set instead (never a secret).
+    problem: str
+    #: How development's start-up warning names it when it is a sandbox (something that looks
+    #: like sending and is not); empty for what is merely unfit for production.
+    sandbox: str = ""
+
+
 class Settings(BaseSettings):
-    """All of govnotify's configuration. Field ``x`` is read from ``GOVNOTIFY_X``."""
+    """All of govnotify's configuration. Field ``x`` is read from ``GOVNOTIFY_X`` (the one
+    exception: ``environment`` from ``GOVNOTIFY_ENV``).
+
+    Every field carries a ``#:`` comment: it is the "meaning" column of the README's settings
+    table, which :mod:`infra.settings_doc` generates from this class (a unit test keeps the two
+    equal, so a setting without its comment or its README line fails CI).
+    """
 
     # hide_input_in_errors: a ValidationError's text would otherwise quote the bad value (a
-    # mistyped token, a URL with its password).
+    # mistyped token, a URL with its password). populate_by_name: ``environment`` is read from
+    # GOVNOTIFY_ENV (an alias), and ``Settings(environment=…)`` must still work for callers.
     model_config = SettingsConfigDict(
-        env_prefix="GOVNOTIFY_", extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix="GOVNOTIFY_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+        populate_by_name=True,
     )
 
+    #: ``production`` refuses to start with any development fall-back (sandbox SMS or e-mail,
+    #: SQLite, the embedded Kafka, the bundled staff directory, a relative data folder, a
+    #: loopback metrics host, RabbitMQ's guest user) and names the variable to set for each;
+    #: ``development`` starts with them and logs one warning line naming the sandboxes.
+    # The field cannot be called ``env``: Settings.env() hands the settings to child processes.
+    environment: Literal["development", "production"] = Field(
+        "development", validation_alias="GOVNOTIFY_ENV"
+    )
     #: Prefix of every exchange, queue, topic and consumer group; tests use a unique one each.
     namespace: str = Field("govnotify", pattern=r"^[a-z][a-z0-9_-]{0,40}$")
-    #: Folder for the SQLite default database, pid files, sandbox outbox and metrics files.
+    #: Folder for the SQLite default database, pid files, sandbox outbox and metrics files
+    #: (an absolute path in production).
     data_dir: Path = Path(".govnotify")
 
-    #: Shown with its password as ``***`` (as are the other URLs below).
+    #: RabbitMQ: ``amqp://user:password@host:5672/vhost`` or ``amqps://…`` (shown with its
+    #: password as ``***``, as are the other URLs; production refuses the guest user).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    #: Empty means the embedded Tansu broker on 127.0.0.1:EMBEDDED_KAFKA_PORT.
+    #: ``kafka://host:port[;kafka://host2:port]``. Empty: the embedded Tansu broker on
+    #: 127.0.0.1:19092 (development only).
     kafka_url: str = ""
+    #: Partitions of every topic (pre-created).
     kafka_partitions: int = Field(4, ge=1, le=256)
-    #: "tansu" (the embedded broker; works around its ListOffsets answer) or "kafka".
+    #: ``tansu`` (the embedded broker; works around its ListOffsets answer) or ``kafka`` for a
+    #: real cluster.
     kafka_broker_kind: Literal["tansu", "kafka"] = "tansu"
-    #: Replicas of every topic on a real cluster (``kafka`` kind); the embedded Tansu has one.
+    #: Replicas of every topic ``services up`` creates on a real cluster (``kafka`` kind; 1 on
+    #: Tansu); existing topics are left as they are.
     kafka_replication_factor: int = Field(3, ge=1, le=7)
-    #: ``min.insync.replicas`` of every topic on a real cluster: with acks=all a write is
-    #: acknowledged only once this many replicas have it, so one broker lost loses nothing.
+    #: ``min.insync.replicas`` of every topic on a real cluster (1 on Tansu): with acks=all a
+    #: write is acknowledged only once this many replicas have it, so one broker lost loses
+    #: nothing.
     kafka_min_insync_replicas: int = Field(2, ge=1, le=7)
     #: How often the relay checks that Kafka still holds its epoch marker (a broker that came
     #: back empty lost every event not yet applied; the relay re-drives them from the journal).
     kafka_epoch_check_s: float = Field(5.0, gt=0)
-    #: RabbitMQ queue type of every govnotify queue: ``classic``, or ``quorum`` (replicated
-    #: across a RabbitMQ cluster; a single-node quorum queue works too).
+    #: ``quorum``: every govnotify queue (work queues with their ``.DQ``/``.XQ``, relay queue,
+    #: ``events.dead``) is a replicated quorum queue (a single-node one works too). RabbitMQ
+    #: refuses to change the type of an existing queue, so drain and delete a namespace's
+    #: queues (or use a new namespace) to switch.
     rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
-    #: Empty means a SQLite file under data_dir.
+    #: ``postgresql+psycopg://user@host/db`` (required in production). Empty: a SQLite file
+    #: under the data folder.
     database_url: str = ""
 
+    #: Twilio Account SID (``AC`` + 32 hex). Twilio needs all three of SID, token and sender,
+    #: or none; with no SMS provider at all, SMS go to the sandbox outbox file.
     twilio_account_sid: str = ""
+    #: Twilio Auth Token (32 hex); never shown.
     # Secrets stay out of repr(): settings objects show up in test failures and tracebacks.
     twilio_auth_token: str = Field("", repr=False)
+    #: Twilio sender: an E.164 number or a Messaging Service SID (``MG`` + 32 hex).
     twilio_from: str = ""
     #: Overrides https://api.twilio.com, for a sandbox or a test fake.
     twilio_api_base: str = ""
 
     #: The second SMS provider: a mainland-style HTTP gateway (template id + parameters + an
-    #: HMAC-SHA256 signature). Enabled when its URL is set; key id and secret are then required.
+    #: HMAC-SHA256 signature), enabled when its URL is set: https, or http only to a loopback
+    #: host; it then needs its key id, secret and ``_TEMPLATES`` or ``_GENERIC_TEMPLATE``.
     gateway_url: str = ""
+    #: The gateway's key id, sent with every request.
     gateway_key_id: str = ""
+    #: The gateway's HMAC signing secret; never shown.
     gateway_secret: str = Field("", repr=False)
     #: The registered signature (签名) the gateway puts in front of every message.
     gateway_sign_name: str = "长安政务"
-    #: Our template name → the gateway's approved template id.
+    #: JSON: our template name → the gateway's approved template id.
     gateway_templates: dict[str, str] = {}
-    #: Template id for a message without a mapped template; its one parameter is ``content``.
+    #: Template id approved as ``${content}``, for messages without a mapped template.
     gateway_generic_template: str = ""
 
-    #: Provider order per flow, e.g. {"default": ["twilio", "gateway"], "green_channel":
-    #: ["gateway", "twilio"]}: the first is primary, the rest take over on transient failure.
-    #: Empty: every configured provider, Twilio first; the sandbox when none is configured.
+    #: JSON provider order per flow, primary first, e.g. ``{"default": ["twilio", "gateway"],
+    #: "green_channel": ["gateway", "twilio"]}``; the rest take over on transient failure and a
+    #: provider named here must be configured. Empty: every configured provider, Twilio
+    #: first; the sandbox when none is configured.
     sms_routes: dict[str, list[str]] = {}
-    #: A provider whose error rate over this window passes the threshold leaves the rotation.
+    #: A provider whose error rate over this window (seconds) passes the threshold leaves the
+    #: rotation for the cool-down.
     circuit_window_s: float = Field(60.0, gt=0)
+    #: Requests in the window before the circuit judges a provider's error rate.
     circuit_min_requests: int = Field(10, ge=1)
+    #: Error rate over the window that takes a provider out of the rotation.
     circuit_error_rate: float = Field(0.5, gt=0, le=1)
-    #: … for this long, then one trial request decides whether it is back.
+    #: A provider out of the rotation stays out this long (seconds), then one trial request
+    #: decides whether it is back.
     circuit_cooldown_s: float = Field(30.0, gt=0)
 
-    #: `govnotify api`: receives provider status callbacks (public) on this address.
+    #: Address of ``govnotify api``: provider status callbacks (public) and HTTP ingest.
     api_host: str = "127.0.0.1"
+    #: Port of ``govnotify api``.
     api_port: int = Field(8400, ge=0, le=65535)
     #: The URL providers reach the api at (behind the city's proxy), e.g.
-    #: https://notify.example.gov.cn. Twilio signs the full public URL, so validation needs it.
-    #: Empty: http://api_host:api_port.
+    #: https://notify.example.gov.cn: Twilio signs the full public URL, so validation needs
+    #: it. Empty: no status callbacks are asked of Twilio, and the api checks signatures
+    #: against http://api_host:api_port.
     public_base_url: str = ""
 
     #: Most simultaneous connections the api serves; more wait in the listen backlog.
@@ -197,44 +262,53 @@ class Settings(BaseSettings):
     api_idle_timeout_s: int = Field(15, ge=1, le=3600)
     #: Largest request body ``POST /events`` accepts, in bytes (callbacks have a small fixed cap).
     api_max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    #: How far in the future an event's ``occurred_at`` may lie (clock skew allowed), seconds.
+    #: How far in the future an event's ``occurred_at`` may lie (clock skew allowed), seconds;
+    #: an event further ahead is refused (``occurred_in_future``).
     max_clock_skew_s: int = Field(300, ge=0, le=86400)
     #: How long the relay trusts its copy of the sources registry before reading it again, in
-    #: seconds (0: read it for every event).
+    #: seconds (a source added or disabled takes effect within this; 0: read it for every
+    #: event).
     sources_cache_s: float = Field(2.0, ge=0, le=3600)
 
-    #: Message bodies and recipients are purged after this many days; statistics are kept. The
-    #: RabbitMQ dead-letter queues and the Kafka event topics keep messages as long, no longer.
+    #: Message bodies and recipients are purged after this many days (license holders once the
+    #: license is this long expired); statistics are kept. The RabbitMQ dead-letter queues and
+    #: the Kafka event topics keep messages as long, no longer.
     retention_days: int = Field(30, ge=1, le=3650)
-    #: Local time of the nightly retention purge the scheduler runs.
+    #: Local time of the nightly retention purge the scheduler runs (once a day, caught up
+    #: after a missed night).
     retention_purge_at: dt.time = dt.time(2, 30)
 
+    #: Time zone of all local dates, quiet hours and working days.
     timezone: str = "Asia/Shanghai"
-    #: The settable clock: run "as of" this date (YYYY-MM-DD) instead of today.
+    #: The settable clock: run "as of" this date (YYYY-MM-DD) instead of today (``--today``
+    #: does the same).
     today: dt.date | None = None
-    #: The settable clock, to the second: start at this instant (ISO 8601 with offset), then run.
+    #: The settable clock, to the second: start at this instant (ISO 8601 with offset, e.g.
+    #: ``2026-11-26T10:00:00+08:00``), then run.
     now: dt.datetime | None = None
-    #: Unix time at which the settable clock read ``now``: processes started later join the same
-    #: clock. Empty: each process's clock reads ``now`` when that process starts.
+    #: Unix time at which the settable clock read ``GOVNOTIFY_NOW``: processes started apart
+    #: share one clock. Empty: each process's clock reads ``GOVNOTIFY_NOW`` when it starts.
     now_epoch: float | None = Field(None, gt=0)
 
+    #: Prefix of every SMS.
     sms_signature: str = "【长安政务】"
     #: Days before expiry at which the holder gets a renewal SMS.
     renewal_sms_offsets: list[int] = [30, 7]
     #: Days before expiry at which the issuing department gets a call-list entry.
     renewal_call_offsets: list[int] = [3]
-    #: A reminder due at once when a license event arrives waits this long and is checked
-    #: against the registry again, so an issue followed at once by a renewal or revocation
-    #: texts nobody (0: send at once).
+    #: A reminder due at once when a license event arrives waits this long (seconds) and is
+    #: checked against the registry again, so an issue followed at once by a renewal or
+    #: revocation texts nobody (0: send at once).
     renewal_settle_s: int = Field(60, ge=0, le=86400)
     #: Ingested events are kept in the journal (PostgreSQL) this many days after the stream
     #: applied them: the window for de-duplicating an upstream's repeats and for rebuilding
     #: stream state; the retention purge deletes older ones.
     journal_keep_days: int = Field(30, ge=1, le=3650)
-    #: Local time of the daily call-list digest to each issuing department (working days).
+    #: Local time of each working day's call-list digest to the issuing departments' heads.
     call_list_digest_at: dt.time = dt.time(9, 0)
 
-    #: Non-critical citizen SMS are deferred out of these local hours ("" disables).
+    #: Non-critical citizen SMS are deferred out of these local hours (``off`` or empty
+    #: disables).
     quiet_hours: str = "21:00-08:00"
     #: Non-critical SMS per citizen per local day; more are deferred to the next day (0: no cap).
     sms_daily_cap: int = Field(5, ge=0, le=100)
@@ -247,65 +321,88 @@ class Settings(BaseSettings):
     green_fast_path: bool = True
     #: Also text the on-duty staff (critical SMS: no quiet hours, no cap) besides the webhook.
     green_channel_sms: bool = False
-    #: Green-channel alerts not acknowledged within this escalate to the hall supervisor.
+    #: Green-channel alerts not acknowledged within this (seconds) escalate to the hall
+    #: supervisor.
     green_escalate_after_s: int = Field(600, ge=1)
-    #: Survey invitation this long after completion (then deferred out of quiet hours).
+    #: Survey invitation this long (seconds) after completion, then deferred out of quiet
+    #: hours.
     survey_delay_s: int = Field(1800, ge=0)
-    #: A key project's follow-up callback is due this long after completion.
+    #: A key project's follow-up callback is due this long (seconds; 3 days) after completion.
     callback_due_after_s: int = Field(3 * 86400, ge=1)
     #: Rectification deadline, in Chinese working days after the negative review.
     rectification_workdays: int = Field(5, ge=1, le=60)
-    #: Remind the department this many working days before the deadline.
+    #: Remind the department this many working days before the rectification deadline.
     rectification_remind_workdays: int = Field(1, ge=0, le=30)
-    #: Record 基本满意 (3) for cases not rated within default_rating_after_s (off by default).
+    #: Record 基本满意 (3) for cases not rated within ``GOVNOTIFY_DEFAULT_RATING_AFTER_S``, as some
+    #: provinces do (off by default).
     default_rating_enabled: bool = False
+    #: How long (seconds; 7 days) a completed case waits for a rating before the default one.
     default_rating_after_s: int = Field(7 * 86400, ge=1)
-    #: The shorter tumbling window of the live satisfaction rates (the other is one day).
+    #: The shorter tumbling window of the live satisfaction rates, seconds (the other is one
+    #: local day).
     satisfaction_window_s: int = Field(3600, ge=60)
-    #: Staff directory (on-duty staff, supervisors, department heads, webhooks); empty: bundled.
+    #: JSON file: service points, on-duty staff, supervisors, department heads, webhooks
+    #: (robots, or ``{"url": "mailto:head@dept.gov.cn", "format": "email"}``); loaded and
+    #: checked at start. Empty: the bundled sample, whose robots are sandboxes (development
+    #: only).
     staff_directory: Path | None = None
-    #: SMTP server for staff reached by e-mail (a ``mailto:`` entry among the staff directory's
-    #: webhooks): ``smtp://user:password@host:587`` (STARTTLS) or ``smtps://…:465`` (TLS).
-    #: Empty: e-mails are written to the sandbox file, like ``sandbox://`` webhooks.
+    #: Mail server for staff reached by e-mail (a ``mailto:`` webhook in the staff directory):
+    #: ``smtps://user:password@host:465``, or ``smtp://…:587`` with STARTTLS required (plain
+    #: only on loopback). Empty: e-mails are written to the sandbox file (development only).
     smtp_url: str = Field("", repr=False)
     #: The From address of those e-mails.
     smtp_from: str = "govnotify@localhost"
     #: JSON holiday notices for years the chinesecalendar package does not know yet (the State
-    #: Council publishes next year's each November): {"2027": {"holidays": [...],
-    #: "workdays": [...]}}. Empty: the package only.
+    #: Council publishes next year's each November): ``{"2027": {"holidays": ["2027-01-01",
+    #: …], "workdays": ["2027-02-07", …]}}``. Empty: the package only.
     holidays_file: Path | None = None
-    #: How often the scheduler hands due jobs to the work queues.
+    #: How often the scheduler hands due jobs to the work queues, seconds.
     scheduler_interval_s: float = Field(0.5, gt=0)
 
+    #: The relay's ``/metrics``, ``/healthz`` and ``/readyz`` port.
     relay_metrics_port: int = Field(9301, ge=0, le=65535)
+    #: The stream's ``/metrics``, ``/healthz`` and ``/readyz`` port.
     stream_metrics_port: int = Field(9302, ge=0, le=65535)
+    #: The scheduler's ``/metrics``, ``/healthz`` and ``/readyz`` port.
     scheduler_metrics_port: int = Field(9303, ge=0, le=65535)
+    #: The worker's ``/metrics``, ``/healthz`` and ``/readyz`` port.
     worker_metrics_port: int = Field(9191, ge=0, le=65535)
+    #: The api's ``/metrics``, ``/healthz`` and ``/readyz`` port.
     api_metrics_port: int = Field(9304, ge=0, le=65535)
     #: RabbitMQ's own Prometheus endpoint (rabbitmq_prometheus plugin).
     rabbitmq_prometheus_port: int = Field(15692, ge=0, le=65535)
+    #: Address the metrics ports listen on: in production one Prometheus on another host can
+    #: reach (a loopback address is refused there).
     metrics_host: str = "127.0.0.1"
 
+    #: dramatiq worker processes of one ``govnotify worker``.
     worker_processes: int = Field(1, ge=1, le=64)
+    #: Threads of each dramatiq worker process.
     worker_threads: int = Field(8, ge=1, le=256)
     #: Largest accepted event, in bytes, before it is dead-lettered as oversize.
     max_event_bytes: int = Field(64 * 1024, ge=1024)
-    #: Transient provider errors are retried this many times, with exponential backoff.
+    #: Transient provider errors are retried this many times on the retry queue, with
+    #: exponential backoff.
     delivery_max_retries: int = Field(8, ge=0, le=50)
+    #: The first retry's backoff, in milliseconds.
     delivery_min_backoff_ms: int = Field(1_000, ge=10)
+    #: The longest backoff between retries, in milliseconds.
     delivery_max_backoff_ms: int = Field(300_000, ge=10)
     #: How often the stream checks for a new local day (the scan itself runs once per day).
     stream_scan_interval_s: float = Field(30.0, gt=0)
-    #: Stream state is forgotten this many days after a license expired or a case's last event.
+    #: Stream state is forgotten this many days after a license expired or a case's last event
+    #: (rebuilt from the journal if the case comes back).
     stream_state_keep_days: int = Field(90, ge=1, le=3650)
-    #: The scheduler runs the reconciliation sweep this often (0: only `govnotify sweep`).
+    #: The scheduler runs the reconciliation sweep this often, seconds (0: only ``govnotify
+    #: sweep``).
     sweep_interval_s: float = Field(60.0, ge=0)
-    #: Rows in `sending` longer than this are resolved by the sweep.
+    #: Rows in ``sending`` longer than this (seconds) are resolved by the sweep.
     sweep_sending_after_s: int = Field(300, ge=1)
-    #: Rows in `created` longer than this are re-queued by the sweep.
+    #: Rows in ``created`` longer than this (seconds) are re-queued by the sweep.
     sweep_created_after_s: int = Field(120, ge=1)
-    #: Rows in `sent` with no final status from the provider after this are resolved by the
-    #: sweep (asked of the provider, else `unknown-failure`). Twilio reports within hours.
+    #: Rows in ``sent`` with no final status from the provider after this (seconds; 72 h) are
+    #: resolved by the sweep (asked of the provider, else ``unknown-failure``). Twilio reports
+    #: within hours.
     sweep_sent_after_s: int = Field(72 * 3600, ge=1)
 
     # ---- secrets: plain str attributes, masked displays ---------------------------------------
@@ -630,6 +727,141 @@ class Settings(BaseSettings):
             )
         return self
 
+    # ---- the production profile ---------------------------------------------------------------
+    @model_validator(mode="after")
+    def _production_profile(self) -> Settings:
+        # Every fall-back at once, one line each: an operator fixes the environment file in one
+        # go instead of restarting once per missing variable.
+        if self.environment != "production":
+            return self
+        fallbacks = self.fallbacks()
+        if fallbacks:
+            lines = "\n".join(f"  {f.variable}: {f.problem}" for f in fallbacks)
+            raise PydanticCustomError(
+                "production_profile",
+                "{summary}",
+                {
+                    "summary": f"GOVNOTIFY_ENV=production refuses to start with "
+                    f"{len(fallbacks)} development fall-back{'s' if len(fallbacks) > 1 else ''}; "
+                    f"set the variable named on each line:\n{lines}"
+                },
+            )
+        return self
+
+    def fallbacks(self) -> list[Fallback]:
+        """What these settings fall back on that is fit for development only: sandboxes that
+        look like sending, and places production cannot work from. Empty when none.
+
+        ``GOVNOTIFY_ENV=production`` refuses to start with any; development starts and
+        :func:`warn_sandboxes` names the sandboxes among them.
+        """
+        found: list[Fallback] = []
+        if not (self.twilio_enabled or self.gateway_enabled):
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_TWILIO_ACCOUNT_SID, _AUTH_TOKEN, _FROM or GOVNOTIFY_GATEWAY_URL, "
+                    "_KEY_ID, _SECRET",
+                    "no SMS provider is configured: every SMS would be written to the sandbox "
+                    "outbox file and look sent",
+                    "SMS go to the sandbox outbox",
+                )
+            )
+        for flow, providers in sorted(self.sms_routes.items()):
+            if "sandbox" in providers:
+                found.append(
+                    Fallback(
+                        "GOVNOTIFY_SMS_ROUTES",
+                        f"route {flow!r} names the sandbox, which only writes a file; name "
+                        "configured providers only",
+                        f"route {flow!r} sends SMS to the sandbox",
+                    )
+                )
+        if not self.database_url or self.database_url.startswith("sqlite"):
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_DATABASE_URL",
+                    "the database would be a SQLite file (one host, no concurrent writers); set "
+                    "postgresql+psycopg://user:password@host:5432/govnotify",
+                    "the database is SQLite",
+                )
+            )
+        if self.kafka_embedded:
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_KAFKA_URL",
+                    "empty means the embedded single-node Tansu on "
+                    f"127.0.0.1:{EMBEDDED_KAFKA_PORT}; set kafka://host:port[;kafka://host2:port] "
+                    "of the cluster",
+                    "Kafka is the embedded Tansu",
+                )
+            )
+        if self.staff_directory is None:
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_STAFF_DIRECTORY",
+                    "empty means the bundled sample (fake staff, sandbox:// robots); set the path "
+                    "of the city's staff directory JSON",
+                    "staff alerts go to the bundled sample's sandbox robots",
+                )
+            )
+        else:
+            found.extend(self._staff_fallbacks(self.staff_directory))
+        if not self.data_dir.is_absolute():
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_DATA_DIR",
+                    f"{str(self.data_dir)!r} is relative to the folder each process starts in; "
+                    "set an absolute path, e.g. /var/lib/govnotify",
+                )
+            )
+        if _is_loopback(self.metrics_host):
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_METRICS_HOST",
+                    f"{self.metrics_host} is loopback: a Prometheus on another host cannot scrape "
+                    "it; set this host's address (or 0.0.0.0)",
+                )
+            )
+        if (urlsplit(self.amqp_url).username or "guest") == "guest":
+            # No user in the URL is pika's default, guest as well. The URL is not echoed.
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_AMQP_URL",
+                    "connects as RabbitMQ's guest user (well-known password, loopback only); set "
+                    "amqps://user:password@host:5671/vhost with a user of govnotify's own",
+                )
+            )
+        return found
+
+    def _staff_fallbacks(self, path: Path) -> list[Fallback]:
+        """Sandboxes inside a configured staff directory: ``sandbox://`` robots, and e-mail
+        webhooks while no mail server is set."""
+        # Read again: the field validator checked the file but keeps only its path. Webhook keys
+        # are named, never their URLs (a robot URL carries its key).
+        webhooks = load_staff_directory(path).webhooks
+        found = []
+        robots = sorted(k for k, w in webhooks.items() if w.url.startswith("sandbox:"))
+        if robots:
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_STAFF_DIRECTORY",
+                    f"webhooks {', '.join(robots)} are sandbox:// (written to a file, never "
+                    "delivered); give them their robots' https:// URLs",
+                    f"staff webhooks {', '.join(robots)} are sandboxes",
+                )
+            )
+        mailboxes = sorted(k for k, w in webhooks.items() if w.format == "email")
+        if mailboxes and not self.smtp_url:
+            found.append(
+                Fallback(
+                    "GOVNOTIFY_SMTP_URL",
+                    f"empty while webhooks {', '.join(mailboxes)} are e-mail: they would be "
+                    "written to the sandbox file; set smtps://user:password@host:465",
+                    "staff e-mail goes to the sandbox file",
+                )
+            )
+        return found
+
     # ---- derived values -------------------------------------------------------------------
     @property
     def tz(self) -> ZoneInfo:
@@ -751,15 +983,44 @@ class Settings(BaseSettings):
     def env(self) -> dict[str, str]:
         """These settings as GOVNOTIFY_* variables, for a child process to load them exactly."""
         out = {}
-        for name, value in self.model_dump().items():
+        for name, value in self.model_dump(by_alias=False).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()  # the child needs the real value
             if value is None or value == "":
                 continue
             if isinstance(value, list | dict):
                 value = json.dumps(value, ensure_ascii=False)
-            out[f"GOVNOTIFY_{name.upper()}"] = str(value)
+            out[env_name(name)] = str(value)
         return out
+
+
+def env_name(field: str) -> str:
+    """The environment variable setting ``field`` is read from (``GOVNOTIFY_`` + its name in
+    capitals, or its alias: ``environment`` is ``GOVNOTIFY_ENV``)."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"GOVNOTIFY_{field.upper()}"
+
+
+def warn_sandboxes(settings: Settings, log: logging.Logger | None = None) -> str | None:
+    """Log one warning line naming the sandboxes a development start falls back on, so that a
+    message written to a sandbox file is not mistaken for one sent. Returns the line, or
+    ``None`` when there is nothing to say (nothing falls back, or the production profile,
+    which refuses to start with any).
+
+    Components call it once at start, after logging is configured.
+    """
+    if settings.environment != "development":
+        return None
+    sandboxes = [f for f in settings.fallbacks() if f.sandbox]
+    if not sandboxes:
+        return None
+    line = (
+        "development fall-backs, nothing reaches a real recipient through them: "
+        + "; ".join(f"{f.sandbox} (set {f.variable})" for f in sandboxes)
+        + ". GOVNOTIFY_ENV=production refuses to start with them."
+    )
+    (log or logging.getLogger("govnotify.settings")).warning("%s", line)
+    return line
 
 
 def _whitespace_note(value: str) -> str:
@@ -783,7 +1044,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def _field_env_name(loc: tuple[object, ...]) -> str:
-    return "GOVNOTIFY_" + str(loc[0]).upper() if loc else "GOVNOTIFY_*"
+    if not loc:
+        return "GOVNOTIFY_*"
+    name = str(loc[0])
+    # An aliased field's error is located at its alias (GOVNOTIFY_ENV) when read from there.
+    return name if name.startswith("GOVNOTIFY_") else env_name(name)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -793,6 +1058,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            if err["type"] == "production_profile":
+                lines.append(err["msg"])  # names its variables, one line each
+                continue
             name = _field_env_name(err["loc"])
             lines.append(f"invalid setting {name}: {err['msg']}")
         raise SettingsError("; ".join(lines)) from None
