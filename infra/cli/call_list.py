@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from infra.cli.output import print_table
+from infra import audit
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json, print_table
 from infra.logging import mask_mobile, mask_name
 from infra.settings import get_settings
 
@@ -34,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="show names and numbers unmasked (needs --operator and --department; recorded)",
     )
-    p.add_argument("--operator", help="who asks to reveal (recorded in the audit table)")
+    p.add_argument(
+        "--operator",
+        help="who does this, recorded in the audit table (done: default your login; "
+        "--reveal: required)",
+    )
+    add_json_flag(p)
     p.set_defaults(func=cmd_call_list)
 
 
@@ -74,8 +80,18 @@ def cmd_call_list(args: argparse.Namespace) -> int:
             if not args.entry:
                 raise CallListError("done needs an entry id (see govnotify call-list list)")
             entry = complete(cfg, args.entry, args.outcome)
-            print(f"entry {entry.id[:8]} ({entry.license_id}) done")
-            return 0
+            audit.record(
+                cfg,
+                audit.operator_name(args.operator),
+                "call-list.done",
+                entry.id,
+                {"license_id": entry.license_id, "outcome": args.outcome or ""},
+            )
+            if args.json:
+                print_json({"id": entry.id, "license_id": entry.license_id, "status": "done"})
+            else:
+                print(f"entry {entry.id[:8]} ({entry.license_id}) done")
+            return exits.OK
         if args.reveal:
             found = reveal(
                 cfg, operator=args.operator, department=args.department, status=args.status
@@ -83,11 +99,25 @@ def cmd_call_list(args: argparse.Namespace) -> int:
         else:
             found = entries(cfg, department=args.department, status=args.status)
     except CallListError as exc:
-        print(f"govnotify: {exc}", file=sys.stderr)
-        return 2
+        # workers.call_list has one error type; "no call-list entry …" is the not-found case.
+        code = exits.NOT_FOUND if str(exc).startswith("no call-list entry") else exits.USAGE
+        raise exits.CommandError(str(exc), code) from exc
+    if args.json:
+        headers = ["id", "department", "license_id", "holder", "mobile", "expires_on"]
+        headers += ["due_on", "status", "sent"]
+        print_json(
+            {
+                "status": args.status,
+                "entries": [
+                    {**dict(zip(headers, row, strict=True)), "id": e.id, "sent": bool(row[-1])}
+                    for e, row in zip(found, _rows(found, args.reveal), strict=True)
+                ],
+            }
+        )
+        return exits.OK
     print_table(
         f"call list ({args.status or 'open'}): {len(found)} entries",
         ["id", "department", "license", "holder", "mobile", "expires", "due", "status", "sent"],
         _rows(found, args.reveal),
     )
-    return 0
+    return exits.OK

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 
@@ -24,7 +25,7 @@ from infra.dbgauges import register_database_gauges
 from infra.health import component_checks
 from infra.logging import configure_logging, install_masking
 from infra.metrics import serve_metrics
-from infra.settings import Settings, get_settings
+from infra.settings import Settings, SettingsError, get_settings, warn_sandboxes
 from infra.workday_gauges import register_workday_gauges
 from producers import api
 from workers import status
@@ -92,6 +93,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
     s = get_settings()
     configure_logging(args.log_level, "relay")
+    warn_sandboxes(s)
     serve_metrics(s.relay_metrics_port, s.metrics_host, ready_checks=component_checks(s, "relay"))
     Relay(s).run(stop_on_signals())
     return 0
@@ -114,15 +116,35 @@ def cmd_stream(args: argparse.Namespace) -> int:
     app = create_app(s)
     checks = {**component_checks(s, "stream"), "stream": ready_check(app)}
     serve_metrics(s.stream_metrics_port, s.metrics_host, ready_checks=checks)
+    warn_sandboxes(s)
     StreamWorker(app, loglevel=args.log_level, redirect_stdouts=False).execute_from_commandline()
     return 0
 
 
-def worker_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for dramatiq worker processes: one shared, freshly cleared metrics folder."""
+def worker_env(
+    settings: Settings, base: dict[str, str] | None = None, *, pid: int | None = None
+) -> dict[str, str]:
+    """Environment for the dramatiq worker processes of the ``govnotify worker`` with ``pid``
+    (default: this process, which execs dramatiq and keeps its pid).
+
+    Their metrics folder is this worker's own, ``<data dir>/prometheus/<namespace>/worker-<pid>``,
+    freshly cleared (two workers on one host would otherwise count each other's samples, and
+    clear each other's files at start); the folders of workers no longer running are removed.
+
+    Raises:
+      SettingsError: the metrics port is taken (a second worker on this host needs its own
+        GOVNOTIFY_WORKER_METRICS_PORT); dramatiq would start regardless, without /metrics or
+        /healthz.
+    """
+    pid = os.getpid() if pid is None else pid
+    _check_port_free(settings.metrics_host, settings.worker_metrics_port)
     env = dict(os.environ if base is None else base)
-    prom_dir = (settings.data_dir / "prometheus" / settings.namespace).resolve()
-    shutil.rmtree(prom_dir, ignore_errors=True)
+    parent = (settings.data_dir / "prometheus" / settings.namespace).resolve()
+    prom_dir = parent / f"worker-{pid}"
+    if parent.is_dir():
+        for old in parent.glob("worker-*"):
+            if old == prom_dir or not _pid_alive(old.name.removeprefix("worker-")):
+                shutil.rmtree(old, ignore_errors=True)
     prom_dir.mkdir(parents=True, exist_ok=True)
     env.update(
         PROMETHEUS_MULTIPROC_DIR=str(prom_dir),
@@ -131,6 +153,36 @@ def worker_env(settings: Settings, base: dict[str, str] | None = None) -> dict[s
         dramatiq_prom_port=str(settings.worker_metrics_port),
     )
     return env
+
+
+def _pid_alive(text: str) -> bool:
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # Bound and released as the exposition server will bind it (SO_REUSEADDR, as wsgiref's
+    # server does): a port left in TIME_WAIT is free, one with a listener is not. Port 0 asks
+    # for any free port: nothing to check.
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SettingsError(
+                f"invalid setting GOVNOTIFY_WORKER_METRICS_PORT: {host}:{port} is taken "
+                f"({exc.strerror}); each worker on a host needs its own port"
+            ) from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -147,6 +199,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     if args.queues:
         argv += ["--queues", *(s.queue(q) for q in args.queues)]
+    configure_logging(args.log_level, "worker")
+    warn_sandboxes(s)
     # exec: the worker keeps this pid, so whoever started it can stop it by pid. The workers
     # import prometheus_client in the new program, after PROMETHEUS_MULTIPROC_DIR is set.
     os.execve(sys.executable, argv, worker_env(s))  # noqa: S606  (argv, no shell)
@@ -168,6 +222,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     s = get_settings()
     configure_logging(args.log_level, "scheduler")
+    warn_sandboxes(s)
     # The scheduler is the one singleton with the database at hand: it serves the gauges read
     # from the tables (oldest pending, open tickets, unacknowledged alerts, open dead letters),
     # and how long the holiday data lasts; both before /metrics answers, so no scrape misses them.
@@ -185,6 +240,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     sources registry) until SIGTERM or SIGINT, then exit 0."""
     s = get_settings()
     configure_logging(args.log_level, "api")
+    warn_sandboxes(s)
     serve_metrics(s.api_metrics_port, s.metrics_host, ready_checks=component_checks(s, "api"))
     api.serve(s, status_handlers())
     return 0

@@ -1,14 +1,17 @@
-"""``govnotify db upgrade`` and ``govnotify schemas generate``."""
+"""``govnotify db upgrade`` and ``govnotify schemas generate [--out DIR]``."""
 
 from __future__ import annotations
 
 import argparse
+import tomllib
+from pathlib import Path
 
+from infra.cli import exits
 from infra.db import upgrade
 from infra.settings import get_settings
-from schemas.jsonschema_gen import write_all
+from schemas.jsonschema_gen import SCHEMA_DIR, write_all
 
-__all__ = ["cmd_db", "cmd_schemas", "register"]
+__all__ = ["cmd_db", "cmd_schemas", "default_schema_dir", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,16 +21,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schema files of every event")
     p.add_argument("action", choices=["generate"])
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder to write them to (its stale *.schema.json files are removed); default: "
+        "schemas/jsonschema of the source checkout, when govnotify runs from one",
+    )
     p.set_defaults(func=cmd_schemas)
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     upgrade(get_settings())
     print("database migrated to head")
-    return 0
+    return exits.OK
+
+
+def default_schema_dir() -> Path | None:
+    """``schemas/jsonschema`` when the ``schemas`` package is a govnotify source checkout's.
+
+    An installed wheel's copy lives in site-packages: writing there would change an installed
+    package behind its installer's back, and be lost at the next install.
+    """
+    pyproject = SCHEMA_DIR.parent.parent / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return SCHEMA_DIR if project.get("name") == "govnotify" else None
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    for path in write_all():
+    folder = args.out or default_schema_dir()
+    if folder is None:
+        raise exits.CommandError(
+            "govnotify is not running from its source checkout: say where to write the "
+            "schemas with --out DIR",
+            exits.USAGE,
+        )
+    for path in write_all(folder):
         print(f"wrote {path}")
-    return 0
+    return exits.OK

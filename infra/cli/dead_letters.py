@@ -12,8 +12,9 @@ import datetime as dt
 import json
 import sys
 
-from infra import jobs
-from infra.cli.output import print_table
+from infra import audit, jobs
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json, print_table
 from infra.deadletters import (
     STAGES,
     DeadLetterError,
@@ -48,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every matching letter (replay, purge)")
     p.add_argument("--older-than-days", type=float, help="purge: only letters last seen before")
     p.add_argument("--limit", type=int, default=50, help="list: at most this many rows")
+    p.add_argument(
+        "--operator", help="replay, purge: who does this (default: your login), for the audit"
+    )
+    add_json_flag(p)
     p.set_defaults(func=cmd_dead_letters)
 
 
@@ -57,12 +62,33 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             f"govnotify: unknown stage {args.stage!r} (one of {', '.join(STAGES)})",
             file=sys.stderr,
         )
-        return 2
+        return exits.USAGE
     try:
         return _ACTIONS[args.action](get_settings(), args)
     except DeadLetterError as exc:
-        print(f"govnotify: {exc}", file=sys.stderr)
-        return 2
+        # infra.deadletters has one error type; its "no dead letter …" is the not-found case.
+        code = exits.NOT_FOUND if str(exc).startswith("no dead letter") else exits.USAGE
+        raise exits.CommandError(str(exc), code) from exc
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _as_json(letter: DeadLetter) -> dict[str, object]:
+    return {
+        "id": letter.id,
+        "stage": letter.stage,
+        "reason": letter.reason,
+        "event_type": letter.event_type,
+        "event_id": letter.event_id,
+        "count": letter.count,
+        "first_seen": _iso(letter.first_seen),
+        "last_seen": _iso(letter.last_seen),
+        "status": letter.status,
+        "replay_count": letter.replay_count,
+        "replayed_at": _iso(letter.replayed_at),
+    }
 
 
 def _local(settings: Settings, value: dt.datetime | None) -> str:
@@ -92,6 +118,9 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
     letters = list_letters(
         settings, stage=args.stage, reason=args.reason, status=args.status, limit=args.limit
     )
+    if args.json:
+        print_json({"dead_letters": [_as_json(letter) for letter in letters]})
+        return exits.OK
     print_table(
         f"dead letters ({len(letters)} shown, most recent first)",
         ["id", "stage", "reason", "event type", "count", "first seen", "last seen", "status"],
@@ -109,12 +138,22 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
             for letter in letters
         ],
     )
-    return 0
+    return exits.OK
 
 
 def _show(settings: Settings, args: argparse.Namespace) -> int:
     if not args.ids:
         raise DeadLetterError("show needs the id of a dead letter")
+    if args.json:
+        print_json(
+            {
+                "dead_letters": [
+                    {**_as_json(letter), "detail": mask_pii(letter.detail)}
+                    for letter in find_letters(settings, args.ids)
+                ]
+            }
+        )
+        return exits.OK
     for letter in find_letters(settings, args.ids):
         fields = {
             "id": letter.id,
@@ -136,7 +175,7 @@ def _show(settings: Settings, args: argparse.Namespace) -> int:
         print(f"raw ({len(bytes(letter.raw))} bytes, personal data masked)")
         print("  " + _shown_raw(letter).replace("\n", "\n  "))
         print()
-    return 0
+    return exits.OK
 
 
 def _selected(settings: Settings, args: argparse.Namespace, verb: str) -> list[DeadLetter]:
@@ -155,6 +194,7 @@ def _selected(settings: Settings, args: argparse.Namespace, verb: str) -> list[D
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     outcomes = []
+    operator = audit.operator_name(args.operator)
     for letter in _selected(settings, args, "replay"):
         try:
             outcome = replay_letter(settings, letter)
@@ -164,11 +204,31 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
                 letter.id, letter.stage, "failed", mask_pii(f"{type(exc).__name__}: {exc}")
             )
         outcomes.append(outcome)
-        print(f"{outcome.letter_id[:12]} {outcome.stage}: {outcome.result}: {outcome.detail}")
+        if outcome.result == "replayed":
+            audit.record(
+                settings,
+                operator,
+                "dead-letters.replay",
+                letter.id,
+                {"stage": letter.stage, "reason": letter.reason},
+            )
+        if not args.json:
+            print(f"{outcome.letter_id[:12]} {outcome.stage}: {outcome.result}: {outcome.detail}")
     results = ("replayed", "skipped", "refused", "failed")
     counts = {r: sum(o.result == r for o in outcomes) for r in results}
-    print(", ".join(f"{n} {r}" for r, n in counts.items() if n or r == "replayed"))
-    return 1 if counts["refused"] or counts["failed"] else 0
+    if args.json:
+        print_json(
+            {
+                "outcomes": [
+                    {"id": o.letter_id, "stage": o.stage, "result": o.result, "detail": o.detail}
+                    for o in outcomes
+                ],
+                "counts": counts,
+            }
+        )
+    else:
+        print(", ".join(f"{n} {r}" for r, n in counts.items() if n or r == "replayed"))
+    return exits.PARTIAL if counts["refused"] or counts["failed"] else exits.OK
 
 
 def _purge(settings: Settings, args: argparse.Namespace) -> int:
@@ -184,8 +244,24 @@ def _purge(settings: Settings, args: argparse.Namespace) -> int:
         status=args.status,
         older_than_days=args.older_than_days,
     )
-    print(f"{n} dead letter{'' if n == 1 else 's'} purged")
-    return 0
+    audit.record(
+        settings,
+        audit.operator_name(args.operator),
+        "dead-letters.purge",
+        ",".join(args.ids) if args.ids else "--all",
+        {
+            "purged": n,
+            "stage": args.stage,
+            "reason": args.reason,
+            "status": args.status,
+            "older_than_days": args.older_than_days,
+        },
+    )
+    if args.json:
+        print_json({"purged": n})
+    else:
+        print(f"{n} dead letter{'' if n == 1 else 's'} purged")
+    return exits.OK
 
 
 _ACTIONS = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}

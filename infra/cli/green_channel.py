@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from infra.cli.output import print_table
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json, print_table
 from infra.settings import get_settings
 
 __all__ = ["cmd_green_channel", "register"]
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "green-channel", help="green-channel response times per service point (from the records)"
     )
+    add_json_flag(p)
     p.set_defaults(func=cmd_green_channel)
 
 
@@ -26,6 +28,24 @@ def cmd_green_channel(args: argparse.Namespace) -> int:
     # lazy: workers.broker reads the settings as it is imported.
     from workers.green_channel import response_times
 
+    points = response_times(get_settings())
+    if args.json:
+        print_json(
+            {
+                "service_points": [
+                    {
+                        "service_point": point.service_point,
+                        "alerts": point.alerts,
+                        "acknowledged": point.acknowledged,
+                        "escalated": point.escalated,
+                        "median_minutes": point.median_minutes,
+                        "slowest_minutes": point.slowest_minutes,
+                    }
+                    for point in points
+                ]
+            }
+        )
+        return exits.OK
     print_table(
         "green-channel alerts",
         ["service point", "alerts", "acknowledged", "escalated", "median response", "slowest"],
@@ -38,7 +58,7 @@ def cmd_green_channel(args: argparse.Namespace) -> int:
                 _minutes(point.median_minutes),
                 _minutes(point.slowest_minutes),
             ]
-            for point in response_times(get_settings())
+            for point in points
         ],
     )
-    return 0
+    return exits.OK

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from infra import audit
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json
 from infra.settings import get_settings
 
 __all__ = ["cmd_journal", "register"]
@@ -22,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="only events relayed longer ago than this (default 15)",
     )
     p.add_argument("--dry-run", action="store_true", help="count them, send nothing")
+    p.add_argument("--operator", help="who does this (default: your login), for the audit")
+    add_json_flag(p)
     p.set_defaults(func=cmd_journal)
 
 
@@ -31,9 +36,27 @@ def cmd_journal(args: argparse.Namespace) -> int:
     from producers.epochs import redrive_stuck
 
     older = dt.timedelta(minutes=args.older_than_minutes)
-    count = redrive_stuck(get_settings(), older, dry_run=args.dry_run)
+    settings = get_settings()
+    count = redrive_stuck(settings, older, dry_run=args.dry_run)
+    if not args.dry_run:
+        audit.record(
+            settings,
+            audit.operator_name(args.operator),
+            "journal.redrive",
+            f"older than {args.older_than_minutes:g} min",
+            {"redriven": count},
+        )
+    if args.json:
+        print_json(
+            {
+                "older_than_minutes": args.older_than_minutes,
+                "dry_run": args.dry_run,
+                "events": count,
+            }
+        )
+        return exits.OK
     verb = "would be re-driven" if args.dry_run else "re-driven into Kafka"
     print(
         f"{count} events relayed over {args.older_than_minutes:g} min ago and not applied: {verb}"
     )
-    return 0
+    return exits.OK

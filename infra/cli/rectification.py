@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from infra.cli.output import print_table
+from infra import audit
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json, print_table
 from infra.clock import Clock
 from infra.settings import get_settings
 
@@ -18,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ticket", nargs="?", help="ticket id (for close)")
     p.add_argument("--outcome", help="what was done (sent to a real-name citizen)")
     p.add_argument("--department", help="only this department's tickets (for list)")
+    p.add_argument("--operator", help="close: who does this (default: your login), for the audit")
+    add_json_flag(p)
     p.set_defaults(func=cmd_rectification)
 
 
@@ -29,16 +32,42 @@ def cmd_rectification(args: argparse.Namespace) -> int:
     s = get_settings()
     if args.action == "close":
         if not args.ticket or not args.outcome:
-            print("govnotify: close needs TICKET and --outcome", file=sys.stderr)
-            return 2
+            raise exits.CommandError("close needs TICKET and --outcome", exits.USAGE)
         closed_at = Clock.from_settings(s).utcnow()
         if not rectification.request_close(s, args.ticket, args.outcome, closed_at):
-            print(f"govnotify: no rectification ticket {args.ticket}", file=sys.stderr)
-            return 1
-        print(f"ticket {args.ticket}: close requested")
-        return 0
+            raise exits.CommandError(f"no rectification ticket {args.ticket}", exits.NOT_FOUND)
+        audit.record(
+            s,
+            audit.operator_name(args.operator),
+            "rectification.close",
+            args.ticket,
+            {"outcome": args.outcome},
+        )
+        if args.json:
+            print_json({"ticket": args.ticket, "close_requested": True})
+        else:
+            print(f"ticket {args.ticket}: close requested")
+        return exits.OK
+    found = rectification.tickets(s, department=args.department)
+    if args.json:
+        print_json(
+            {
+                "tickets": [
+                    {
+                        "ticket": t.id,
+                        "department": t.department,
+                        "rating": t.rating,
+                        "deadline_at": t.deadline_at,
+                        "status": t.status,
+                        "overdue": bool(t.overdue_at and t.status == "open"),
+                    }
+                    for t in found
+                ]
+            }
+        )
+        return exits.OK
     rows: list[list[object]] = []
-    for t in rectification.tickets(s, department=args.department):
+    for t in found:
         state = t.status + (" (overdue)" if t.overdue_at and t.status == "open" else "")
         deadline = t.deadline_at.astimezone(s.tz)
         rows.append([t.id, t.department, t.rating, f"{deadline:%Y-%m-%d %H:%M}", state])
@@ -47,4 +76,4 @@ def cmd_rectification(args: argparse.Namespace) -> int:
         ["ticket", "department", "rating", "deadline (local)", "status"],
         rows,
     )
-    return 0
+    return exits.OK

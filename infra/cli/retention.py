@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from infra.cli.output import print_table
+from infra import audit
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json, print_table
 from infra.retention import purge
 from infra.settings import get_settings
 
@@ -17,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["purge"])
     p.add_argument("--days", type=int, default=None, help="default GOVNOTIFY_RETENTION_DAYS (30)")
     p.add_argument("--dry-run", action="store_true", help="count what would be purged")
+    p.add_argument("--operator", help="who does this (default: your login), for the audit")
+    add_json_flag(p)
     p.set_defaults(func=cmd_retention)
 
 
@@ -24,9 +27,19 @@ def cmd_retention(args: argparse.Namespace) -> int:
     settings = get_settings()
     days = settings.retention_days if args.days is None else args.days
     if days < 1:
-        print("govnotify: --days must be at least 1", file=sys.stderr)
-        return 2
+        raise exits.CommandError("--days must be at least 1", exits.USAGE)
     counts = purge(settings, days=days, dry_run=args.dry_run)
+    if not args.dry_run:
+        audit.record(
+            settings,
+            audit.operator_name(args.operator),
+            "retention.purge",
+            f"older than {days} days",
+            dict(counts),
+        )
+    if args.json:
+        print_json({"days": days, "dry_run": args.dry_run, "rows": dict(counts)})
+        return exits.OK
     verb = "would be purged" if args.dry_run else "purged"
     print_table(
         f"personal data older than {days} days: rows {verb}",
@@ -37,4 +50,4 @@ def cmd_retention(args: argparse.Namespace) -> int:
         f"{sum(counts.values())} rows {verb}"
         + (" (dry run: nothing changed)" if args.dry_run else "")
     )
-    return 0
+    return exits.OK

@@ -1,11 +1,15 @@
-"""``govnotify services up|down|status``: the dev processes (RabbitMQ, PostgreSQL, Kafka)."""
+"""``govnotify services up|down|status``: the dev processes (RabbitMQ, PostgreSQL, Kafka).
+
+``status`` exits 3 when any service is down, so a script or a probe can act on it.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from infra import services
-from infra.cli.output import print_dict
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_dict, print_json
 from infra.settings import get_settings
 
 __all__ = ["cmd_services", "register"]
@@ -14,6 +18,7 @@ __all__ = ["cmd_services", "register"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("services", help="start, stop or check RabbitMQ, PostgreSQL and Kafka")
     p.add_argument("action", choices=["up", "down", "status"])
+    add_json_flag(p)
     p.set_defaults(func=cmd_services)
 
 
@@ -23,6 +28,21 @@ def cmd_services(args: argparse.Namespace) -> int:
         "down": services.services_down,
         "status": services.services_status,
     }[args.action]
-    print(f"services {args.action}:")
-    print_dict(action(get_settings()))
-    return 0
+    states = action(get_settings())
+    # services_status says "up (…)", "down (…)" or "skipped (…)" for each service.
+    down = args.action == "status" and any(v.startswith("down") for v in states.values())
+    if args.json:
+        print_json(
+            {
+                "action": args.action,
+                "services": {
+                    name: {"state": value.split(" ", 1)[0], "detail": value}
+                    for name, value in states.items()
+                },
+                "ok": not down,
+            }
+        )
+    else:
+        print(f"services {args.action}:")
+        print_dict(states)
+    return exits.UNREACHABLE if down else exits.OK

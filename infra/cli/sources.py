@@ -10,10 +10,11 @@ token. Every change is recorded in ``operator_audit``.
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 
-from infra.cli.output import print_table
+from infra import audit
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json, print_table
 from infra.db import session
 from infra.settings import get_settings
 from infra.sources import (
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add.add_argument("--http-token", action="store_true", help="also give it an HTTP ingest token")
     add.add_argument("--operator", help="who does this (default: your login), for the audit")
-    actions.add_parser("list", help="every source, its user and types (no secrets)")
+    listing = actions.add_parser("list", help="every source, its user and types (no secrets)")
+    add_json_flag(listing)
     disable = actions.add_parser("disable", help="refuse a source's events from now on")
     disable.add_argument("name")
     disable.add_argument("--operator", help="who does this (default: your login), for the audit")
@@ -56,12 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _operator(args: argparse.Namespace) -> str:
-    if args.operator:
-        return str(args.operator)
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in this container
-        return "unknown"
+    return audit.operator_name(args.operator)
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
@@ -69,7 +66,7 @@ def cmd_sources(args: argparse.Namespace) -> int:
         return {"add": _add, "list": _list, "disable": _disable}[args.action](args)
     except SourceError as exc:
         print(f"govnotify: {exc}", file=sys.stderr)
-        return 2
+        return exits.USAGE
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -104,6 +101,23 @@ def _list(args: argparse.Namespace) -> int:
     s = get_settings()
     with session(s) as db:
         rows = list_sources(db)
+    if args.json:
+        print_json(
+            {
+                "sources": [
+                    {
+                        "name": r.name,
+                        "amqp_user": r.amqp_user,
+                        "http": bool(r.token_hash),
+                        "created_at": r.created_at,
+                        "disabled_at": r.disabled_at,
+                        "event_types": list(types_of(r)),
+                    }
+                    for r in rows
+                ]
+            }
+        )
+        return exits.OK
     print_table(
         f"sources ({len(rows)})",
         ["source", "AMQP user", "HTTP", "created", "disabled", "event types"],

@@ -1,11 +1,17 @@
-"""``govnotify suppression list|lift [MOBILE] [CATEGORY]``: numbers no longer texted."""
+"""``govnotify suppression list|lift [MOBILE] [CATEGORY]``: numbers no longer texted.
+
+``lift`` is the verb ``opt-out lift`` uses too. It records its operator both on the suppression
+(``lifted_by``) and in ``operator_audit`` (on the same session, committed right after the lift:
+``workers.suppression.lift`` commits its own change, and a lift of nothing records nothing).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from infra.cli.output import print_table
+from infra import audit
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json, print_table
 from infra.db import session
 from infra.logging import mask_mobile
 from infra.settings import get_settings
@@ -17,24 +23,79 @@ __all__ = ["cmd_suppression", "register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suppression", help="list suppressed numbers or lift a suppression")
-    p.add_argument("action", choices=["list", "lift"])
-    p.add_argument("mobile", nargs="?", help="mainland mobile number")
-    p.add_argument("category", nargs="?", default=None, help="one category (default: all)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="active suppressions, newest first")
+    listing.add_argument("mobile", nargs="?", help="only this mainland mobile number")
+    add_json_flag(listing)
+    lift = actions.add_parser(
+        "lift", help="text a suppressed number again (exit 4 when it was not suppressed)"
+    )
+    lift.add_argument("mobile", help="mainland mobile number")
+    lift.add_argument("category", nargs="?", default=None, help="one category (default: all)")
+    lift.add_argument("--operator", help="who does this (default: your login), for the audit")
+    add_json_flag(lift)
     p.set_defaults(func=cmd_suppression)
 
 
+def _mobile(value: str) -> str:
+    try:
+        return normalize_mobile(value)
+    except ValueError as exc:  # "123": a clear line and exit 2, not a traceback
+        raise exits.CommandError(str(exc), exits.USAGE) from exc
+
+
 def cmd_suppression(args: argparse.Namespace) -> int:
+    return _lift(args) if args.action == "lift" else _list(args)
+
+
+def _lift(args: argparse.Namespace) -> int:
     s = get_settings()
-    mobile = normalize_mobile(args.mobile) if args.mobile else None
+    mobile = _mobile(args.mobile)
+    operator = audit.operator_name(args.operator)
     with session(s) as db:
-        if args.action == "lift":
-            if not mobile:
-                print("govnotify: suppression lift needs a mobile number", file=sys.stderr)
-                return 2
-            n = suppression.lift(db, recipient=mobile, category=args.category, by="cli")
-            print(f"{mask_mobile(mobile)}: {n} suppression(s) lifted")
-            return 0
+        n = suppression.lift(db, recipient=mobile, category=args.category, by=operator)
+        if n == 0:
+            what = f"in {args.category}" if args.category else "in any category"
+            raise exits.CommandError(
+                f"{mask_mobile(mobile)} is not suppressed {what}", exits.NOT_FOUND
+            )
+        audit.add(
+            db,
+            operator,
+            "suppression.lift",
+            mask_mobile(mobile),
+            {"category": args.category or "all", "lifted": n},
+        )
+        db.commit()
+    if args.json:
+        print_json({"mobile": mask_mobile(mobile), "category": args.category, "lifted": n})
+    else:
+        print(f"{mask_mobile(mobile)}: {n} suppression(s) lifted")
+    return exits.OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    s = get_settings()
+    mobile = _mobile(args.mobile) if args.mobile else None
+    with session(s) as db:
         rows = suppression.active(db, mobile)
+    if args.json:
+        print_json(
+            {
+                "suppressions": [
+                    {
+                        "mobile": mask_mobile(r.recipient),
+                        "category": r.category,
+                        "reason": r.reason,
+                        "provider": r.provider,
+                        "error_code": r.error_code,
+                        "since": r.created_at,
+                    }
+                    for r in rows
+                ]
+            }
+        )
+        return exits.OK
     print_table(
         f"active suppressions ({len(rows)})",
         ["number", "category", "reason", "provider", "code", "since"],
@@ -50,4 +111,4 @@ def cmd_suppression(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
-    return 0
+    return exits.OK

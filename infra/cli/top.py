@@ -5,7 +5,9 @@ Built from what production exposes anyway, so it shows what Prometheus would: ea
 connection, passive declares) and the latest dead letters (five rows from the database: stage,
 reason, event type, count; never their bytes or detail). Rates are differences between two
 successive scrapes over the time between them; ``--once`` scrapes twice, ``--interval`` apart,
-prints one frame and exits. Anything that does not answer is shown as ``down``, never a crash.
+prints one frame and exits. Anything that does not answer is shown as ``down``, never a crash;
+``--once`` then exits 3 (:data:`infra.cli.exits.UNREACHABLE`), and ``--once --json`` prints the
+frame's state as one JSON document instead of the tables.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from infra.cli import exits
+from infra.cli.output import add_json_flag, print_json
 from infra.deadletters import latest_letters
 from infra.metrics import Samples, parse_samples
 from infra.settings import Settings, get_settings
@@ -180,6 +184,32 @@ class TopView:
                 frame.dead_letters_error = f"database down ({type(exc).__name__})"
         self.previous, self.current = self.current, frame
         return frame
+
+    def down(self) -> list[str]:
+        """What did not answer in the last frame: components, RabbitMQ, the database."""
+        assert self.current is not None, "sample() first"
+        frame = self.current
+        out = [name for name, c in frame.components.items() if not c.up]
+        if frame.queues_error:
+            out.append("rabbitmq")
+        if frame.dead_letters_error:
+            out.append("database")
+        return out
+
+    def as_json(self) -> dict[str, object]:
+        """The last frame's state (readiness, queue depths, what is down) for ``--json``."""
+        assert self.current is not None, "sample() first"
+        frame = self.current
+        return {
+            "components": {
+                name: {"port": c.port, "up": c.up, "ready": c.ready, "problems": c.problems}
+                for name, c in frame.components.items()
+            },
+            "queues": frame.queues,
+            "queues_error": frame.queues_error or None,
+            "dead_letters_error": frame.dead_letters_error or None,
+            "down": self.down(),
+        }
 
     def rate(self, component: str, name: str, **match: str) -> float | None:
         """Per-second increase of a counter between the last two frames."""
@@ -435,7 +465,10 @@ def render(view: TopView) -> Group:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("top", help="live terminal view of the running pipeline, from its metrics")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument(
+        "--once", action="store_true", help="print one frame and exit (3 when anything is down)"
+    )
+    add_json_flag(p)
     p.set_defaults(func=cmd_top)
 
 
@@ -444,6 +477,8 @@ def cmd_top(args: argparse.Namespace) -> int:
     settings = get_settings()
     interval = max(0.0, float(args.interval))
     view = TopView(settings)
+    if args.json and not args.once:
+        raise exits.CommandError("--json needs --once", exits.USAGE)
     if args.once:
         console = Console(width=120, soft_wrap=False)
         view.sample()
@@ -452,8 +487,11 @@ def cmd_top(args: argparse.Namespace) -> int:
             # measuring window itself).
             time.sleep(interval)
             view.sample()
-        console.print(view.render())
-        return 0
+        if args.json:
+            print_json(view.as_json())
+        else:
+            console.print(view.render())
+        return exits.UNREACHABLE if view.down() else exits.OK
     view.sample()
     try:
         with Live(view.render(), auto_refresh=False, screen=False) as live:
@@ -462,4 +500,4 @@ def cmd_top(args: argparse.Namespace) -> int:
                 view.sample()
                 live.update(view.render(), refresh=True)
     except KeyboardInterrupt:
-        return 0
+        return exits.OK

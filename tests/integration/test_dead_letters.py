@@ -468,5 +468,5 @@ def test_list_filters_and_purge(settings: Settings) -> None:
     assert by_id.stdout.strip() == "1 dead letter purged"
     assert old.stdout.strip() == "1 dead letter purged"
     assert by_stage.stdout.strip() == "3 dead letters purged"
-    assert unknown.returncode == 2 and "no dead letter" in unknown.stderr
+    assert unknown.returncode == 4 and "no dead letter" in unknown.stderr  # not found
     assert letters(settings) == []

@@ -67,7 +67,10 @@ def provider_requests(twilio: FakeTwilio, gateway: FakeSmsGateway) -> int:
 
 def lift(settings: Settings, mobile: str, category: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra.cli", "suppression", "lift", mobile, category],
+        [
+            *(sys.executable, "-m", "infra.cli", "suppression", "lift", mobile, category),
+            *("--operator", "cli"),
+        ],
         env=env_for(settings),
         cwd=REPO,
         capture_output=True,

@@ -30,8 +30,9 @@ TODAY = dt.date(2026, 11, 26)
 AT = dt.datetime(2026, 11, 20, 9, tzinfo=dt.UTC)
 
 
-def top_once(env: dict[str, str], interval: float) -> str:
-    """Run ``govnotify top --once``; its output (it must exit 0)."""
+def top_once(env: dict[str, str], interval: float, *, status: int = 0) -> str:
+    """Run ``govnotify top --once``; its output (it must exit ``status``: 0 when everything is
+    up, 3 when something is down)."""
     result = subprocess.run(
         [sys.executable, "-m", "infra.cli", "top", "--once", "--interval", str(interval)],
         env=env,
@@ -39,7 +40,7 @@ def top_once(env: dict[str, str], interval: float) -> str:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == status, result.stdout + result.stderr
     return result.stdout
 
 
@@ -74,8 +75,8 @@ def test_top_with_everything_down_says_down_and_exits_cleanly(tmp_path: Path) ->
         **free_ports(),
     )
 
-    # When top prints one frame
-    output = top_once(env_for(nothing), interval=0)
+    # When top prints one frame (exit 3: a service is unreachable)
+    output = top_once(env_for(nothing), interval=0, status=3)
 
     # Then every component is down, and so are RabbitMQ and the database, without a traceback
     for component in ("relay", "stream", "worker", "scheduler", "api"):
@@ -123,7 +124,8 @@ def test_top_shows_the_running_pipeline_and_its_numbers(
         ),
         30,
     )
-    output = top_once(pipeline.env, interval=1)
+    # (exit 3: the api, not started, is down)
+    output = top_once(pipeline.env, interval=1, status=3)
 
     # Then each running component is up and ready; the api, not started, is down
     for component in ("relay", "stream", "worker", "scheduler"):

@@ -193,15 +193,15 @@ def test_staff_list_their_calls_and_record_them_done(settings: Settings) -> None
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "status"),
     [
-        (("done",), "done needs an entry id"),
-        (("done", "ffffffffffff"), "no call-list entry"),
-        (("done", "DONE"), "is done, not open"),
+        (("done",), "done needs an entry id", 2),  # usage
+        (("done", "ffffffffffff"), "no call-list entry", 4),  # not found
+        (("done", "DONE"), "is done, not open", 2),
     ],
 )
-def test_bad_call_list_commands_exit_2_with_the_reason(
-    settings: Settings, args: tuple[str, ...], message: str
+def test_bad_call_list_commands_exit_with_their_code_and_the_reason(
+    settings: Settings, args: tuple[str, ...], message: str, status: int
 ) -> None:
     # Given an entry already done (its id starts with "DONE")
     with session(settings) as s:
@@ -224,7 +224,7 @@ def test_bad_call_list_commands_exit_2_with_the_reason(
     result = govnotify(settings, *args)
 
     # Then
-    assert result.returncode == 2
+    assert result.returncode == status
     assert message in result.stderr
 
 
