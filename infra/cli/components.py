@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable, Mapping
 
 from infra.cli.output import print_dict
 from infra.dbgauges import register_database_gauges
@@ -94,7 +95,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     s = get_settings()
     configure_logging(args.log_level, "relay")
     warn_sandboxes(s)
-    serve_metrics(s.relay_metrics_port, s.metrics_host, ready_checks=component_checks(s, "relay"))
+    _serve_metrics(s, "relay", component_checks(s, "relay"))
     Relay(s).run(stop_on_signals())
     return 0
 
@@ -115,7 +116,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     s = get_settings()
     app = create_app(s)
     checks = {**component_checks(s, "stream"), "stream": ready_check(app)}
-    serve_metrics(s.stream_metrics_port, s.metrics_host, ready_checks=checks)
+    _serve_metrics(s, "stream", checks)
     warn_sandboxes(s)
     StreamWorker(app, loglevel=args.log_level, redirect_stdouts=False).execute_from_commandline()
     return 0
@@ -165,6 +166,24 @@ def _pid_alive(text: str) -> bool:
     except PermissionError:  # another user's process: alive
         return True
     return True
+
+
+def _serve_metrics(s: Settings, component: str, checks: Mapping[str, Callable[[], None]]) -> None:
+    """Serve ``component``'s /metrics, /healthz and /readyz on its port.
+
+    Raises:
+      SettingsError: the port is taken (another process of this component on the host, or
+        another program): one line naming the variable, exit 2, instead of a traceback.
+    """
+    port = getattr(s, f"{component}_metrics_port")
+    try:
+        serve_metrics(port, s.metrics_host, ready_checks=checks)
+    except OSError as exc:
+        raise SettingsError(
+            f"invalid setting GOVNOTIFY_{component.upper()}_METRICS_PORT: "
+            f"{s.metrics_host}:{port} is taken ({exc.strerror}); each {component} on a host "
+            "needs its own port"
+        ) from None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -228,9 +247,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     # and how long the holiday data lasts; both before /metrics answers, so no scrape misses them.
     register_database_gauges(s)
     register_workday_gauges(s)
-    serve_metrics(
-        s.scheduler_metrics_port, s.metrics_host, ready_checks=component_checks(s, "scheduler")
-    )
+    _serve_metrics(s, "scheduler", component_checks(s, "scheduler"))
     run_scheduler(s, stop_on_signals())
     return 0
 
@@ -241,7 +258,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     s = get_settings()
     configure_logging(args.log_level, "api")
     warn_sandboxes(s)
-    serve_metrics(s.api_metrics_port, s.metrics_host, ready_checks=component_checks(s, "api"))
+    _serve_metrics(s, "api", component_checks(s, "api"))
     api.serve(s, status_handlers())
     return 0
 

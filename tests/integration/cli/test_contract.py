@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import pty
+import socket
 import subprocess
 import sys
 import uuid
@@ -410,3 +411,23 @@ def test_schemas_generate_writes_where_it_is_told(tmp_path: Path) -> None:
     written = sorted(out.glob("*.schema.json"))
     assert written and all(json.loads(p.read_text(encoding="utf-8")) for p in written)
     assert result.stdout.count("wrote ") == len(written)
+
+
+@pytest.mark.parametrize("component", ["relay", "scheduler", "api"])
+def test_a_component_whose_metrics_port_is_taken_exits_2_naming_the_variable(
+    cli_settings: Settings, component: str
+) -> None:
+    # Given another program listening on the component's metrics port
+    port = getattr(cli_settings, f"{component}_metrics_port")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((cli_settings.metrics_host, port))
+        holder.listen()
+
+        # When the component starts
+        result = run_cli(component, env=env_for(cli_settings), timeout=60)
+
+    # Then it stops at once with one line naming the variable, and no traceback
+    assert result.returncode == 2, result.stderr
+    variable = f"GOVNOTIFY_{component.upper()}_METRICS_PORT"
+    assert variable in result.stderr and "is taken" in result.stderr
+    assert "Traceback" not in result.stderr
