@@ -117,20 +117,25 @@ def cancel(s: Session, key: str) -> bool:
 
 
 def tick(settings: Settings, clock: Clock, sender: JobSender | None = None) -> int:
-    """Enqueue every job due by ``clock``'s now, ``BATCH`` at a time; returns how many."""
+    """Enqueue every job due by ``clock``'s now, ``BATCH`` at a time; returns how many.
+
+    Any number of schedulers may tick at once on PostgreSQL: the due rows are locked as they
+    are read (``FOR UPDATE SKIP LOCKED``) and stay locked until they are marked enqueued, so
+    another scheduler's tick skips them and takes the next ones; each due job is handed out
+    once. SQLite (the single-process default) has no row locks: run one scheduler there.
+    """
     sender = sender or _sender(settings)
     now = clock.utcnow()
     with session(settings) as s:
-        due = (
-            s.execute(
-                select(ScheduledJob)
-                .where(ScheduledJob.status == "pending", ScheduledJob.run_at <= now)
-                .order_by(ScheduledJob.run_at)
-                .limit(BATCH)
-            )
-            .scalars()
-            .all()
+        query = (
+            select(ScheduledJob)
+            .where(ScheduledJob.status == "pending", ScheduledJob.run_at <= now)
+            .order_by(ScheduledJob.run_at)
+            .limit(BATCH)
         )
+        if s.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        due = s.execute(query).scalars().all()
         if due:
             # Confirms pipelined: a batch is one round of writes, not a round trip per job.
             sender.send_many([(job.actor_name, json.loads(job.payload)) for job in due])
