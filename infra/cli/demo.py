@@ -190,7 +190,6 @@ def run_demo(
     print("  services: " + ", ".join(f"{k} {v}" for k, v in up.items()))
     group = ProcessGroup(env={**_base_env(), **s.env()}, log_dir=s.data_dir / "demo-logs" / run_id)
     try:
-        clock_started = time.monotonic()
         group.start("relay", "relay")
         group.start("stream", "stream")
         group.start("worker", "worker")
@@ -205,9 +204,11 @@ def run_demo(
                 p.publish(event)
             for _reason, raw in bad:
                 p.publish_raw(raw, "license.issued")
-            # The centre's day happens "now" on the pipeline's clock (pinned, then running).
-            assert s.now is not None
-            at = s.now + dt.timedelta(seconds=time.monotonic() - clock_started)
+            # The centre's day happens "now" on the pipeline's own clock: started at s.now when
+            # the wall clock read s.now_epoch (infra.clock), so alert latencies are measured on
+            # the one clock every process reads, never negative.
+            assert s.now is not None and s.now_epoch is not None
+            at = s.now + dt.timedelta(seconds=time.time() - s.now_epoch)
             day = generate_case_day(cases, at, prefix=f"C{run_id[:4].upper()}")
             for event in day.events:
                 p.publish(event)
