@@ -171,7 +171,12 @@ def bad_events(today: dt.date) -> list[tuple[str, bytes]]:
         category="food_business",
         issued_on=today,
         expires_on=today + dt.timedelta(days=20),
-        occurred_at=dt.datetime.combine(today, dt.time(8), tzinfo=dt.UTC),
+        # The first instant of ``today`` in the centre's zone (UTC+8), past whenever it is
+        # ``today`` there: each variant is refused for its own fault, not as an event from the
+        # future (occurred_in_future).
+        occurred_at=dt.datetime.combine(
+            today, dt.time(0), tzinfo=dt.timezone(dt.timedelta(hours=8))
+        ),
     )
     envelope = json.loads(good.to_json_bytes())
 
