@@ -41,6 +41,7 @@ from infra.cli import (
     sources,
     suppression,
     top,
+    trace,
     workdays,
 )
 from infra.clock import install_clock
@@ -65,6 +66,7 @@ COMMAND_GROUPS = (
     green_channel,
     satisfaction,
     dead_letters,
+    trace,
     retention,
     suppression,
     sources,

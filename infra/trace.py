@@ -1,0 +1,400 @@
+"""Where is my message: everything govnotify knows about one id, as a chain of steps in time.
+
+The id may be an upstream event id, a license id, a case id (or an evaluation id) or a mobile
+number. An event id is followed to the license or case it is about (its journal
+``entity_key``), so the chain shows what that entity caused: scheduled jobs, notifications
+with every provider status, staff tasks. A mobile number finds the notifications sent to it
+and the staff tasks that hold it, then the events of the licenses and cases they are about.
+
+Only reads, no printing: :mod:`infra.cli.trace` formats the result. Each :class:`Step` keeps
+the personal data it shows (a mobile, a holder's name) in its own fields, so the caller masks
+them unless an operator revealed them; free text (reasons, outcomes) is left to the caller too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.orm import Session
+
+from infra.db import session
+from infra.settings import Settings
+from schemas.events import FAMILIES
+from schemas.models import (
+    CallbackTask,
+    CallListEntry,
+    DeadLetter,
+    IngestEvent,
+    Notification,
+    NotificationStatusEvent,
+    RectificationTicket,
+    ScheduledJob,
+    StaffAlert,
+)
+from schemas.phone import normalize_mobile
+
+__all__ = ["MAX_SUBJECTS", "Step", "Trace", "trace", "trace_in"]
+
+#: At most this many licenses and cases are followed from a mobile number: a number that
+#: received messages about more than this is better traced by each id.
+MAX_SUBJECTS = 50
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing known about the id: an accepted event, a job, a message, a status, a task.
+
+    ``at`` orders the chain (when the step began); ``times`` holds its other stamps (None when
+    not reached). ``mobile`` and ``name`` are personal data, kept apart so they can be masked.
+    """
+
+    at: dt.datetime
+    kind: str
+    ref: str
+    status: str
+    summary: str
+    times: dict[str, dt.datetime | None] = field(default_factory=dict)
+    fields: dict[str, str | None] = field(default_factory=dict)
+    mobile: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The chain for ``query``, oldest first.
+
+    ``mobile`` is the E.164 number the query was read as (None when it is not a mobile);
+    ``subjects`` the license and case ids followed.
+    """
+
+    query: str
+    mobile: str | None
+    subjects: tuple[str, ...]
+    steps: tuple[Step, ...]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.steps)
+
+
+def _mobile(query: str) -> str | None:
+    try:
+        return normalize_mobile(query)
+    except ValueError:
+        return None
+
+
+def _events(s: Session, ids: Iterable[str], subjects: Iterable[str]) -> list[IngestEvent]:
+    ids, subjects = list(ids), list(subjects)
+    clauses = []
+    if ids:
+        clauses.append(IngestEvent.event_id.in_(ids))
+    if subjects:
+        # The family is named so the (family, entity_key) index is used.
+        clauses.append(
+            IngestEvent.family.in_(FAMILIES) & IngestEvent.entity_key.in_(subjects)  # type: ignore[attr-defined]
+        )
+    if not clauses:
+        return []
+    return list(s.execute(select(IngestEvent).where(or_(*clauses))).scalars())
+
+
+def _key_part(key: str) -> ColumnElement[bool]:
+    """``ScheduledJob.key`` has ``key`` as one of its colon-separated parts."""
+    column = ScheduledJob.__table__.c.key
+    return or_(
+        column == key,
+        column.startswith(f"{key}:", autoescape=True),
+        column.endswith(f":{key}", autoescape=True),
+        column.contains(f":{key}:", autoescape=True),
+    )
+
+
+def _event_step(e: IngestEvent) -> Step:
+    return Step(
+        at=e.received_at,
+        kind="event",
+        ref=e.event_id,
+        status="applied" if e.applied_at else ("relayed" if e.relayed_at else "accepted"),
+        summary=f"{e.event_type} {e.entity_key}",
+        times={
+            "occurred": e.occurred_at,
+            "received": e.received_at,
+            "relayed": e.relayed_at,
+            "applied": e.applied_at,
+        },
+        fields={"event_type": e.event_type, "entity_key": e.entity_key, "epoch": str(e.epoch)},
+    )
+
+
+def _dead_letter_step(d: DeadLetter) -> Step:
+    return Step(
+        at=d.first_seen,
+        kind="dead-letter",
+        ref=d.id,
+        status=d.status,
+        summary=f"{d.stage} {d.reason}" + (f" ({d.event_type})" if d.event_type else ""),
+        times={"first_seen": d.first_seen, "last_seen": d.last_seen, "replayed": d.replayed_at},
+        fields={
+            "stage": d.stage,
+            "reason": d.reason,
+            "event_id": d.event_id,
+            "count": str(d.count),
+            "detail": d.detail,
+        },
+    )
+
+
+def _job_step(j: ScheduledJob) -> Step:
+    return Step(
+        at=j.created_at,
+        kind="job",
+        ref=j.key,
+        status=j.status,
+        summary=j.actor_name,
+        times={"created": j.created_at, "run_at": j.run_at, "enqueued": j.enqueued_at},
+        fields={"actor": j.actor_name},
+    )
+
+
+def _notification_step(n: Notification) -> Step:
+    via = f" via {n.provider}" if n.provider else ""
+    return Step(
+        at=n.created_at,
+        kind="notification",
+        ref=n.id,
+        status=n.status,
+        summary=f"{n.flow} {n.channel} about {n.subject_id}{via}",
+        times={
+            "created": n.created_at,
+            "not_before": n.not_before,
+            "sent": n.sent_at,
+            "updated": n.updated_at,
+        },
+        fields={
+            "flow": n.flow,
+            "channel": n.channel,
+            "subject_id": n.subject_id,
+            "idempotency_key": n.idempotency_key,
+            "provider": n.provider,
+            "provider_ref": n.provider_ref,
+            "status_reason": n.status_reason,
+            "error_code": n.error_code,
+        },
+        mobile=n.recipient,
+    )
+
+
+def _status_step(e: NotificationStatusEvent) -> Step:
+    return Step(
+        at=e.received_at,
+        kind="provider-status",
+        ref=e.notification_id or e.provider_ref,
+        status=e.status,
+        summary=f"{e.provider} said {e.provider_status} ({e.source})"
+        + (f", error {e.error_code}" if e.error_code else ""),
+        times={"received": e.received_at},
+        fields={
+            "provider": e.provider,
+            "provider_ref": e.provider_ref,
+            "provider_status": e.provider_status,
+            "error_code": e.error_code,
+            "source": e.source,
+        },
+    )
+
+
+def _callback_step(t: CallbackTask) -> Step:
+    return Step(
+        at=t.created_at,
+        kind="callback-task",
+        ref=t.id,
+        status=t.status,
+        summary=f"{t.kind} callback for case {t.case_id}, owner {t.owner_staff_id}",
+        times={
+            "created": t.created_at,
+            "notified": t.notified_at,
+            "due": t.due_at,
+            "escalated": t.escalated_at,
+            "completed": t.completed_at,
+        },
+        fields={"case_id": t.case_id, "department": t.department, "outcome": t.outcome},
+    )
+
+
+def _ticket_step(t: RectificationTicket) -> Step:
+    return Step(
+        at=t.opened_at,
+        kind="rectification",
+        ref=t.id,
+        status=t.status,
+        summary=f"rating {t.rating} on case {t.case_id}, {t.department}",
+        times={
+            "opened": t.opened_at,
+            "deadline": t.deadline_at,
+            "reminded": t.reminded_at,
+            "overdue": t.overdue_at,
+            "closed": t.closed_at,
+        },
+        fields={
+            "case_id": t.case_id,
+            "evaluation_id": t.evaluation_id,
+            "department": t.department,
+            "outcome": t.outcome,
+        },
+        mobile=t.citizen_mobile,
+    )
+
+
+def _alert_step(a: StaffAlert) -> Step:
+    return Step(
+        at=a.created_at,
+        kind="staff-alert",
+        ref=a.id,
+        status=a.status,
+        summary=f"green channel for case {a.case_id} at {a.service_point_id} ({a.special_groups})",
+        times={
+            "event": a.event_at,
+            "created": a.created_at,
+            "sent": a.sent_at,
+            "acknowledged": a.acknowledged_at,
+            "escalated": a.escalated_at,
+        },
+        fields={
+            "case_id": a.case_id,
+            "service_point_id": a.service_point_id,
+            "acknowledged_by": a.acknowledged_by,
+            "status_reason": a.status_reason,
+        },
+    )
+
+
+def _call_list_step(c: CallListEntry) -> Step:
+    return Step(
+        at=c.created_at,
+        kind="call-list",
+        ref=c.id,
+        status=c.status,
+        summary=f"call {c.offset_days} days before {c.expires_on} for license {c.license_id}",
+        times={"created": c.created_at, "notified": c.notified_at, "completed": c.completed_at},
+        fields={
+            "license_id": c.license_id,
+            "department": c.issuing_department,
+            "due_on": c.due_on.isoformat(),
+            "outcome": c.outcome,
+        },
+        mobile=c.holder_mobile,
+        name=c.holder_name,
+    )
+
+
+def trace_in(s: Session, query: str) -> Trace:
+    """The chain for ``query`` read in ``s`` (see the module's docstring for what is followed)."""
+    query = query.strip()
+    if not query:
+        # An empty id would match every job key by substring.
+        raise ValueError("trace needs an id: an event, license or case id or a mobile number")
+    mobile = _mobile(query)
+    steps: list[Step] = []
+
+    # 1. The id as given: an event id, a license, case or evaluation id.
+    subjects: dict[str, None] = {query: None}
+    events = {e.event_id: e for e in _events(s, [query], [query])}
+    for e in events.values():
+        subjects.setdefault(e.entity_key, None)
+
+    # 2. A mobile: the messages sent to it and the tasks holding it name their subjects.
+    notifications: dict[str, Notification] = {}
+    tickets: dict[str, RectificationTicket] = {}
+    calls: dict[str, CallListEntry] = {}
+    if mobile is not None:
+        notifications.update(
+            (n.id, n)
+            for n in s.execute(
+                select(Notification).where(Notification.recipient == mobile)
+            ).scalars()
+        )
+        tickets.update(
+            (t.id, t)
+            for t in s.execute(
+                select(RectificationTicket).where(RectificationTicket.citizen_mobile == mobile)
+            ).scalars()
+        )
+        calls.update(
+            (c.id, c)
+            for c in s.execute(
+                select(CallListEntry).where(CallListEntry.holder_mobile == mobile)
+            ).scalars()
+        )
+        related = [n.subject_id for n in notifications.values()]
+        related += [t.case_id for t in tickets.values()]
+        related += [c.license_id for c in calls.values()]
+        for subject in related:
+            if len(subjects) > MAX_SUBJECTS:
+                break
+            subjects.setdefault(subject, None)
+        events.update((e.event_id, e) for e in _events(s, [], list(subjects)))
+    keys = list(subjects)
+
+    # 3. What the subjects caused.
+    notifications.update(
+        (n.id, n)
+        for n in s.execute(select(Notification).where(Notification.subject_id.in_(keys))).scalars()
+    )
+    tickets.update(
+        (t.id, t)
+        for t in s.execute(
+            select(RectificationTicket).where(
+                or_(
+                    RectificationTicket.case_id.in_(keys),
+                    RectificationTicket.evaluation_id.in_(keys),
+                )
+            )
+        ).scalars()
+    )
+    calls.update(
+        (c.id, c)
+        for c in s.execute(
+            select(CallListEntry).where(CallListEntry.license_id.in_(keys))
+        ).scalars()
+    )
+    letters = s.execute(
+        select(DeadLetter).where(DeadLetter.event_id.in_([query, *events]))
+    ).scalars()
+    # Job keys embed the license or case id as a colon-separated part (``survey:C-1``,
+    # ``callback:C-1:key_project``): matched as a whole part, so ``C-1`` finds neither
+    # ``LIC-1``'s jobs nor ``C-10``'s, and escaped so an id's ``_`` or ``%`` is no wildcard.
+    jobs = s.execute(select(ScheduledJob).where(or_(*(_key_part(k) for k in keys)))).scalars()
+    callbacks = s.execute(select(CallbackTask).where(CallbackTask.case_id.in_(keys))).scalars()
+    alerts = s.execute(select(StaffAlert).where(StaffAlert.case_id.in_(keys))).scalars()
+    statuses = (
+        s.execute(
+            select(NotificationStatusEvent).where(
+                NotificationStatusEvent.notification_id.in_(list(notifications))
+            )
+        ).scalars()
+        if notifications
+        else []
+    )
+
+    steps += [_event_step(e) for e in events.values()]
+    steps += [_dead_letter_step(d) for d in letters]
+    steps += [_job_step(j) for j in jobs]
+    steps += [_notification_step(n) for n in notifications.values()]
+    steps += [_status_step(e) for e in statuses]
+    steps += [_callback_step(t) for t in callbacks]
+    steps += [_ticket_step(t) for t in tickets.values()]
+    steps += [_alert_step(a) for a in alerts]
+    steps += [_call_list_step(c) for c in calls.values()]
+    steps.sort(key=lambda step: (step.at, step.kind, step.ref))
+    followed = tuple(k for k in keys if k not in events and not (mobile and k == query))
+    return Trace(query=query, mobile=mobile, subjects=followed, steps=tuple(steps))
+
+
+def trace(settings: Settings, query: str) -> Trace:
+    """The chain for ``query`` on the configured database (see :func:`trace_in`)."""
+    with session(settings) as s:
+        return trace_in(s, query)

@@ -1,0 +1,318 @@
+"""``govnotify trace ID``, the real CLI as a subprocess, on rows in a real PostgreSQL database.
+
+One license and one case, each with what the pipeline leaves behind (the accepted event, a
+scheduled job, a notification with its provider status, the staff tasks), are traced by event
+id, license id, case id and mobile number: the chain comes oldest first, numbers and names
+masked unless an operator reveals them, which is audited.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from infra.db import session
+from infra.settings import Settings, load_settings
+from schemas.models import (
+    CallbackTask,
+    CallListEntry,
+    DeadLetter,
+    IngestEvent,
+    Notification,
+    NotificationStatusEvent,
+    OperatorAudit,
+    RectificationTicket,
+    ScheduledJob,
+    StaffAlert,
+)
+from tests.support import env_for, free_ports, run_cli
+
+pytestmark = pytest.mark.integration
+
+MOBILE = "+8613800138000"
+MASKED = "+86138****8000"
+#: 2026-12-01 09:00 in Shanghai: every row is stamped from here on, a minute apart.
+T0 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC)
+
+
+def at(minutes: int) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+@dataclass(frozen=True)
+class World:
+    settings: Settings
+    license_id: str
+    case_id: str
+    license_event: str
+    case_event: str
+    bad_event: str
+
+
+@pytest.fixture
+def trace_settings(namespace: str, database_url: str, tmp_path: Path) -> Settings:
+    """Settings on this test's migrated database; trace needs no broker."""
+    return load_settings(
+        namespace=namespace, data_dir=tmp_path / "data", database_url=database_url, **free_ports()
+    )
+
+
+def _event(event_id: str, event_type: str, family: str, key: str, minute: int) -> IngestEvent:
+    return IngestEvent(
+        event_id=event_id,
+        event_type=event_type,
+        family=family,
+        entity_key=key,
+        occurred_at=at(minute) - dt.timedelta(seconds=5),
+        body=b"{}",
+        fingerprint="0" * 64,
+        received_at=at(minute),
+        relayed_at=at(minute) + dt.timedelta(seconds=1),
+        applied_at=at(minute) + dt.timedelta(seconds=2),
+        epoch=1,
+    )
+
+
+@pytest.fixture
+def world(trace_settings: Settings) -> Iterator[World]:
+    """A license and a case with every kind of row trace follows, ids unique to this test."""
+    u = uuid.uuid4().hex[:8]
+    lic, case = f"LIC-{u}", f"C-{u}"
+    w = World(trace_settings, lic, case, f"ev-lic-{u}", f"ev-case-{u}", f"ev-bad-{u}")
+    note = Notification(
+        idempotency_key=f"renewal:{lic}:2026-12-31:30",
+        flow="renewal",
+        channel="sms",
+        subject_id=lic,
+        recipient=MOBILE,
+        status="delivered",
+        provider="sandbox",
+        provider_ref=f"SM{u}",
+        created_at=at(2),
+        sent_at=at(3),
+        updated_at=at(4),
+    )
+    with session(trace_settings) as s:
+        s.add(_event(w.license_event, "license.issued", "licenses", lic, 0))
+        s.add(
+            ScheduledJob(
+                key=f"renewal:{lic}:2026-12-31:30",
+                run_at=at(2),
+                actor_name="send_reminder",
+                payload="{}",
+                status="enqueued",
+                created_at=at(1),
+                enqueued_at=at(2),
+            )
+        )
+        s.add(note)
+        s.add(
+            NotificationStatusEvent(
+                dedupe_key=f"sandbox:SM{u}:delivered",
+                notification_id=note.id,
+                provider="sandbox",
+                provider_ref=f"SM{u}",
+                provider_status="delivered",
+                status="delivered",
+                applied=True,
+                received_at=at(4),
+            )
+        )
+        s.add(
+            CallListEntry(
+                idempotency_key=f"call-list:{lic}:3",
+                license_id=lic,
+                category="食品经营许可证",
+                issuing_department="市场监督管理局",
+                holder_name="张三丰",
+                holder_mobile=MOBILE,
+                expires_on=dt.date(2026, 12, 31),
+                offset_days=3,
+                due_on=dt.date(2026, 12, 28),
+                created_at=at(5),
+            )
+        )
+        s.add(_event(w.case_event, "case.completed", "cases", case, 10))
+        s.add(
+            StaffAlert(
+                idempotency_key=f"green:{case}",
+                case_id=case,
+                service_point_id="SP-01",
+                special_groups="elderly",
+                status="acknowledged",
+                event_at=at(10),
+                created_at=at(11),
+                sent_at=at(11),
+                acknowledged_at=at(12),
+            )
+        )
+        s.add(
+            CallbackTask(
+                idempotency_key=f"callback:{case}:key_project",
+                case_id=case,
+                kind="key_project",
+                owner_staff_id="S-7",
+                owner_name="李四",
+                department="发展和改革局",
+                service_item="企业投资项目备案",
+                due_at=at(60 * 72),
+                created_at=at(13),
+            )
+        )
+        s.add(
+            RectificationTicket(
+                idempotency_key=f"rectification:EV-{u}",
+                evaluation_id=f"EV-{u}",
+                case_id=case,
+                department="发展和改革局",
+                service_item="企业投资项目备案",
+                service_point_id="SP-01",
+                rating=1,
+                citizen_mobile=MOBILE,
+                opened_at=at(14),
+                deadline_at=at(60 * 24 * 7),
+            )
+        )
+        s.add(
+            DeadLetter(
+                fingerprint=uuid.uuid4().hex * 2,
+                stage="ingest",
+                reason="schema_violation",
+                detail="payload.holder_mobile: not a mainland mobile number",
+                event_type="license.issued",
+                event_id=w.bad_event,
+                raw=b'{"event_id": "x"}',
+                first_seen=at(20),
+                last_seen=at(20),
+            )
+        )
+        s.commit()
+    yield w
+
+
+def kinds(stdout: str) -> list[str]:
+    """The kind column of each step line of the plain output (its second field)."""
+    return [line.split()[2] for line in stdout.splitlines() if line[:4].isdigit()]
+
+
+def _id(w: World, which: str) -> str:
+    return {
+        "license_event": w.license_event,
+        "license": w.license_id,
+        "case": w.case_id,
+        "mobile": "138 0013 8000",
+        "bad_event": w.bad_event,
+    }[which]
+
+
+@pytest.mark.parametrize(
+    ("which", "expected"),
+    [
+        ("license_event", ["event", "job", "notification", "provider-status", "call-list"]),
+        ("license", ["event", "job", "notification", "provider-status", "call-list"]),
+        ("case", ["event", "staff-alert", "callback-task", "rectification"]),
+        (
+            "mobile",
+            [
+                "event",
+                "job",
+                "notification",
+                "provider-status",
+                "call-list",
+                "event",
+                "staff-alert",
+                "callback-task",
+                "rectification",
+            ],
+        ),
+        ("bad_event", ["dead-letter"]),
+    ],
+)
+def test_trace_prints_the_chain_oldest_first(world: World, which: str, expected: list[str]) -> None:
+    # Given the rows of a license and a case
+    env = env_for(world.settings)
+
+    # When it is traced by one of its ids
+    done = run_cli("trace", _id(world, which), env=env)
+
+    # Then every step shows, oldest first, with its local time, and no number unmasked
+    assert done.returncode == 0, done.stderr
+    assert kinds(done.stdout) == expected, done.stdout
+    assert "13800138000" not in done.stdout
+    if "notification" in expected:
+        assert f"to {MASKED}" in done.stdout
+        assert "2026-12-01 09:02:00" in done.stdout  # created, Shanghai time
+        assert "provider_ref SM" in done.stdout
+    if "call-list" in expected:
+        assert "holder 张**" in done.stdout and "张三丰" not in done.stdout
+
+
+def test_trace_json_is_one_document(world: World) -> None:
+    # Given the rows of a license
+    env = env_for(world.settings)
+
+    # When it is traced by its mobile with --json
+    done = run_cli("trace", "+86 138-0013-8000", "--json", env=env)
+
+    # Then one JSON document holds the chain, numbers masked
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["mobile"] == MASKED and doc["revealed"] is False
+    assert set(doc["subjects"]) == {world.license_id, world.case_id}
+    times = [step["at"] for step in doc["steps"]]
+    assert times == sorted(times)
+    note = next(step for step in doc["steps"] if step["kind"] == "notification")
+    assert note["status"] == "delivered"
+    assert note["mobile"] == MASKED
+    assert note["fields"]["provider"] == "sandbox"
+    assert note["times"]["sent"] == "2026-12-01T09:03:00+08:00"
+    assert "13800138000" not in done.stdout
+
+
+def test_reveal_shows_numbers_and_is_audited(world: World) -> None:
+    # Given the rows of a license
+    env = env_for(world.settings)
+    operator = f"op-{uuid.uuid4().hex[:6]}"
+
+    # When an operator reveals its trace
+    done = run_cli("trace", world.license_id, "--reveal", "--operator", operator, env=env)
+
+    # Then numbers and names show whole, and the reveal is recorded without the number
+    assert done.returncode == 0, done.stderr
+    assert f"to {MOBILE}" in done.stdout and "张三丰" in done.stdout
+    with session(world.settings) as s:
+        rows = list(s.execute(select(OperatorAudit)).scalars())
+    assert [(r.operator, r.action, r.subject) for r in rows] == [
+        (operator, "trace.reveal", world.license_id)
+    ]
+    assert "13800138000" not in rows[0].detail
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["trace", "no-such-id"], 4, "nothing known about no-such-id"),
+        (["trace", "13900139000"], 4, "nothing known about 139****9000"),
+        (["trace", "LIC-1", "--reveal"], 2, "--reveal needs --operator NAME (it is recorded)"),
+    ],
+)
+def test_trace_refusals(trace_settings: Settings, args: list[str], code: int, message: str) -> None:
+    # Given an empty, migrated database
+    env = env_for(trace_settings)
+
+    # When an unknown id is traced, or a reveal names no operator
+    done = run_cli(*args, env=env)
+
+    # Then one line on stderr with the documented exit code, and nothing audited
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip() == f"govnotify: {message}"
+    assert done.stdout == ""
+    with session(trace_settings) as s:
+        assert list(s.execute(select(OperatorAudit)).scalars()) == []
