@@ -40,11 +40,20 @@ def api_settings(settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio
         "gateway_key_id": GATEWAY_KEY,
         "gateway_secret": GATEWAY_SECRET,
         "gateway_generic_template": "SMS_000001",
+        # Twilio first, as production routes it.
+        "sms_routes": {"default": ["twilio", "gateway"]},
         "api_port": port,
         "api_metrics_port": services.free_port(),
         "public_base_url": f"http://127.0.0.1:{port}",
     }
-    pipeline.set_env(**{f"GOVNOTIFY_{name.upper()}": str(v) for name, v in overrides.items()})
+    pipeline.set_env(
+        **{
+            f"GOVNOTIFY_{name.upper()}": json.dumps(value)
+            if isinstance(value, dict)
+            else str(value)
+            for name, value in overrides.items()
+        }
+    )
     return settings.model_copy(update=overrides)
 
 

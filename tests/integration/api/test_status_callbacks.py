@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from infra import services
 from infra.db import session
 from infra.settings import Settings
 from notifiers.sms import OutboundMessage, ProviderStatus
@@ -28,47 +27,10 @@ from notifiers.sms.gateway import signed_headers
 from notifiers.sms.twilio import TwilioSMSNotifier
 from schemas.models import Notification, NotificationStatusEvent, Suppression, utcnow
 from tests.fakes.twilio_server import FakeTwilio
+from tests.integration.api.conftest import BODY, FROM, GATEWAY_KEY, GATEWAY_SECRET
 from tests.support import Pipeline, enqueue, metric, scrape, wait_until
 
 pytestmark = pytest.mark.integration
-
-FROM = "+15017122661"
-BODY = "【长安政务】您的办件回访已安排，工作人员将与您联系。"
-GATEWAY_KEY = "govnotify-test-key"
-GATEWAY_SECRET = "gateway-secret-for-tests-0123456789"
-
-
-@pytest.fixture
-def api_settings(settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio) -> Settings:
-    """The test's settings with Twilio (the fake), the gateway and the api's own ports.
-
-    The same values go to every process the pipeline starts from here on.
-    """
-    port = services.free_port()
-    overrides: dict[str, object] = {
-        "twilio_account_sid": fake_twilio.account_sid,
-        "twilio_auth_token": fake_twilio.auth_token,
-        "twilio_from": FROM,
-        "twilio_api_base": fake_twilio.base_url,
-        "gateway_url": "http://127.0.0.1:9/never-called",
-        "gateway_key_id": GATEWAY_KEY,
-        "gateway_secret": GATEWAY_SECRET,
-        "gateway_generic_template": "SMS_000001",
-        # Twilio first, as production routes it.
-        "sms_routes": {"default": ["twilio", "gateway"]},
-        "api_port": port,
-        "api_metrics_port": services.free_port(),
-        "public_base_url": f"http://127.0.0.1:{port}",
-    }
-    pipeline.set_env(
-        **{
-            f"GOVNOTIFY_{name.upper()}": json.dumps(value)
-            if isinstance(value, dict)
-            else str(value)
-            for name, value in overrides.items()
-        }
-    )
-    return settings.model_copy(update=overrides)
 
 
 @pytest.fixture
