@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.pii import mask_numbers
+
 __all__ = ["STAFF_MESSAGE_KINDS", "StaffMessage"]
 
 #: Every kind of staff message the workers send; an unknown kind is a bug in the caller.
@@ -45,7 +47,8 @@ class StaffMessage:
     kind: str
     #: Short Chinese title.
     title: str
-    #: Chinese body; phone numbers in it must already be masked (group chats are wide).
+    #: Chinese body; what looks like a mobile or ID number in it is masked when it is sent
+    #: (:meth:`shown`: group chats are wide).
     text: str
     #: Structured fields (ids, service point, deadline ISO …); JSON-serialisable.
     data: Mapping[str, Any]
@@ -58,3 +61,8 @@ class StaffMessage:
                 f"unknown staff message kind {self.kind!r}; expected one of "
                 f"{sorted(STAFF_MESSAGE_KINDS)}"
             )
+
+    def shown(self) -> tuple[str, str]:
+        """Title and text as every staff channel shows them (robot, e-mail, sandbox file):
+        mobile- and ID-shaped numbers masked. ``data`` is not: its ids are for lookups."""
+        return mask_numbers(self.title), mask_numbers(self.text)

@@ -62,7 +62,6 @@ from notifiers.errors import (
 )
 from notifiers.staff import StaffMessage
 from schemas.addresses import parse_address
-from schemas.pii import mask_numbers
 
 __all__ = [
     "AUTH_REPLY_CODES",
@@ -405,7 +404,7 @@ class EmailNotifier(Notifier[StaffMessage, EmailReceipt]):
         email_message = EmailMessage(policy=policy.SMTP)
         email_message["From"] = self.sender
         email_message["To"] = self.to
-        email_message["Subject"] = mask_numbers(message.title)
+        email_message["Subject"] = message.shown()[0]
         email_message["Date"] = format_datetime(dt.datetime.now(dt.UTC))
         email_message["Message-ID"] = f"<{message.message_id}@govnotify>"
         email_message["X-Govnotify-Id"] = message.message_id
@@ -532,7 +531,7 @@ class EmailNotifier(Notifier[StaffMessage, EmailReceipt]):
 
 def _text_body(message: StaffMessage) -> str:
     """The text part: the message text (numbers masked), then its data as ``key: value`` lines."""
-    body = mask_numbers(message.text).rstrip() + "\n"
+    body = message.shown()[1].rstrip() + "\n"
     lines = _data_lines(message.data)
     if lines:
         body += "\n" + "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ from notifiers.errors import (
 )
 from notifiers.http import transport_error
 from notifiers.staff import StaffMessage
-from schemas.pii import mask_mobile, mask_numbers, mask_pii
+from schemas.pii import mask_mobile, mask_pii
 
 __all__ = [
     "ROBOT_ERRCODES",
@@ -258,7 +258,7 @@ class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
             ) from None
         for mobile in message.mention_mobiles:
             self._national(mobile)
-        title, text = _masked(message)
+        title, text = message.shown()
         content = f"{title}\n{text}"
         if self.fmt == "wecom":
             size = len(content.encode("utf-8"))
@@ -285,7 +285,7 @@ class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
     def _body(self, message: StaffMessage) -> bytes:
         """The request body for this format, of a message :meth:`_validate` passed."""
         mentions = [self._national(m) for m in message.mention_mobiles]
-        title, text = _masked(message)
+        title, text = message.shown()
         content = f"{title}\n{text}"
         payload: dict[str, Any]
         if self.fmt == "wecom":
@@ -398,15 +398,6 @@ class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
         for session in sessions:
             session.close()
         self._local = threading.local()
-
-
-def _masked(message: StaffMessage) -> tuple[str, str]:
-    """Title and text with every mobile and ID-card shaped number masked (138****8000).
-
-    Robot messages land in group chats: a citizen's number must arrive masked. ``data`` is
-    sent as it is (only in the ``"json"`` format, to a staff portal): its ids are for lookup.
-    """
-    return mask_numbers(message.title), mask_numbers(message.text)
 
 
 def _json_or_none(response: requests.Response) -> Any:
