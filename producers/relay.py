@@ -298,8 +298,9 @@ class Relay:
 
     def _flush(self, channel, dlq, pending: list[Delivery]) -> None:  # type: ignore[no-untyped-def]
         entries: list[tuple[JournalEntry, Event]] = []
-        #: (body, type label, why, the delivery): the delivery says who published it.
-        rejected: list[tuple[bytes, str, EventRejected, Delivery]] = []
+        #: (body, type label, why, publisher as judged, its HTTP source header): who sent it is
+        #: kept on the dead letter, so that a replay is judged as its first publisher's.
+        rejected: list[tuple[bytes, str, EventRejected, str | None, object]] = []
         try:
             registry = self.sources.current()
         except Exception:
@@ -315,7 +316,15 @@ class Relay:
             # An unknown publisher's bytes are not even parsed.
             refused = registry.check_publisher(publisher)
             if refused is not None:
-                rejected.append((body, label, EventRejected(REASON_UNAUTHORISED, refused), message))
+                rejected.append(
+                    (
+                        body,
+                        label,
+                        EventRejected(REASON_UNAUTHORISED, refused),
+                        publisher,
+                        message.http_source,
+                    )
+                )
                 continue
             try:
                 event = parse_event(
@@ -325,7 +334,7 @@ class Relay:
                     max_skew=self.settings.max_clock_skew_s,
                 )
             except EventRejected as exc:
-                rejected.append((body, label, exc, message))
+                rejected.append((body, label, exc, publisher, message.http_source))
                 continue
             refused = registry.authorize(
                 publisher,
@@ -345,7 +354,8 @@ class Relay:
                             event_type=event.event_type,
                             event_id=event.event_id,
                         ),
-                        message,
+                        publisher,
+                        message.http_source,
                     )
                 )
                 continue
@@ -374,8 +384,8 @@ class Relay:
                 mark_relayed(
                     s, [e.event_id for e in verdict.forward], epoch.generation if epoch else 0
                 )
-            for body, label, exc, message in rejected:
-                self._dead_letter(dlq, body, label, exc, message)
+            for body, label, exc, publisher, http_source in rejected:
+                self._dead_letter(dlq, body, label, exc, publisher, http_source)
             for entry in verdict.conflicts:
                 self._dead_letter(
                     dlq,
@@ -432,15 +442,14 @@ class Relay:
             FAST_PATH.labels(actor=actor_name).inc()
 
     def _dead_letter(  # type: ignore[no-untyped-def]
-        self, dlq, body: bytes, label: str, exc: EventRejected, message: Delivery | None = None
+        self,
+        dlq,
+        body: bytes,
+        label: str,
+        exc: EventRejected,
+        publisher: str | None = None,
+        http_source: object = None,
     ) -> None:
-        # Who sent it, so that a replay is judged as its first publisher's (infra.sources).
-        publisher = http_source = None
-        if message is not None:
-            # As the registry judged it: a replay header counts from govnotify's own user only.
-            replayed = message.user_id == self.sources.own_user and _text(message.replay_of)
-            publisher = replayed or message.user_id
-            http_source = _text(message.http_source)
         with session(self.settings) as s:
             record_dead_letter(
                 s,
@@ -451,7 +460,7 @@ class Relay:
                 event_type=exc.event_type,
                 event_id=exc.event_id,
                 publisher=publisher,
-                http_source=http_source,
+                http_source=_text(http_source),
             )
         dlq.basic_publish(
             exchange="",
