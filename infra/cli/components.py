@@ -179,11 +179,15 @@ def _serve_metrics(s: Settings, component: str, checks: Mapping[str, Callable[[]
     try:
         serve_metrics(port, s.metrics_host, ready_checks=checks)
     except OSError as exc:
-        raise SettingsError(
-            f"invalid setting GOVNOTIFY_{component.upper()}_METRICS_PORT: "
-            f"{s.metrics_host}:{port} is taken ({exc.strerror}); each {component} on a host "
-            "needs its own port"
-        ) from None
+        raise _port_taken(component, s.metrics_host, port, exc) from None
+
+
+def _port_taken(component: str, host: str, port: int, exc: OSError) -> SettingsError:
+    """The one-line refusal of a component whose metrics port another process holds."""
+    return SettingsError(
+        f"invalid setting GOVNOTIFY_{component.upper()}_METRICS_PORT: {host}:{port} is taken "
+        f"({exc.strerror}); each {component} on a host needs its own port"
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -198,10 +202,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise SettingsError(
-                f"invalid setting GOVNOTIFY_WORKER_METRICS_PORT: {host}:{port} is taken "
-                f"({exc.strerror}); each worker on a host needs its own port"
-            ) from None
+            raise _port_taken("worker", host, port, exc) from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
