@@ -14,6 +14,7 @@ from collections.abc import Callable
 from sqlalchemy import (
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -516,6 +517,23 @@ class Checkpoint(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=200)
+    updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class SendPace(SQLModel, table=True):
+    """The pace of one sender, shared by every worker process: when its next send may go.
+
+    ``key`` names a provider (``sms:gateway``), a staff robot (``staff:<webhook key>``) or the
+    spread of a release (``release:<provider>:<instant>``: messages held by quiet hours go out
+    one interval apart from the instant the hours end). ``next_at`` is the Unix time of the
+    next free slot; a sender takes a slot with one ``UPDATE … SET next_at = max(next_at, now)
+    + interval … RETURNING`` (notifiers.pacing), so two workers never take the same one.
+    """
+
+    __tablename__ = "send_pace"
+
+    key: str = Field(primary_key=True, max_length=200)
+    next_at: float = Field(sa_column=Column(Float, nullable=False))
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
 
 
