@@ -8,40 +8,46 @@ from typing import TYPE_CHECKING
 
 from infra import audit
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_json, print_table
+from infra.cli.options import Verbs, json_option, operator_option
+from infra.cli.output import print_json, print_table
 from infra.logging import mask_mobile, mask_name
 from infra.settings import get_settings
 
 if TYPE_CHECKING:
     from schemas.models import CallListEntry
 
-__all__ = ["cmd_call_list", "register"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("call-list", help="renewal calls staff owe: list them, or record one done")
-    p.add_argument("action", choices=["list", "done"])
-    p.add_argument("entry", nargs="?", help="entry id or unique prefix (for done)")
-    p.add_argument("--outcome", help="what the call achieved (for done)")
-    p.add_argument(
-        "--department",
-        help="only this issuing department's entries (for list; required with --reveal)",
+    verbs = Verbs(p)
+    listing = verbs.add(
+        "list",
+        _list,
+        "the calls owed, names and numbers masked unless --reveal",
+        json_option(),
+        operator_option("who asks; required with --reveal, and recorded in the audit"),
     )
-    p.add_argument(
-        "--status", choices=["open", "done", "cancelled", "all"], default="open", help="for list"
+    listing.add_argument(
+        "--department", help="only this issuing department's entries (required with --reveal)"
     )
-    p.add_argument(
+    listing.add_argument(
+        "--status",
+        choices=["open", "done", "cancelled", "all"],
+        default="open",
+        help="only entries in this status (default open)",
+    )
+    listing.add_argument(
         "--reveal",
         action="store_true",
         help="show names and numbers unmasked (needs --operator and --department; recorded)",
     )
-    p.add_argument(
-        "--operator",
-        help="who does this, recorded in the audit table (done: default your login; "
-        "--reveal: required)",
+    done = verbs.add(
+        "done", _done, "record a call made (forward-only)", json_option(), operator_option()
     )
-    add_json_flag(p)
-    p.set_defaults(func=cmd_call_list)
+    done.add_argument("entry", metavar="ENTRY", help="entry id or unique prefix")
+    done.add_argument("--outcome", help="what the call achieved")
 
 
 def _rows(found: Iterable[CallListEntry], reveal: bool) -> list[list[object]]:
@@ -69,29 +75,42 @@ def _rows(found: Iterable[CallListEntry], reveal: bool) -> list[list[object]]:
     return out
 
 
-def cmd_call_list(args: argparse.Namespace) -> int:
+def _call_list_error(exc: Exception) -> exits.CommandError:
+    # workers.call_list has one error type; "no call-list entry …" is the not-found case.
+    code = exits.NOT_FOUND if str(exc).startswith("no call-list entry") else exits.USAGE
+    return exits.CommandError(str(exc), code)
+
+
+def _done(args: argparse.Namespace) -> int:
     # Imported once main() has applied --today, inside its SettingsError handling (exit 2):
     # lazy: workers.broker reads the settings as it is imported.
-    from workers.call_list import CallListError, complete, entries, reveal
+    from workers.call_list import CallListError, complete
 
     cfg = get_settings()
     try:
-        if args.action == "done":
-            if not args.entry:
-                raise CallListError("done needs an entry id (see govnotify call-list list)")
-            entry = complete(cfg, args.entry, args.outcome)
-            audit.record(
-                cfg,
-                audit.operator_name(args.operator),
-                "call-list.done",
-                entry.id,
-                {"license_id": entry.license_id, "outcome": args.outcome or ""},
-            )
-            if args.json:
-                print_json({"id": entry.id, "license_id": entry.license_id, "status": "done"})
-            else:
-                print(f"entry {entry.id[:8]} ({entry.license_id}) done")
-            return exits.OK
+        entry = complete(cfg, args.entry, args.outcome)
+    except CallListError as exc:
+        raise _call_list_error(exc) from exc
+    audit.record(
+        cfg,
+        audit.operator_name(args.operator),
+        "call-list.done",
+        entry.id,
+        {"license_id": entry.license_id, "outcome": args.outcome or ""},
+    )
+    if args.json:
+        print_json({"id": entry.id, "license_id": entry.license_id, "status": "done"})
+    else:
+        print(f"entry {entry.id[:8]} ({entry.license_id}) done")
+    return exits.OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    # lazy: as in _done, workers.broker reads the settings as it is imported.
+    from workers.call_list import CallListError, entries, reveal
+
+    cfg = get_settings()
+    try:
         if args.reveal:
             found = reveal(
                 cfg, operator=args.operator, department=args.department, status=args.status
@@ -99,9 +118,7 @@ def cmd_call_list(args: argparse.Namespace) -> int:
         else:
             found = entries(cfg, department=args.department, status=args.status)
     except CallListError as exc:
-        # workers.call_list has one error type; "no call-list entry …" is the not-found case.
-        code = exits.NOT_FOUND if str(exc).startswith("no call-list entry") else exits.USAGE
-        raise exits.CommandError(str(exc), code) from exc
+        raise _call_list_error(exc) from exc
     if args.json:
         headers = ["id", "department", "license_id", "holder", "mobile", "expires_on"]
         headers += ["due_on", "status", "sent"]

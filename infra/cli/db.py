@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 from infra.cli import exits
+from infra.cli.options import Verbs
 from infra.db import upgrade
 from infra.settings import get_settings
 from schemas.jsonschema_gen import SCHEMA_DIR, write_all
@@ -16,19 +17,19 @@ __all__ = ["cmd_db", "cmd_schemas", "default_schema_dir", "register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("db", help="apply the database migrations")
-    p.add_argument("action", choices=["upgrade"])
-    p.set_defaults(func=cmd_db)
+    Verbs(p).add("upgrade", cmd_db, "migrate the database to the newest schema")
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schema files of every event")
-    p.add_argument("action", choices=["generate"])
-    p.add_argument(
+    generate = Verbs(p).add(
+        "generate", cmd_schemas, "write one JSON Schema file per event type and version"
+    )
+    generate.add_argument(
         "--out",
         type=Path,
         default=None,
         help="folder to write them to (its stale *.schema.json files are removed); default: "
         "schemas/jsonschema of the source checkout, when govnotify runs from one",
     )
-    p.set_defaults(func=cmd_schemas)
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -11,10 +11,12 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 
 from infra import audit, jobs
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_json, print_table
+from infra.cli.options import Verbs, json_option, operator_option
+from infra.cli.output import print_json, print_table
 from infra.deadletters import (
     STAGES,
     DeadLetterError,
@@ -30,7 +32,7 @@ from producers import replay as ingest_replay
 from schemas.models import DeadLetter
 from workers import replay as worker_replay
 
-__all__ = ["REPLAY_OWNERS", "cmd_dead_letters", "register"]
+__all__ = ["REPLAY_OWNERS", "register"]
 
 #: The modules whose import registers the replayers: ingest, job, delivery and callback.
 REPLAY_OWNERS = (ingest_replay, jobs, worker_replay)
@@ -38,37 +40,88 @@ REPLAY_OWNERS = (ingest_replay, jobs, worker_replay)
 #: How much of a letter's payload ``show`` prints.
 RAW_SHOWN = 4000
 
+#: What the verbs that take ids say of them.
+IDS_HELP = "dead-letter ids (or unique prefixes)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dead-letters", help="list, show, replay or purge dead letters")
-    p.add_argument("action", choices=["list", "show", "replay", "purge"])
-    p.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (or unique prefixes)")
-    p.add_argument("--stage", help="only this stage: ingest, delivery, job, callback")
-    p.add_argument("--reason", help="only this reason")
-    p.add_argument("--status", choices=["open", "replayed"], help="only this status")
-    p.add_argument("--all", action="store_true", help="every matching letter (replay, purge)")
-    p.add_argument("--older-than-days", type=float, help="purge: only letters last seen before")
-    p.add_argument("--limit", type=int, default=50, help="list: at most this many rows")
-    p.add_argument(
-        "--operator", help="replay, purge: who does this (default: your login), for the audit"
+    verbs = Verbs(p)
+    listing = verbs.add(
+        "list", _run(_list), "the dead letters, most recently seen first", json_option()
     )
-    add_json_flag(p)
-    p.set_defaults(func=cmd_dead_letters)
+    _add_filters(listing)
+    how_many = listing.add_mutually_exclusive_group()
+    how_many.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most this many (default 50)"
+    )
+    how_many.add_argument("--all", action="store_true", help="every matching letter, no limit")
+
+    show = verbs.add(
+        "show", _run(_show), "letters' detail and payload, personal data masked", json_option()
+    )
+    show.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
+
+    replay = verbs.add(
+        "replay",
+        _run(_replay),
+        "send letters through their stage again (exit 1 if one is refused or fails)",
+        json_option(),
+        operator_option(),
+    )
+    replay.add_argument("ids", nargs="*", metavar="ID", help=IDS_HELP)
+    replay.add_argument(
+        "--all", action="store_true", help="instead of ids: every open letter matching the filters"
+    )
+    _add_filters(replay, status_help="with --all: only this status (default open)")
+
+    purge = verbs.add(
+        "purge",
+        _run(_purge),
+        "delete letters for good, replayed or not",
+        json_option(),
+        operator_option(),
+    )
+    purge.add_argument("ids", nargs="*", metavar="ID", help=IDS_HELP)
+    purge.add_argument(
+        "--all", action="store_true", help="instead of ids: every letter matching the filters"
+    )
+    _add_filters(purge, status_help="with --all: only this status")
+    purge.add_argument(
+        "--older-than-days",
+        type=float,
+        metavar="N",
+        help="with --all: only letters last seen over N days ago",
+    )
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    if args.stage and args.stage not in STAGES:
-        print(
-            f"govnotify: unknown stage {args.stage!r} (one of {', '.join(STAGES)})",
-            file=sys.stderr,
-        )
-        return exits.USAGE
-    try:
-        return _ACTIONS[args.action](get_settings(), args)
-    except DeadLetterError as exc:
-        # infra.deadletters has one error type; its "no dead letter …" is the not-found case.
-        code = exits.NOT_FOUND if str(exc).startswith("no dead letter") else exits.USAGE
-        raise exits.CommandError(str(exc), code) from exc
+def _add_filters(parser: argparse.ArgumentParser, status_help: str = "only this status") -> None:
+    parser.add_argument("--stage", help=f"only this stage: {', '.join(STAGES)}")
+    parser.add_argument("--reason", help="only this reason")
+    parser.add_argument("--status", choices=["open", "replayed"], help=status_help)
+
+
+def _run(
+    verb: Callable[[Settings, argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``verb`` on the settings, its stage checked and its errors given their exit codes."""
+
+    def run(args: argparse.Namespace) -> int:
+        stage = getattr(args, "stage", None)
+        if stage and stage not in STAGES:
+            print(
+                f"govnotify: unknown stage {stage!r} (one of {', '.join(STAGES)})",
+                file=sys.stderr,
+            )
+            return exits.USAGE
+        try:
+            return verb(get_settings(), args)
+        except DeadLetterError as exc:
+            # infra.deadletters has one error type; its "no dead letter …" is the not-found case.
+            code = exits.NOT_FOUND if str(exc).startswith("no dead letter") else exits.USAGE
+            raise exits.CommandError(str(exc), code) from exc
+
+    return run
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -116,7 +169,11 @@ def _shown_raw(letter: DeadLetter) -> str:
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     letters = list_letters(
-        settings, stage=args.stage, reason=args.reason, status=args.status, limit=args.limit
+        settings,
+        stage=args.stage,
+        reason=args.reason,
+        status=args.status,
+        limit=None if args.all else args.limit,
     )
     if args.json:
         print_json({"dead_letters": [_as_json(letter) for letter in letters]})
@@ -142,8 +199,6 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _show(settings: Settings, args: argparse.Namespace) -> int:
-    if not args.ids:
-        raise DeadLetterError("show needs the id of a dead letter")
     if args.json:
         print_json(
             {
@@ -262,6 +317,3 @@ def _purge(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"{n} dead letter{'' if n == 1 else 's'} purged")
     return exits.OK
-
-
-_ACTIONS = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}

@@ -7,7 +7,8 @@ import datetime as dt
 
 from infra import audit
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_json
+from infra.cli.options import Verbs, json_option, operator_option
+from infra.cli.output import print_json
 from infra.settings import get_settings
 
 __all__ = ["cmd_journal", "register"]
@@ -17,17 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "journal", help="re-drive accepted events the stream has not applied (see the runbook)"
     )
-    p.add_argument("action", choices=["redrive"])
-    p.add_argument(
+    redrive = Verbs(p).add(
+        "redrive",
+        cmd_journal,
+        "write again into Kafka the events relayed long ago and never applied",
+        json_option(),
+        operator_option(),
+    )
+    redrive.add_argument(
         "--older-than-minutes",
         type=float,
         default=15.0,
         help="only events relayed longer ago than this (default 15)",
     )
-    p.add_argument("--dry-run", action="store_true", help="count them, send nothing")
-    p.add_argument("--operator", help="who does this (default: your login), for the audit")
-    add_json_flag(p)
-    p.set_defaults(func=cmd_journal)
+    redrive.add_argument("--dry-run", action="store_true", help="count them, send nothing")
 
 
 def cmd_journal(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ import argparse
 
 from infra import audit
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_json
+from infra.cli.options import Verbs, json_option, operator_option
+from infra.cli.output import print_json
 from infra.logging import mask_mobile
 from infra.settings import get_settings
 from schemas.phone import normalize_mobile
@@ -32,25 +33,27 @@ def _mobile(value: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("opt-out", help="record, lift or list a citizen's refusal of a category")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="record that the citizen refuses a category (or all)")
-    lift = actions.add_parser(
+    verbs = Verbs(p)
+    add = verbs.add(
+        "add",
+        _add,
+        "record that the citizen refuses a category (or all)",
+        json_option(),
+        operator_option(),
+    )
+    lift = verbs.add(
         "lift",
+        _lift,
+        "lift a refusal (exit 4 when there was none); 'remove' is an alias",
+        json_option(),
+        operator_option(),
         aliases=["remove"],
-        help="lift a refusal (exit 4 when there was none); 'remove' is an alias",
     )
     for parser in (add, lift):
         parser.add_argument("mobile", help="mainland mobile number")
         parser.add_argument("category", nargs="?", default="all", help=CATEGORY_HELP)
-        parser.add_argument("--operator", help="who does this (default: your login), for the audit")
-        add_json_flag(parser)
-    listing = actions.add_parser("list", help="the categories a citizen refused")
+    listing = verbs.add("list", _list, "the categories a citizen refused", json_option())
     listing.add_argument("mobile", help="mainland mobile number")
-    add_json_flag(listing)
-    add.set_defaults(func=_add)
-    lift.set_defaults(func=_lift)
-    listing.set_defaults(func=_list)
-    p.set_defaults(func=cmd_opt_out)
 
 
 def cmd_opt_out(args: argparse.Namespace) -> int:

@@ -6,48 +6,62 @@ import argparse
 
 from infra import audit
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_json, print_table
+from infra.cli.options import Verbs, json_option, operator_option
+from infra.cli.output import print_json, print_table
 from infra.clock import Clock
 from infra.settings import get_settings
 
-__all__ = ["cmd_rectification", "register"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rectification", help="list rectification tickets or close one")
-    p.add_argument("action", choices=["list", "close"])
-    p.add_argument("ticket", nargs="?", help="ticket id (for close)")
-    p.add_argument("--outcome", help="what was done (sent to a real-name citizen)")
-    p.add_argument("--department", help="only this department's tickets (for list)")
-    p.add_argument("--operator", help="close: who does this (default: your login), for the audit")
-    add_json_flag(p)
-    p.set_defaults(func=cmd_rectification)
+    verbs = Verbs(p)
+    listing = verbs.add(
+        "list", _list, "the tickets, their deadlines and whether overdue", json_option()
+    )
+    listing.add_argument("--department", help="only this department's tickets")
+    close = verbs.add(
+        "close",
+        _close,
+        "close a ticket: its outcome is sent to a real-name citizen by SMS",
+        json_option(),
+        operator_option(),
+    )
+    close.add_argument("ticket", metavar="TICKET", help="ticket id")
+    close.add_argument("--outcome", required=True, help="what was done (sent to the citizen)")
 
 
-def cmd_rectification(args: argparse.Namespace) -> int:
+def _close(args: argparse.Namespace) -> int:
     # Imported once main() has applied --today, inside its SettingsError handling (exit 2):
     # lazy: workers.broker reads the settings as it is imported.
     from workers import rectification
 
+    if not args.outcome:  # --outcome "": the citizen would be told nothing
+        raise exits.CommandError("close needs a non-empty --outcome", exits.USAGE)
     s = get_settings()
-    if args.action == "close":
-        if not args.ticket or not args.outcome:
-            raise exits.CommandError("close needs TICKET and --outcome", exits.USAGE)
-        closed_at = Clock.from_settings(s).utcnow()
-        if not rectification.request_close(s, args.ticket, args.outcome, closed_at):
-            raise exits.CommandError(f"no rectification ticket {args.ticket}", exits.NOT_FOUND)
-        audit.record(
-            s,
-            audit.operator_name(args.operator),
-            "rectification.close",
-            args.ticket,
-            {"outcome": args.outcome},
-        )
-        if args.json:
-            print_json({"ticket": args.ticket, "close_requested": True})
-        else:
-            print(f"ticket {args.ticket}: close requested")
-        return exits.OK
+    closed_at = Clock.from_settings(s).utcnow()
+    if not rectification.request_close(s, args.ticket, args.outcome, closed_at):
+        raise exits.CommandError(f"no rectification ticket {args.ticket}", exits.NOT_FOUND)
+    audit.record(
+        s,
+        audit.operator_name(args.operator),
+        "rectification.close",
+        args.ticket,
+        {"outcome": args.outcome},
+    )
+    if args.json:
+        print_json({"ticket": args.ticket, "close_requested": True})
+    else:
+        print(f"ticket {args.ticket}: close requested")
+    return exits.OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    # lazy: as in _close, workers.broker reads the settings as it is imported.
+    from workers import rectification
+
+    s = get_settings()
     found = rectification.tickets(s, department=args.department)
     if args.json:
         print_json(

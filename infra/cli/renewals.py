@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import time
 
+from infra.cli.options import Verbs
 from infra.clock import Clock
 from infra.settings import get_settings
 
@@ -14,15 +15,18 @@ __all__ = ["cmd_renewals", "register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("renewals", help="run the daily renewal scan of the license registry now")
-    p.add_argument("action", choices=["scan"])
-    p.add_argument(
+    scan = Verbs(p).add(
+        "scan",
+        cmd_renewals,
+        "the daily scan, now: due reminders to the queues (keyed: never twice)",
+    )
+    scan.add_argument(
         "--since",
         type=dt.date.fromisoformat,
         default=None,
         help="scan every reminder date from this day on, whatever the last scan did "
         "(reminders already sent are not sent again)",
     )
-    p.set_defaults(func=cmd_renewals)
 
 
 def cmd_renewals(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ import argparse
 
 from infra import audit
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_json, print_table
+from infra.cli.options import Verbs, json_option, operator_option
+from infra.cli.output import print_json, print_table
 from infra.retention import purge
 from infra.settings import get_settings
 
@@ -15,12 +16,17 @@ __all__ = ["cmd_retention", "register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retention", help="purge message bodies and recipients past retention")
-    p.add_argument("action", choices=["purge"])
-    p.add_argument("--days", type=int, default=None, help="default GOVNOTIFY_RETENTION_DAYS (30)")
-    p.add_argument("--dry-run", action="store_true", help="count what would be purged")
-    p.add_argument("--operator", help="who does this (default: your login), for the audit")
-    add_json_flag(p)
-    p.set_defaults(func=cmd_retention)
+    verb = Verbs(p).add(
+        "purge",
+        cmd_retention,
+        "scrub message bodies and recipients older than the retention period",
+        json_option(),
+        operator_option(),
+    )
+    verb.add_argument(
+        "--days", type=int, default=None, help="default GOVNOTIFY_RETENTION_DAYS (30)"
+    )
+    verb.add_argument("--dry-run", action="store_true", help="count what would be purged")
 
 
 def cmd_retention(args: argparse.Namespace) -> int:

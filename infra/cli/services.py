@@ -9,7 +9,8 @@ import argparse
 
 from infra import services
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_dict, print_json
+from infra.cli.options import Verbs, json_option
+from infra.cli.output import print_dict, print_json
 from infra.settings import get_settings
 
 __all__ = ["cmd_services", "register"]
@@ -17,9 +18,20 @@ __all__ = ["cmd_services", "register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("services", help="start, stop or check RabbitMQ, PostgreSQL and Kafka")
-    p.add_argument("action", choices=["up", "down", "status"])
-    add_json_flag(p)
-    p.set_defaults(func=cmd_services)
+    verbs = Verbs(p)
+    verbs.add(
+        "up",
+        cmd_services,
+        "check RabbitMQ/PostgreSQL (started if installed and down), start Kafka, migrate",
+        json_option(),
+    )
+    verbs.add("down", cmd_services, "stop what `services up` started, by pid", json_option())
+    verbs.add(
+        "status",
+        cmd_services,
+        "whether each service is up (exit 3 when one is down)",
+        json_option(),
+    )
 
 
 def cmd_services(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ import argparse
 
 from infra import audit
 from infra.cli import exits
-from infra.cli.output import add_json_flag, print_json, print_table
+from infra.cli.options import Verbs, json_option, operator_option
+from infra.cli.output import print_json, print_table
 from infra.db import session
 from infra.logging import mask_mobile
 from infra.settings import get_settings
@@ -23,18 +24,18 @@ __all__ = ["cmd_suppression", "register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suppression", help="list suppressed numbers or lift a suppression")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="active suppressions, newest first")
+    verbs = Verbs(p)
+    listing = verbs.add("list", _list, "active suppressions, newest first", json_option())
     listing.add_argument("mobile", nargs="?", help="only this mainland mobile number")
-    add_json_flag(listing)
-    lift = actions.add_parser(
-        "lift", help="text a suppressed number again (exit 4 when it was not suppressed)"
+    lift = verbs.add(
+        "lift",
+        _lift,
+        "text a suppressed number again (exit 4 when it was not suppressed)",
+        json_option(),
+        operator_option(),
     )
     lift.add_argument("mobile", help="mainland mobile number")
     lift.add_argument("category", nargs="?", default=None, help="one category (default: all)")
-    lift.add_argument("--operator", help="who does this (default: your login), for the audit")
-    add_json_flag(lift)
-    p.set_defaults(func=cmd_suppression)
 
 
 def _mobile(value: str) -> str:

@@ -195,7 +195,7 @@ def test_staff_list_their_calls_and_record_them_done(settings: Settings) -> None
 @pytest.mark.parametrize(
     ("args", "message", "status"),
     [
-        (("done",), "done needs an entry id", 2),  # usage
+        (("done",), "required: ENTRY", 2),  # usage (argparse's)
         (("done", "ffffffffffff"), "no call-list entry", 4),  # not found
         (("done", "DONE"), "is done, not open", 2),
     ],

@@ -140,7 +140,7 @@ def test_version_is_the_installed_distributions() -> None:
         (("suppression", "lift", "123"), 2, "not a mainland mobile number"),
         (("opt-out", "add", "123"), 2, "not a mainland mobile number"),
         (("opt-out", "add", OTHER, "horoscopes"), 2, "horoscopes"),
-        (("rectification", "close", "T-1"), 2, "--outcome"),
+        (("rectification", "close", "T-1", "--outcome", ""), 2, "non-empty --outcome"),
         (("dead-letters", "list", "--stage", "nope"), 2, "unknown stage"),
         (("dead-letters", "replay"), 2, "--all"),
         (("retention", "purge", "--days", "0"), 2, "at least 1"),
@@ -160,13 +160,22 @@ def test_each_outcome_has_its_exit_code_and_one_line(
     assert audit_rows(cli_settings) == []
 
 
-def test_an_argparse_usage_error_exits_2() -> None:
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("suppression", "unlift", MOBILE), "invalid choice"),
+        (("rectification", "close", "T-1"), "required: --outcome"),
+        (("dead-letters", "show"), "required: ID"),
+    ],
+)
+def test_an_argparse_usage_error_exits_2(args: tuple[str, ...], said: str) -> None:
     # Given / When
-    result = run_cli("suppression", "unlift", MOBILE, env=clean_env())
+    result = run_cli(*args, env=clean_env())
 
-    # Then
+    # Then the verb's usage and what was wrong, before anything ran
     assert result.returncode == 2
-    assert "invalid choice" in result.stderr
+    assert said in result.stderr
+    assert result.stderr.startswith(f"usage: govnotify {args[0]} ")
 
 
 def test_a_partial_publish_exits_1(cli_settings: Settings, tmp_path: Path) -> None:
