@@ -53,14 +53,22 @@ from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from benchmarks.bench_pipeline import _answers, _wait
-from benchmarks.common import BenchEnv, BenchError, Row, bench_env, child_env, run_main
+from benchmarks.common import (
+    BenchEnv,
+    BenchError,
+    Row,
+    bench_env,
+    child_env,
+    pipeline_now,
+    run_main,
+)
 from infra.db import session
 from infra.metrics import sample_sum, scrape
 from infra.processes import Child, ProcessGroup
 from infra.services import free_port
 from infra.settings import Settings, load_settings
 from producers.api import TWILIO_STATUS_PATH
-from schemas.models import Notification, NotificationStatusEvent, utcnow
+from schemas.models import Notification, NotificationStatusEvent
 
 #: Signed ``delivered`` callbacks measured (one per notification row).
 N_CALLBACKS = 2000
@@ -263,7 +271,8 @@ def api_settings(env: BenchEnv) -> Settings:
 
 def insert_rows(s: Settings, kind: str, subject: str, n: int) -> list[str]:
     """``n`` notifications as the worker leaves them after Twilio took them; their sids."""
-    now = utcnow()
+    # Stamped on the clock the api reads (pinned), not this process's wall clock, days away.
+    now = pipeline_now(s)
     sids = [sid(kind, i) for i in range(n)]
     rows = [
         Notification(

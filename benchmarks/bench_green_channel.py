@@ -25,8 +25,11 @@ own ``bench_env`` (Tansu, namespace, database), started the same way:
 Figures: p50/p95 (nearest rank over 20) in ms, as ratios against the idle fast-path baseline of
 the same run. Per load run it also prints where the probes were waiting: the relay queue's
 ready messages and the stream's backlog (events published minus events the stream applied) at
-each probe's publish, and the median split of the latency at ``staff_alert.created_at`` (wall
-clock, written by the worker when it starts on the alert): publish → worker, worker → webhook.
+each probe's publish, and the median split of the latency at ``staff_alert.created_at``
+(written by the worker when it starts on the alert): publish → worker, worker → webhook. The
+split is read on the one clock every process reads (``benchmarks.common.pipeline_now``: pinned
+``GOVNOTIFY_NOW`` + wall time since ``GOVNOTIFY_NOW_EPOCH``); the fake's wall-clock arrival is
+moved onto it, never compared with a pinned stamp as it is.
 Every wait has a deadline; a probe not alerted within PROBE_DEADLINE_S fails the run naming it.
 
     python -m benchmarks.bench_green_channel
@@ -53,6 +56,8 @@ from benchmarks.common import (
     Row,
     bench_env,
     child_env,
+    on_pipeline_clock,
+    pipeline_now,
     queue_depth,
     run_main,
 )
@@ -192,16 +197,18 @@ class Pipeline:
     arrivals: Arrivals
     children: list[Child] = field(default_factory=list)
     started: float = 0.0
-    #: Wall-clock (UTC) publish-confirmed time of each probe, for the split below.
-    sent_wall: dict[str, dt.datetime] = field(default_factory=dict)
+    #: Publish-confirmed time of each probe on the pipeline's clock, for the split below.
+    sent_clock: dict[str, dt.datetime] = field(default_factory=dict)
 
     def split(self, prefix: str) -> tuple[float, float]:
         """Medians in ms of (publish → the worker starts the alert, worker → webhook POST).
 
-        The worker writes ``staff_alert.created_at`` (wall clock) when it starts on the alert;
-        the fake records the POST's wall-clock arrival; both on this machine's clock.
+        The worker writes ``staff_alert.created_at`` on its clock (the pinned one) when it
+        starts on the alert; the fake records the POST's wall-clock arrival, moved onto the
+        pinned clock here; the publish is stamped on it too. One clock: a negative part is a
+        bug, not jitter, and fails the run.
         """
-        ids = [c for c in self.sent_wall if c.startswith(prefix)]
+        ids = [c for c in self.sent_clock if c.startswith(prefix)]
         with session(self.settings) as db:
             created = dict(
                 db.execute(
@@ -215,15 +222,24 @@ class Pipeline:
             if c not in created or c not in self.arrivals.seen_wall:
                 continue
             at = created[c] if created[c].tzinfo else created[c].replace(tzinfo=dt.UTC)
-            to_worker.append((at - self.sent_wall[c]).total_seconds() * 1000)
-            in_worker.append((self.arrivals.seen_wall[c] - at).total_seconds() * 1000)
+            arrived = on_pipeline_clock(self.settings, self.arrivals.seen_wall[c])
+            to_worker.append((at - self.sent_clock[c]).total_seconds() * 1000)
+            in_worker.append((arrived - at).total_seconds() * 1000)
         if not to_worker:
             return float("nan"), float("nan")
+        # On one clock a part is never negative beyond a few ms of jitter; half a second or more
+        # (days, with a wall-clock stamp against a pinned one) means two clocks.
+        if min(to_worker) < -500 or min(in_worker) < -500:
+            raise BenchError(
+                f"latency split negative (min {min(to_worker):.0f} / {min(in_worker):.0f} ms): "
+                "the stamps are not on one clock"
+            )
         return statistics.median(to_worker), statistics.median(in_worker)
 
     def now(self) -> dt.datetime:
-        """The pipeline's clock (pinned start + real time elapsed), to a second or so."""
-        return NOW + dt.timedelta(seconds=time.monotonic() - self.started)
+        """The pipeline's clock, exactly as its processes read it (not a monotonic origin of
+        this process's own, which starts seconds after GOVNOTIFY_NOW_EPOCH)."""
+        return pipeline_now(self.settings)
 
 
 def start(env: BenchEnv, fake: FakeWebhook, *, fast_path: bool) -> Pipeline:
@@ -287,7 +303,7 @@ def idle_probes(p: Pipeline, label: str) -> list[float]:
             case_id = f"PROBE-{label}-{i:03d}"
             pub.publish(probe_event(case_id, p.now(), 1000 + i))
             t0 = time.monotonic()
-            p.sent_wall[case_id] = dt.datetime.now(dt.UTC)
+            p.sent_clock[case_id] = p.now()
             out.append(p.arrivals.wait({case_id: t0}, p.children)[case_id])
     return out
 
@@ -338,7 +354,7 @@ def loaded_probes(p: Pipeline, label: str, licenses: list[Event]) -> LoadResult:
                 stream_backlog.append(published - stream_events(s))
                 pub.publish(probe_event(case_id, p.now(), 2000 + len(sent)))
                 sent[case_id] = time.monotonic()
-                p.sent_wall[case_id] = dt.datetime.now(dt.UTC)
+                p.sent_clock[case_id] = p.now()
                 published += 1
                 p.arrivals.update()
             if n % 256 == 0 and time.monotonic() > deadline:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pika
 
+from infra.clock import Clock
 from infra.services import (
     TansuProcess,
     check_rabbitmq,
@@ -42,6 +43,7 @@ from tests.support import create_database, drop_database
 
 __all__ = [
     "AMQP_URL",
+    "BENCH_NOW",
     "PG_ADMIN_URL",
     "TODAY",
     "BenchEnv",
@@ -50,6 +52,8 @@ __all__ = [
     "bench_env",
     "child_env",
     "deadline_loop",
+    "on_pipeline_clock",
+    "pipeline_now",
     "print_table",
     "purge_queue",
     "queue_depth",
@@ -63,6 +67,9 @@ PG_ADMIN_URL = os.environ.get(
 AMQP_URL = os.environ.get("GOVNOTIFY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 #: The settable clock for every benchmark: generated registries are relative to it.
 TODAY = dt.date(2026, 11, 26)
+#: Every benchmark process's clock starts here (GOVNOTIFY_NOW), whatever the wall clock says:
+#: 10:00 in Asia/Shanghai on TODAY, a Thursday morning outside quiet hours (21:00–08:00).
+BENCH_NOW = dt.datetime.combine(TODAY, dt.time(10, 0), tzinfo=dt.timezone(dt.timedelta(hours=8)))
 
 
 class BenchError(Exception):
@@ -124,9 +131,10 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
             database_url=db_url,
             # 10:00 on TODAY, one clock shared by every process of the run: outside quiet hours
             # whatever the hour the benchmark runs at (at night reminders would be deferred).
-            now=dt.datetime.combine(
-                TODAY, dt.time(10, 0), tzinfo=dt.timezone(dt.timedelta(hours=8))
-            ),
+            # ``today`` too: the generated registries are relative to ``settings.today`` (the
+            # processes' clock reads ``now`` first, whose date is TODAY, so the two agree).
+            today=TODAY,
+            now=BENCH_NOW,
             now_epoch=time.time(),
             # No scheduler runs in the throughput benchmarks: reminders go out at once.
             renewal_settle_s=0,
@@ -176,6 +184,24 @@ def child_env(settings: Settings) -> dict[str, str]:
     dropped = ("GOVNOTIFY_", "PROMETHEUS_MULTIPROC_DIR", "dramatiq_prom_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     return {**env, **settings.env(), "PYTHONUNBUFFERED": "1"}
+
+
+def pipeline_now(settings: Settings) -> dt.datetime:
+    """The instant every component process of the run reads now (``infra.clock.Clock``: the
+    pinned ``GOVNOTIFY_NOW`` plus the wall time since ``GOVNOTIFY_NOW_EPOCH``), aware, UTC.
+
+    Anything the harness stamps or compares with the processes' rows (an event's
+    ``occurred_at``, a ``created_at`` or ``sent_at``) must be read on this clock, never on
+    ``datetime.now()`` (days apart) or a monotonic origin of the harness's own (seconds apart).
+    """
+    return Clock.from_settings(settings).utcnow()
+
+
+def on_pipeline_clock(settings: Settings, wall: dt.datetime) -> dt.datetime:
+    """A wall-clock instant (a fake server's ``received_wall``) on the processes' clock."""
+    assert settings.now is not None and settings.now_epoch is not None
+    epoch_wall = dt.datetime.fromtimestamp(settings.now_epoch, dt.UTC)
+    return (settings.now + (wall - epoch_wall)).astimezone(dt.UTC)
 
 
 def deadline_loop(timeout: float, what: str) -> Callable[[], None]:
