@@ -547,6 +547,8 @@ def _settings(
         twilio_auth_token=fake.auth_token,
         twilio_from=TWILIO_FROM,
         twilio_api_base=fake.base_url,
+        # The fault run proves exactly-once, not Twilio's declared 50 a second: unpaced.
+        send_rates={"twilio": 0},
         # Callbacks are asked of Twilio only with a public URL; here it is the api itself.
         public_base_url=f"http://127.0.0.1:{ports['api_port']}" if plan.callbacks else "",
         # One clock for every process, restarted ones included.

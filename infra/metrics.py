@@ -35,8 +35,11 @@ __all__ = [
     "FAILOVERS",
     "JOBS_ENQUEUED",
     "NOTIFICATIONS",
+    "OUTCOME_POSTS",
+    "PACE_WAIT",
     "PROVIDER_CIRCUIT_OPEN",
     "PROVIDER_DURATION",
+    "RATE_LIMITED",
     "RETENTION_PURGED",
     "STATUS_CALLBACKS_APPLIED",
     "STREAM_EVENTS",
@@ -121,6 +124,18 @@ FAILOVERS = Counter(
     "Sends moved from one provider to the next after a transient failure or an open circuit.",
     ["flow", "from_provider", "to_provider", "reason"],
 )
+RATE_LIMITED = Counter(
+    "govnotify_provider_rate_limited_total",
+    "Sends a provider refused as over a rate limit: scope provider (our account or robot) or "
+    "recipient (the carrier's limit on one number); each waits and goes to the same provider.",
+    ["provider", "scope"],
+)
+PACE_WAIT = Histogram(
+    "govnotify_send_pace_wait_seconds",
+    "Time a send waited for its slot of the sender's shared rate (notifiers.pacing).",
+    ["sender"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 PROVIDER_CIRCUIT_OPEN = Gauge(
     "govnotify_provider_circuit_open",
     "1 while a provider is out of rotation (error rate over the threshold), else 0.",
@@ -131,6 +146,13 @@ SUPPRESSIONS = Counter(
     "govnotify_suppressions_total",
     "Numbers suppressed for a category after a permanent failure, by category and reason.",
     ["category", "reason"],
+)
+OUTCOME_POSTS = Counter(
+    "govnotify_outcome_posts_total",
+    "Outcome webhook POSTs to upstream sources, by result (reported: answered 2xx; failed: "
+    "tried again later; dead: out of attempts, kept as a dead letter; dropped: the source has "
+    "no outcome URL any more).",
+    ["result"],
 )
 RETENTION_PURGED = Counter(
     "govnotify_retention_purged_total",

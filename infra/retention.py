@@ -33,6 +33,9 @@ license_record       holder_name, holder_mobile → ''            expired (or re
                                                                 cut-off: no reminder is left
 ingest_event         the whole row is deleted                   applied before now minus
                                                                 ``journal_keep_days``
+send_pace            the whole row is deleted (no personal      a release spread
+                     data: the spread of one release)           (``release:…``) whose last slot
+                                                                is a day past
 ==================== ========================================== ===============================
 
 The journal (``ingest_event``) is the one table whose rows go: each row is a whole upstream
@@ -46,7 +49,8 @@ Kept on purpose:
   end when the citizen lifts them, not by age.
 * ``license_record`` keeps its holder while the license lives: the reminders need them.
 * ``evaluation_record``, ``staff_alert``, ``notification_status_event`` hold no personal data
-  (license and case ids, departments, ratings, provider references).
+  (license and case ids, departments, ratings, provider references); nor does
+  ``outcome_report`` (event and notification ids, flow, status, a reason code).
 * ``callback_task.owner_name`` is the staff member's name as the owner of a work item, a
   business record of the centre, not a citizen's data.
 """
@@ -58,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 
 from infra.db import session
 from infra.journal import purge_applied
@@ -73,6 +77,7 @@ from schemas.models import (
     NotificationStatus,
     RectificationTicket,
     ScheduledJob,
+    SendPace,
     utcnow,
 )
 
@@ -81,6 +86,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BATCH_SIZE", "DETAIL_MARKER", "PAYLOAD_MARKER", "TABLES", "purge"]
 
+#: A release spread's pace row is deleted this long after its last slot (a message deferred
+#: to that instant again, after a retry, would only start a new spread).
+RELEASE_SPREAD_KEEP = dt.timedelta(days=1)
 #: Rows per transaction: short locks on a busy ledger, bounded memory for the id list.
 BATCH_SIZE = 1000
 #: What a purged dead letter's detail and a purged job's payload say instead.
@@ -193,7 +201,7 @@ def _rules() -> list[_Rule]:
 
 
 #: The tables the purge touches, in the order it does them.
-TABLES = (*(rule.table for rule in _rules()), "ingest_event")
+TABLES = (*(rule.table for rule in _rules()), "ingest_event", "send_pace")
 
 
 def purge(
@@ -237,7 +245,24 @@ def purge(
         counts["ingest_event"] = _purge_journal(
             s, (now or utcnow()) - dt.timedelta(days=settings.journal_keep_days), dry_run
         )
+        counts["send_pace"] = _purge_release_spreads(
+            s, (now or utcnow()) - RELEASE_SPREAD_KEEP, dry_run
+        )
     return counts
+
+
+def _purge_release_spreads(s: Any, before: dt.datetime, dry_run: bool) -> int:
+    """Delete the pace rows of releases (``release:<provider>:<instant>``, one per provider and
+    instant messages were held until) whose last slot is before ``before``: nothing will take
+    a slot of that release again. A provider's or robot's own pace row stays (one per sender)."""
+    due = and_(SendPace.key.startswith("release:"), SendPace.next_at < before.timestamp())
+    if dry_run:
+        return int(s.execute(select(func.count()).select_from(SendPace).where(due)).scalar_one())
+    done = int(s.execute(delete(SendPace).where(due)).rowcount or 0)
+    s.commit()
+    if done:
+        RETENTION_PURGED.labels(table="send_pace").inc(done)
+    return done
 
 
 def _purge_journal(s: Any, applied_before: dt.datetime, dry_run: bool) -> int:

@@ -29,7 +29,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from infra.quiet_hours import QuietHours
 from schemas.addresses import parse_address
@@ -58,6 +58,7 @@ __all__ = [
     "SettingsError",
     "env_name",
     "get_settings",
+    "is_loopback",
     "load_settings",
     "redact_url",
     "warn_sandboxes",
@@ -78,10 +79,13 @@ _TWILIO_AUTH_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
 _TWILIO_SENDER = re.compile(r"\+[1-9][0-9]{6,14}|MG[0-9a-fA-F]{32}")
 #: Providers a route may name.
 _SMS_PROVIDERS = ("twilio", "gateway", "sandbox")
+#: Senders a send rate may name: the SMS providers and the staff channels ("sandbox" is both
+#: sandboxes).
+_PACED_SENDERS = (*_SMS_PROVIDERS, "webhook", "email")
 #: Settings that are URLs which may carry a password: shown with the password as ``***``.
 _SECRET_URLS = ("amqp_url", "database_url", "kafka_url", "smtp_url")
 #: Every setting holding a secret: never shown whole outside the attribute itself.
-SECRET_FIELDS = (*_SECRET_URLS, "twilio_auth_token", "gateway_secret")
+SECRET_FIELDS = (*_SECRET_URLS, "twilio_auth_token", "gateway_secret", "outcome_signing_key")
 #: What a hidden secret (or a URL that cannot be parsed) is shown as.
 _HIDDEN = "**********"
 
@@ -234,6 +238,12 @@ class Settings(BaseSettings):
     #: provider named here must be configured. Empty: every configured provider, Twilio
     #: first; the sandbox when none is configured.
     sms_routes: dict[str, list[str]] = {}
+    #: Sends per second per sender, kept by every worker process together, e.g.
+    #: ``gateway=100,twilio=50,webhook=0.333`` (or the same as JSON). A staff rate
+    #: (``webhook``, ``email``) applies to each robot or mailbox on its own. 0: not paced.
+    #: A sender not named keeps its provider's declared limit (gateway 100, twilio 50,
+    #: webhook robots 20 a minute); the sandboxes and e-mail are not paced unless named.
+    send_rates: Annotated[dict[str, float], NoDecode] = {}
     #: A provider whose error rate over this window (seconds) passes the threshold leaves the
     #: rotation for the cool-down.
     circuit_window_s: float = Field(60.0, gt=0)
@@ -269,6 +279,18 @@ class Settings(BaseSettings):
     #: seconds (a source added or disabled takes effect within this; 0: read it for every
     #: event).
     sources_cache_s: float = Field(2.0, ge=0, le=3600)
+    #: The master key of outcome webhooks (at least 32 characters); never shown. Each source's
+    #: signing key is derived from it and the source's name (``govnotify sources
+    #: outcome-key``), so the database holds no usable key. Empty: no source may have an
+    #: outcome URL.
+    outcome_signing_key: str = Field("", repr=False)
+    #: Attempts at POSTing one outcome report before it becomes a dead letter.
+    outcome_max_attempts: int = Field(8, ge=1, le=100)
+    #: Longest one outcome POST may take (connect and read), in seconds.
+    outcome_timeout_s: float = Field(5.0, gt=0, le=60)
+    #: Wait before the second attempt at an outcome report, in seconds; doubled after each
+    #: failure, at most an hour.
+    outcome_retry_s: float = Field(30.0, gt=0, le=3600)
 
     #: Message bodies and recipients are purged after this many days (license holders once the
     #: license is this long expired); statistics are kept. The RabbitMQ dead-letter queues and
@@ -531,13 +553,21 @@ class Settings(BaseSettings):
             scheme = parts.scheme
         except ValueError:  # a bad port or IPv6 literal
             host, port_ok, scheme = "", False, ""
-        secure = scheme == "https" or (scheme == "http" and _is_loopback(host))
+        secure = scheme == "https" or (scheme == "http" and is_loopback(host))
         if not (host and port_ok and secure):
             raise ValueError(
                 "must be an https:// URL with a host (http:// only to a loopback host: "
                 "127.0.0.1, ::1 or localhost)"
             )
         return value.rstrip("/")
+
+    @field_validator("outcome_signing_key")
+    @classmethod
+    def _outcome_key_long_enough(cls, value: str) -> str:
+        # The message names the length only: a validation error must never echo a secret.
+        if value and len(value) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("gateway_key_id", "gateway_secret")
     @classmethod
@@ -608,6 +638,43 @@ class Settings(BaseSettings):
                     f"route {flow!r} names {missing[0]}, which is not configured "
                     f"(set {variables}, or leave it out of the route)"
                 )
+        return value
+
+    @field_validator("send_rates", mode="before")
+    @classmethod
+    def _parse_send_rates(cls, value: object) -> object:
+        # "gateway=100,twilio=50" as an operator writes it; JSON as Settings.env() hands it on.
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("is not valid JSON") from None
+        rates: dict[str, str] = {}
+        for item in text.split(","):
+            name, sep, rate = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(
+                    f"{item.strip()!r} is not sender=rate (e.g. gateway=100,twilio=50)"
+                )
+            rates[name.strip()] = rate.strip()
+        return rates
+
+    @field_validator("send_rates")
+    @classmethod
+    def _send_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(_PACED_SENDERS))
+        if unknown:
+            raise ValueError(f"unknown sender {unknown[0]!r}; known: {', '.join(_PACED_SENDERS)}")
+        bad = sorted(name for name, rate in value.items() if not 0 <= rate < float("inf"))
+        if bad:
+            raise ValueError(
+                f"rate of {bad[0]} must be a number of sends per second, 0 or more (0: not paced)"
+            )
         return value
 
     @field_validator("smtp_url")
@@ -814,7 +881,7 @@ class Settings(BaseSettings):
                     "set an absolute path, e.g. /var/lib/govnotify",
                 )
             )
-        if _is_loopback(self.metrics_host):
+        if is_loopback(self.metrics_host):
             found.append(
                 Fallback(
                     "GOVNOTIFY_METRICS_HOST",
@@ -1033,7 +1100,7 @@ def _is_token(value: str) -> bool:
     return bool(value) and not any(c.isspace() for c in value)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """``localhost``, 127.0.0.0/8 or ::1: traffic that never leaves the machine."""
     if host.lower().rstrip(".") == "localhost":
         return True

@@ -46,6 +46,13 @@ class Notifier(abc.ABC, Generic[MessageT, ReceiptT]):
     #: Highest request rate the provider accepts; ``None`` when it queues for us.
     request_rate_per_sec: ClassVar[float | None] = None
 
+    @property
+    def declared_rate(self) -> float | None:
+        """The rate this notifier's receiver accepts (sends a second; ``None``: any): the
+        class's :attr:`request_rate_per_sec` unless the instance knows better. What
+        :mod:`notifiers.pacing` keeps to when ``GOVNOTIFY_SEND_RATES`` does not say."""
+        return self.request_rate_per_sec
+
     @final
     def send(self, message: MessageT) -> ReceiptT:
         """Validate ``message`` and hand it to the provider.

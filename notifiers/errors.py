@@ -12,7 +12,7 @@ provider, or that carries a word the provider's notifier does not know.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 __all__ = [
     "CallbackSignatureError",
@@ -160,9 +160,69 @@ class ProviderUnavailableError(TransientDeliveryError):
 
 
 class RateLimitedError(TransientDeliveryError):
-    """Raised when the provider throttled us (HTTP 429)."""
+    """Raised when the provider throttled us (HTTP 429, a throttling or frequency code).
+
+    Nothing was sent and the provider is healthy: it answered. The message waits and goes to
+    the same provider again (no failover: a second provider would defeat a limit that protects
+    the recipient, and the circuit is not touched). ``scope`` says whose limit it was:
+    ``"provider"`` (our account or robot is over its rate: every worker backs off,
+    :meth:`notifiers.pacing.Pacer.hold`) or ``"recipient"`` (the carrier's limit on messages to
+    one number, such as the gateway's ``isv.BUSINESS_LIMIT_CONTROL``: only this message waits).
+    ``retry_after`` is the provider's own advice in seconds (``Retry-After``), when it gave one.
+    """
 
     default_reason = "rate_limited"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        retry_after: float | None = None,
+        scope: Literal["provider", "recipient"] = "provider",
+        reason: str | None = None,
+        code: str | int | None = None,
+        provider: str | None = None,
+    ) -> None:
+        #: Seconds the provider asked us to wait, or ``None``.
+        self.retry_after = retry_after
+        #: ``"provider"`` or ``"recipient"``: see the class.
+        self.scope: Literal["provider", "recipient"] = scope
+        super().__init__(message, reason=reason, code=code, provider=provider)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_rate_limited,
+            (
+                type(self),
+                self.message,
+                self.retry_after,
+                self.scope,
+                self.reason,
+                self.code,
+                self.provider,
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, reason={self.reason!r}, "
+            f"code={self.code!r}, provider={self.provider!r}, scope={self.scope!r}, "
+            f"retry_after={self.retry_after!r})"
+        )
+
+
+def _rebuild_rate_limited(
+    cls: type[RateLimitedError],
+    message: str,
+    retry_after: float | None,
+    scope: Literal["provider", "recipient"],
+    reason: str,
+    code: str | None,
+    provider: str | None,
+) -> RateLimitedError:
+    return cls(
+        message, retry_after=retry_after, scope=scope, reason=reason, code=code, provider=provider
+    )
 
 
 class DeliveryTimeoutError(TransientDeliveryError):

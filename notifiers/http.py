@@ -7,12 +7,15 @@ and leaving the message for the sweep (the provider may have it; sending again c
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+
 import requests
 import urllib3.exceptions
 
 from notifiers.errors import DeliveryError, DeliveryTimeoutError, ProviderUnavailableError
 
-__all__ = ["transport_error"]
+__all__ = ["retry_after_s", "transport_error"]
 
 
 def transport_error(
@@ -40,3 +43,25 @@ def transport_error(
             )
         return ProviderUnavailableError(f"{action}: cannot connect", provider=provider)
     return ProviderUnavailableError(f"{action}: {type(exc).__name__}", provider=provider)
+
+
+def retry_after_s(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks us to wait (RFC 9110: delay-seconds or an
+    HTTP-date), at least 0; ``None`` when absent or unreadable.
+
+    Parameters:
+      now: the instant an HTTP-date is measured from (default: the real time, which is what
+        the provider's date is written in).
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())

@@ -9,6 +9,11 @@ factory is registered: what a status report's words are read with
 
 Staff: :func:`staff_notifier` builds the notifier of one entry of the staff directory (a
 webhook, an e-mail address or the staff sandbox).
+
+Pacing: :func:`pacer` is the process's :class:`~notifiers.pacing.DatabasePacer` (the slots
+live in the database, so one per process is all it takes to share them with every other);
+:func:`send_rate` is a sender's rate: ``GOVNOTIFY_SEND_RATES``, else its class's declared
+``request_rate_per_sec``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from infra.clock import Clock
 from notifiers.base import Notifier
 from notifiers.circuit import CircuitBoard, CircuitConfig
 from notifiers.errors import NotifierConfigError
+from notifiers.pacing import DatabasePacer, NoPacer, Pacer
 from notifiers.routing import RoutingNotifier
 from notifiers.sms import SMSNotifier
 from notifiers.sms.gateway import HttpGatewayNotifier
@@ -41,9 +48,11 @@ __all__ = [
     "get_factory",
     "names",
     "notifier_from_settings",
+    "pacer",
     "provider_class",
     "provider_from_settings",
     "register",
+    "send_rate",
     "staff_notifier",
 ]
 
@@ -88,6 +97,8 @@ _lock = threading.Lock()
 #: One board of circuit breakers per process and thresholds: every worker thread has its own
 #: notifier (HTTP sessions are per thread) but they must agree on which provider is failing.
 _boards: dict[CircuitConfig, CircuitBoard] = {}
+#: One pacer per process, database and clock: the slots are in the database, shared by all.
+_pacers: dict[tuple[str, int], DatabasePacer] = {}
 
 
 def register(name: str, factory: Callable[..., SMSNotifier]) -> None:
@@ -137,6 +148,25 @@ def circuit_board(settings: Settings) -> CircuitBoard:
         if board is None:
             board = _boards[config] = CircuitBoard(config)
         return board
+
+
+def send_rate(name: str, declared: float | None, settings: Settings) -> float | None:
+    """Sends per second of sender ``name`` (an SMS provider, ``webhook``, ``email``,
+    ``sandbox``): ``GOVNOTIFY_SEND_RATES``' entry, else ``declared`` (the class's
+    ``request_rate_per_sec``); ``None`` when not paced (0 or nothing declared)."""
+    return settings.send_rates.get(name, declared) or None
+
+
+def pacer(settings: Settings) -> Pacer:
+    """The process's pacer for ``settings``: a :class:`DatabasePacer` on its database and
+    clock, built once and shared by every notifier of the process."""
+    clock = Clock.from_settings(settings)
+    key = (settings.resolved_database_url, id(clock))
+    with _lock:
+        found = _pacers.get(key)
+        if found is None:
+            found = _pacers[key] = DatabasePacer(settings, clock)
+        return found
 
 
 def configured_providers(settings: Settings) -> list[str]:
@@ -239,11 +269,18 @@ def notifier_from_settings(settings: Settings) -> RoutingNotifier:
             f"GOVNOTIFY_SMS_ROUTES names {', '.join(missing)}, which is not configured",
             provider="routing",
         )
+    rates = {
+        name: send_rate(name, notifier.declared_rate, settings)
+        for name, notifier in providers.items()
+    }
     return RoutingNotifier(
         providers,
         routes=settings.sms_routes,
         default=settings.route(""),
         circuits=circuit_board(settings),
+        # Nothing paced (the sandbox of the demo): no database round trip per send.
+        pacer=pacer(settings) if any(rates.values()) else NoPacer(),
+        rates=rates,
     )
 
 

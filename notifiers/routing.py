@@ -4,10 +4,19 @@ A :class:`RoutingNotifier` is what the workers send through. For each message it
 flow's providers in order (``GOVNOTIFY_SMS_ROUTES``; primary first) and:
 
 - skips a provider whose circuit is open (:mod:`notifiers.circuit`);
+- waits for the provider's next send slot (:mod:`notifiers.pacing`, key ``sms:<provider>``),
+  at the provider's rate (``GOVNOTIFY_SEND_RATES``, else its declared
+  ``request_rate_per_sec``) kept by every worker process together;
 - on a failure that certainly sent nothing — :class:`ProviderUnavailableError` (5xx, connection
-  refused), :class:`RateLimitedError` (429, throttling), :class:`NotifierConfigError` (the
-  provider refused our credentials or has no template for it) — moves on to the next provider
-  within the same attempt, counting ``govnotify_provider_failovers_total``;
+  refused), :class:`NotifierConfigError` (the provider refused our credentials or has no
+  template for it) — moves on to the next provider within the same attempt, counting
+  ``govnotify_provider_failovers_total``;
+- on a :class:`RateLimitedError` (429, throttling, the carrier's per-number limit) stops and
+  re-raises: the message waits and goes to the same provider again (the worker's retry queue,
+  after the provider's ``Retry-After`` when it gave one). Failing over would defeat the limit:
+  the gateway's ``isv.BUSINESS_LIMIT_CONTROL`` protects the citizen from too many messages,
+  whichever provider carries them. A limit on our account (``scope == "provider"``) holds the
+  provider's pace back for every worker (:meth:`notifiers.pacing.Pacer.hold`);
 - on :class:`DeliveryTimeoutError` (and any other transient error that does not say nothing was
   sent) stops and re-raises: the first provider may have taken the message, and a second send
   could reach the citizen twice. The worker leaves the row ``sending`` and the sweep asks that
@@ -20,8 +29,9 @@ flow's providers in order (``GOVNOTIFY_SMS_ROUTES``; primary first) and:
   :class:`NotifierConfigError` come out.
 
 For the circuits, a transient failure or a timeout is an error; a success or a permanent refusal
-is not (the provider answered; the number or content was at fault); a configuration error is
-neither (it is usually one message's missing template, not the provider's health). Every error
+is not (the provider answered; the number or content was at fault); a configuration error or a
+rate limit is neither (a configuration error is usually one message's missing template, not the
+provider's health; a rate limit is a healthy provider answering). Every error
 raised carries the ``provider`` that raised it, and the :class:`Receipt` names the provider
 that took the message.
 
@@ -41,7 +51,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from infra.metrics import FAILOVERS, PROVIDER_DURATION
+from infra.metrics import FAILOVERS, PACE_WAIT, PROVIDER_DURATION, RATE_LIMITED
 from notifiers.circuit import CircuitBoard, CircuitConfig
 from notifiers.errors import (
     DeliveryError,
@@ -53,18 +63,22 @@ from notifiers.errors import (
     RateLimitedError,
     TransientDeliveryError,
 )
+from notifiers.pacing import NoPacer, Pacer, interval_of, sms_key
 from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
 
 __all__ = ["RoutingNotifier"]
 
 _log = logging.getLogger(__name__)
 
-#: Failures after which nothing was sent, so the next provider may take the message.
+#: Failures after which nothing was sent, so the next provider may take the message. Not a
+#: :class:`RateLimitedError`: that message waits for the same provider.
 FAILOVER_ERRORS: tuple[type[DeliveryError], ...] = (
     ProviderUnavailableError,
-    RateLimitedError,
     NotifierConfigError,
 )
+#: How long every worker holds back from a provider that throttled our account without saying
+#: how long (no ``Retry-After``), in seconds.
+THROTTLE_HOLD_S = 1.0
 
 
 class RoutingNotifier(SMSNotifier):
@@ -77,6 +91,10 @@ class RoutingNotifier(SMSNotifier):
       default: the order for flows with no route and no "default" route.
       circuits: the breakers, shared by every notifier of the process; a fresh board (default
         thresholds, real clock) when omitted.
+      pacer: where each provider's send slots are taken (:mod:`notifiers.pacing`); default
+        :class:`~notifiers.pacing.NoPacer`, nothing paced.
+      rates: provider name → sends per second (``None`` or 0: not paced); a provider not
+        named keeps its declared rate (:attr:`~notifiers.base.Notifier.declared_rate`).
 
     Raises:
       NotifierConfigError: a route names a provider that is not given, or no provider at all.
@@ -93,8 +111,15 @@ class RoutingNotifier(SMSNotifier):
         routes: Mapping[str, Sequence[str]] | None = None,
         default: Sequence[str] | None = None,
         circuits: CircuitBoard | None = None,
+        pacer: Pacer | None = None,
+        rates: Mapping[str, float | None] | None = None,
     ) -> None:
         self.providers = dict(providers)
+        self.pacer = pacer or NoPacer()
+        self.rates: dict[str, float | None] = {
+            name: (rates or {}).get(name, notifier.declared_rate) or None
+            for name, notifier in self.providers.items()
+        }
         self.routes = {flow: list(order) for flow, order in (routes or {}).items()}
         self.default = list(default) if default is not None else list(self.providers)
         self.circuits = circuits or CircuitBoard(CircuitConfig())
@@ -120,6 +145,10 @@ class RoutingNotifier(SMSNotifier):
             return list(self.routes["default"])
         return list(self.default)
 
+    def rate(self, provider: str) -> float | None:
+        """Sends per second ``provider`` is paced at; ``None``: not paced."""
+        return self.rates.get(provider)
+
     # ---- sending --------------------------------------------------------------------------------
     def _validate(self, message: OutboundMessage) -> None:
         # Each provider validates against its own limits inside its own send().
@@ -139,10 +168,22 @@ class RoutingNotifier(SMSNotifier):
                 self._moved(flow, name, following, "circuit_open")
                 continue
             try:
+                self._pace(name)
+            except BaseException:
+                permit.release()  # our database, not the provider's health
+                raise
+            try:
                 receipt = self._timed_send(name, message)
             except PermanentDeliveryError as exc:
                 permit.record(ok=True)
                 _tagged(exc, name)
+                raise
+            except RateLimitedError as exc:
+                # The provider answered: healthy, and the circuit is left as it was. The message
+                # waits for this provider; another would defeat the limit.
+                permit.release()
+                _tagged(exc, name)
+                self._rate_limited(name, exc, message)
                 raise
             except FAILOVER_ERRORS as exc:
                 _tagged(exc, name)
@@ -186,6 +227,29 @@ class RoutingNotifier(SMSNotifier):
         assert config_error is not None
         raise config_error
 
+    def _pace(self, name: str) -> None:
+        """Wait for ``name``'s next send slot, shared by every worker (no wait when unpaced)."""
+        interval = interval_of(self.rates.get(name))
+        if interval is None:
+            return
+        key = sms_key(name)
+        PACE_WAIT.labels(key).observe(self.pacer.wait(key, interval))
+
+    def _rate_limited(self, name: str, exc: RateLimitedError, message: OutboundMessage) -> None:
+        RATE_LIMITED.labels(name, exc.scope).inc()
+        if exc.scope == "provider":
+            # Our account is over its rate: every worker holds back, not only this one.
+            self.pacer.hold(sms_key(name), exc.retry_after or THROTTLE_HOLD_S)
+        _log.info(
+            "provider %s rate-limited notification %s (%s, scope %s, retry after %s s); "
+            "no failover",
+            name,
+            message.notification_id,
+            exc.code or exc.reason,
+            exc.scope,
+            exc.retry_after,
+        )
+
     def _timed_send(self, name: str, message: OutboundMessage) -> Receipt:
         """One provider request, timed per provider and outcome (failover makes two)."""
         started = time.perf_counter()
@@ -199,6 +263,9 @@ class RoutingNotifier(SMSNotifier):
             raise
         except DeliveryTimeoutError:
             outcome = "timeout"
+            raise
+        except RateLimitedError:
+            outcome = "rate_limited"
             raise
         except TransientDeliveryError:
             outcome = "transient"

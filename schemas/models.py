@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
     text,
 )
 from sqlmodel import Field, SQLModel
@@ -40,6 +42,7 @@ __all__ = [
     "NotificationStatusEvent",
     "OperatorAudit",
     "OptOut",
+    "OutcomeReport",
     "RectificationTicket",
     "ScheduledJob",
     "Source",
@@ -152,6 +155,18 @@ class Notification(SQLModel, table=True):
         Index("ix_notification_subject", "subject_id"),
         # The daily cap counts a recipient's claims per local day.
         Index("ix_notification_recipient_claimed", "recipient", "claimed_at"),
+        # Outcome reports: the rows an upstream event caused whose final status was not yet
+        # handed on (workers.outcomes); rows reported, or caused by no event, leave the index.
+        Index(
+            "ix_notification_outcome_due",
+            "updated_at",
+            postgresql_where=text(
+                "event_id IS NOT NULL AND (outcome_status IS NULL OR outcome_status <> status)"
+            ),
+            sqlite_where=text(
+                "event_id IS NOT NULL AND (outcome_status IS NULL OR outcome_status <> status)"
+            ),
+        ),
     )
 
     id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
@@ -185,6 +200,14 @@ class Notification(SQLModel, table=True):
     not_before: dt.datetime | None = Field(default=None, sa_type=TZ)
     #: When the triggering event happened upstream, for event-to-send latency.
     event_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    #: The upstream event that caused it (its envelope's ``event_id``; for a renewal reminder,
+    #: the license's latest registry event) and that event's ``source``, to whom its outcome
+    #: is reported. None for rows no event caused, or made before they were recorded.
+    event_id: str | None = Field(default=None, max_length=64, index=True)
+    event_source: str | None = Field(default=None, max_length=64)
+    #: The final status last judged for an outcome report (reported, or no report wanted);
+    #: a row whose status differs is judged again (workers.outcomes).
+    outcome_status: str | None = Field(default=None, max_length=24)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     claimed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
@@ -269,6 +292,9 @@ class LicenseRecord(SQLModel, table=True):
     expires_on: dt.date
     #: occurred_at of the event that produced this state; older events never overwrite it.
     last_event_at: dt.datetime = Field(sa_type=TZ)
+    #: That event's id and source: the reminders of this state are what it caused.
+    last_event_id: str | None = Field(default=None, max_length=64)
+    last_event_source: str | None = Field(default=None, max_length=64)
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
 
 
@@ -295,6 +321,9 @@ class CallListEntry(SQLModel, table=True):
     completed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     #: What the call achieved, as staff recorded it (``govnotify call-list done``).
     outcome: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: The upstream event that caused it (the license's latest registry event); None before
+    #: it was recorded.
+    event_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class DeadLetter(SQLModel, table=True):
@@ -344,6 +373,8 @@ class ScheduledJob(SQLModel, table=True):
     status: str = Field(default="pending", max_length=16)  # pending | enqueued | cancelled
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     enqueued_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    #: The upstream event that caused it (envelope ``event_id``); None before it was recorded.
+    event_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class StaffAlert(SQLModel, table=True):
@@ -366,6 +397,8 @@ class StaffAlert(SQLModel, table=True):
     acknowledged_by: str | None = Field(default=None, max_length=64)
     escalated_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    #: The upstream event that caused it (envelope ``event_id``); None before it was recorded.
+    event_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class CallbackTask(SQLModel, table=True):
@@ -391,6 +424,8 @@ class CallbackTask(SQLModel, table=True):
     escalated_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     completed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     outcome: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: The upstream event that caused it (envelope ``event_id``); None before it was recorded.
+    event_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class EvaluationRecord(SQLModel, table=True):
@@ -432,6 +467,8 @@ class RectificationTicket(SQLModel, table=True):
     overdue_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     closed_at: dt.datetime | None = Field(default=None, sa_type=TZ)
     outcome: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: The upstream event that caused it (envelope ``event_id``); None before it was recorded.
+    event_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class OptOut(SQLModel, table=True):
@@ -561,6 +598,14 @@ class Source(SQLModel, table=True):
     token_hash: str | None = Field(default=None, max_length=200)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
     disabled_at: dt.datetime | None = Field(default=None, sa_type=TZ)
+    #: May trace any id over the api (``GET /trace/<id>``), licenses, cases and mobiles
+    #: included (the 12345 hotline); otherwise only the events it published.
+    trace_any: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    #: Where the final status of what its events caused is POSTed (outcome webhooks), signed
+    #: with a key derived from ``GOVNOTIFY_OUTCOME_SIGNING_KEY`` and the name; None: no reports.
+    outcome_url: str | None = Field(default=None, max_length=500)
 
 
 class OperatorAudit(SQLModel, table=True):
@@ -582,3 +627,39 @@ class OperatorAudit(SQLModel, table=True):
     #: What it acted on (a source name, a department); never a phone or ID number.
     subject: str = Field(max_length=200)
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+
+
+class OutcomeReport(SQLModel, table=True):
+    """One final status of a notification, owed to the source whose event caused it.
+
+    Enrolled by the scheduler when the notification reached the status (one row per
+    notification and status: a notification re-opened by a replay and final again is reported
+    again), POSTed to the source's ``outcome_url`` until it answers 2xx; ``next_at`` is when
+    the next attempt is due (also the lease of an attempt in progress), and after
+    ``outcome_max_attempts`` failures the row is ``dead`` and kept as a dead letter.
+    Holds no personal data: ids, flow, status and the reason's code only.
+    """
+
+    __tablename__ = "outcome_report"
+    __table_args__ = (Index("ix_outcome_report_state_next", "state", "next_at"),)
+
+    id: str = Field(default_factory=_new_id, primary_key=True, max_length=32)
+    #: ``<notification id>:<status>``: one report per final status a notification reached.
+    key: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    notification_id: str = Field(max_length=32, index=True)
+    event_id: str = Field(max_length=64, index=True)
+    source: str = Field(max_length=64)
+    flow: str = Field(max_length=32)
+    status: str = Field(max_length=24)
+    #: A short code of why (``invalid_number``, ``license revoked``), never free text.
+    reason: str | None = Field(default=None, max_length=40)
+    error_code: str | None = Field(default=None, max_length=40)
+    #: When the notification reached ``status``.
+    status_at: dt.datetime = Field(sa_type=TZ)
+    #: pending | reported | dead
+    state: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    last_error: str | None = Field(default=None, max_length=200)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=TZ)
+    reported_at: dt.datetime | None = Field(default=None, sa_type=TZ)

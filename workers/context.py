@@ -24,7 +24,8 @@ from infra.jobs import JobSender
 from infra.quiet_hours import QuietHours
 from infra.settings import Settings, get_settings
 from infra.workdays import WorkdayCalendar
-from notifiers.registry import STAFF_SANDBOX_OUTBOX, notifier_from_settings, staff_notifier
+from notifiers.pacing import Pacer
+from notifiers.registry import STAFF_SANDBOX_OUTBOX, notifier_from_settings, pacer, staff_notifier
 from schemas.staff import StaffDirectory, load_staff_directory
 
 if TYPE_CHECKING:
@@ -63,6 +64,12 @@ class WorkerContext:
     def calendar(self) -> WorkdayCalendar:
         """Working days of the centre (rectification deadlines, call-list digests)."""
         return WorkdayCalendar.from_settings(self.settings)
+
+    @functools.cached_property
+    def pacer(self) -> Pacer:
+        """Send slots shared with every worker process (:mod:`notifiers.pacing`): the staff
+        robots' pace and the spread of messages released together."""
+        return pacer(self.settings)
 
     @functools.cached_property
     def jobs(self) -> JobSender:

@@ -18,6 +18,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
@@ -29,13 +30,15 @@ from notifiers.errors import (
     DeliveryTimeoutError,
     NotifierConfigError,
     PermanentDeliveryError,
+    RateLimitedError,
     TransientDeliveryError,
 )
+from notifiers.pacing import interval_of, release_key
 from notifiers.routing import RoutingNotifier
 from notifiers.sms import OutboundMessage
 from notifiers.sms.text import count_segments
 from notifiers.templates import SmsTemplate
-from schemas.models import Notification, NotificationStatus, utcnow
+from schemas.models import Notification, NotificationStatus, ScheduledJob, utcnow
 from workers import ledger
 from workers.context import current
 from workers.scheduled_jobs import schedule
@@ -91,11 +94,15 @@ def create_notification(
     channel: str = "sms",
     template: str | None = None,
     template_params: dict[str, object] | None = None,
+    event_id: str | None = None,
+    event_source: str | None = None,
 ) -> Notification:
     """Persist a notification once per ``key`` (replays return the existing row).
 
     ``template`` and ``template_params`` are what ``body`` was rendered from; providers that
     send by approved template id (the mainland gateway) use them instead of the body.
+    ``event_id`` and ``event_source`` name the upstream event that caused it (trace, outcome
+    webhooks).
     """
     now = utcnow()
     ledger.insert_ignore(
@@ -116,6 +123,8 @@ def create_notification(
             "critical": critical,
             "due_on": due_on,
             "event_at": event_at,
+            "event_id": event_id,
+            "event_source": event_source,
             "template": template,
             "template_params": (
                 None
@@ -164,11 +173,11 @@ def attempt(row: Notification) -> None:
         )
         if decision.action == "defer":
             until = decision.not_before
-            schedule(
-                s, f"deliver:{row.id}:{until.isoformat()}", until, "deliver_notification", row.id
-            )
+            job = f"deliver:{row.id}:{until.isoformat()}"
+            run_at = _release_slot(s, row, job, until)
+            schedule(s, job, run_at, "deliver_notification", row.id)
             DEFERRED.labels(flow=row.flow, reason=decision.reason).inc()
-            log.info("notification %s deferred until %s (%s)", row.id, until, decision.reason)
+            log.info("notification %s deferred until %s (%s)", row.id, run_at, decision.reason)
             return
         if decision.action == "suppress":
             NOTIFICATIONS.labels(row.flow, row.channel, "none", "suppressed").inc()
@@ -183,6 +192,35 @@ def attempt(row: Notification) -> None:
                 NOTIFICATIONS.labels(row.flow, row.channel, "none", "cancelled").inc()
             return
     deliver_claimed(row)
+
+
+def _release_slot(s: Session, row: Notification, job: str, until: dt.datetime) -> dt.datetime:
+    """When a message held until ``until`` goes: its slot in the release spread.
+
+    Everything held by the quiet hours (or the daily cap) may go at the same instant, 08:00;
+    handed to the queues at once, thousands would wait for the provider's pace inside the
+    workers. Instead each takes the next slot one interval apart from ``until`` at its flow's
+    primary provider's rate (``release:<provider>:<until>``, in this transaction, committed
+    with the job, and written to the row's ``not_before``), so they are released at that rate.
+    Unpaced: ``until``. A job already scheduled (a replay) keeps its time and takes no slot.
+    """
+    if row.channel != "sms":
+        return until
+    notifier = get_notifier()
+    primary = notifier.route(row.flow)[0]
+    interval = interval_of(notifier.rate(primary))
+    if interval is None:
+        return until
+    if s.execute(select(ScheduledJob.id).where(ScheduledJob.key == job)).first() is not None:
+        return until
+    slot = current().pacer.reserve_at(s, release_key(primary, until), until, interval)
+    # The row says when it goes (the sweep leaves a held row alone until then).
+    s.execute(
+        update(Notification)
+        .where(Notification.id == row.id, Notification.status == NotificationStatus.CREATED)
+        .values(not_before=slot)
+    )
+    return slot
 
 
 def get_notifier() -> RoutingNotifier:
@@ -298,6 +336,9 @@ def deliver_claimed(row: Notification) -> None:
             s.commit()
         log.warning("notification %s: provider timeout, left for the sweep", notification_id)
         return
+    except RateLimitedError as exc:
+        _rate_limited(row, exc, notifier.name)
+        return
     except TransientDeliveryError as exc:
         reason = f"{exc.reason} (code {exc.code})"
         provider = exc.provider or notifier.name
@@ -348,6 +389,41 @@ def deliver_claimed(row: Notification) -> None:
         EVENT_TO_SEND.labels(flow).observe(max(0.0, (utcnow() - event_at).total_seconds()))
     log.info(
         "notification %s sent via %s as %s", notification_id, receipt.provider, receipt.provider_ref
+    )
+
+
+def _rate_limited(row: Notification, exc: RateLimitedError, default_provider: str) -> None:
+    """The provider said "not now" (nothing was sent; routing did not fail over): back to the
+    retry queue, after the provider's ``Retry-After`` when it gave one, so the same provider
+    (the route's primary, tried first again) takes it once the limit allows."""
+    settings = current().settings
+    reason = f"{exc.reason} (code {exc.code})"
+    provider = exc.provider or default_provider
+    if _retries_exhausted():
+        _fail(
+            row,
+            provider,
+            NotificationStatus.TEMPORARY_FAILURE,
+            f"retries exhausted: {reason}",
+            exc.code,
+        )
+        return
+    with session(settings) as s:
+        ledger.release_claim(s, row.id, reason)
+    delay_ms = settings.delivery_min_backoff_ms
+    if exc.retry_after is not None:
+        delay_ms = max(delay_ms, int(exc.retry_after * 1000))
+    if _in_retry_actor():
+        if exc.retry_after is None:
+            raise exc  # dramatiq's backoff
+        raise dramatiq.Retry(f"rate-limited by {provider}", delay=delay_ms)
+    retry_delivery.send_with_options(args=(row.id,), delay=delay_ms)
+    log.info(
+        "notification %s: rate-limited by %s (%s); retried on it in %d ms",
+        row.id,
+        provider,
+        exc.scope,
+        delay_ms,
     )
 
 

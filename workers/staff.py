@@ -7,6 +7,15 @@ Each distinct webhook of the staff addressed gets the message once, through the 
 ``sandbox://`` entries and for e-mail while no SMTP server is configured
 (:class:`~notifiers.staff.sandbox.SandboxWebhook`). Here: the per-process cache of those
 notifiers (built once per worker context), the metrics, and which error the actor sees.
+
+Each webhook keeps its own pace, shared by every worker process (:mod:`notifiers.pacing`, key
+``staff:<webhook>``): a WeCom or DingTalk robot takes 20 messages a minute and refuses the
+rest, so a burst waits here instead (a ``json`` webhook and the sandbox are not paced unless
+``GOVNOTIFY_SEND_RATES`` says so). A message waits for its own slot only: one interval per
+message already waiting for that robot, never for a backlog still on the queues, so a
+green-channel alert waits at most (worker threads sending to that robot) × 3 s.
+A robot that refuses anyway (45009 / 130101, HTTP 429) holds every worker back for the time it
+asked, or a minute.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ import logging
 import time
 from collections.abc import Iterable
 
-from infra.metrics import NOTIFICATIONS, PROVIDER_DURATION
-from notifiers.errors import DeliveryError, TransientDeliveryError
+from infra.metrics import NOTIFICATIONS, PACE_WAIT, PROVIDER_DURATION
+from notifiers.errors import DeliveryError, RateLimitedError, TransientDeliveryError
+from notifiers.pacing import interval_of, staff_key
+from notifiers.registry import send_rate
 from notifiers.staff import StaffMessage
 from notifiers.staff.email import EmailNotifier
 from schemas.staff import Staff, StaffDirectory
@@ -62,10 +73,18 @@ def notify_staff(staff: Iterable[Staff], message: StaffMessage, *, flow: str) ->
     delivered, first_error = 0, None
     for key in hooks:
         channel, provider = _labels(key)
+        notifier = current().staff_notifier(key)
+        interval = interval_of(send_rate(notifier.name, notifier.declared_rate, current().settings))
+        if interval is not None:
+            PACE_WAIT.labels(staff_key(key)).observe(current().pacer.wait(staff_key(key), interval))
         started = time.perf_counter()
         try:
-            current().staff_notifier(key).send(message)
+            notifier.send(message)
         except DeliveryError as exc:
+            if isinstance(exc, RateLimitedError):
+                # Over the robot's limit after all (another sender, a restart): every worker
+                # holds back from this robot.
+                current().pacer.hold(staff_key(key), exc.retry_after or interval or 1.0)
             first_error = retry_first(first_error, exc)
             PROVIDER_DURATION.labels(provider, "error").observe(time.perf_counter() - started)
             NOTIFICATIONS.labels(flow, channel, provider, "failed").inc()

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from infra.clock import to_wall_time
 from infra.db import session
@@ -86,6 +86,12 @@ def sweep(
                 select(Notification.id).where(
                     Notification.status == NotificationStatus.CREATED,
                     Notification.updated_at < created_before,
+                    # A row held by the quiet hours or the daily cap has its job scheduled for
+                    # its release slot (not_before): lost only if still here well after it.
+                    or_(
+                        Notification.not_before.is_(None),
+                        Notification.not_before < created_before,
+                    ),
                 )
             )
             .scalars()

@@ -68,13 +68,14 @@ from notifiers.errors import (
     TransientDeliveryError,
     UnsupportedRecipientError,
 )
-from notifiers.http import transport_error
+from notifiers.http import retry_after_s, transport_error
 from notifiers.sms import OutboundMessage, ProviderStatus, Receipt, SMSNotifier
 from notifiers.sms.text import count_segments
 from schemas.models import NotificationStatus
 
 __all__ = [
     "GATEWAY_ERROR_CODES",
+    "RECIPIENT_LIMIT_CODES",
     "REPORT_STATUSES",
     "HttpGatewayNotifier",
     "classify_gateway_error",
@@ -122,12 +123,19 @@ GATEWAY_ERROR_CODES: dict[str, type[DeliveryError]] = {
     "isv.OUT_OF_SERVICE": NotifierConfigError,  # account suspended
     "isv.AMOUNT_NOT_ENOUGH": NotifierConfigError,  # prepaid balance exhausted
     # -- try again later (nothing was sent)
+    # (the two limit controls are the carrier's anti-harassment limits on one number:
+    # :data:`RECIPIENT_LIMIT_CODES`; Throttling is our account's request rate)
     "isv.BUSINESS_LIMIT_CONTROL": RateLimitedError,  # per-number frequency control
-    "isv.DAY_LIMIT_CONTROL": RateLimitedError,
+    "isv.DAY_LIMIT_CONTROL": RateLimitedError,  # per-number daily limit
     "Throttling": RateLimitedError,
     "isp.SYSTEM_ERROR": ProviderUnavailableError,
     "isp.SERVICE_UNAVAILABLE": ProviderUnavailableError,
 }
+
+
+#: Rate limits on messages to one number, not on our account: the message waits and goes to
+#: the gateway again (another provider would defeat the limit); other messages go on.
+RECIPIENT_LIMIT_CODES = frozenset({"isv.BUSINESS_LIMIT_CONTROL", "isv.DAY_LIMIT_CONTROL"})
 
 
 def classify_gateway_error(status: int, code: str | None) -> type[DeliveryError]:
@@ -336,8 +344,10 @@ class HttpGatewayNotifier(SMSNotifier):
     name: ClassVar[str] = "gateway"
     #: Long SMS on mainland gateways: at most 500 characters, signature included.
     body_maxlen: ClassVar[int] = 500
-    #: The gateway's default API quota (requests per second for one account). Not paced here:
-    #: exceeding it answers ``Throttling``, a :class:`RateLimitedError` that fails over.
+    #: The gateway's default API quota (requests per second for one account); every worker
+    #: process keeps to it together (:mod:`notifiers.pacing`, ``GOVNOTIFY_SEND_RATES``).
+    #: Exceeding it answers ``Throttling``, a :class:`RateLimitedError` that holds every worker
+    #: back, with no failover.
     request_rate_per_sec: ClassVar[float | None] = 100.0
     #: Longest value of one template parameter the gateway accepts.
     param_maxlen: ClassVar[int] = 500
@@ -413,8 +423,9 @@ class HttpGatewayNotifier(SMSNotifier):
         query: dict[str, str] | None = None,
         payload: dict[str, Any] | None = None,
         action: str,
-    ) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, JSON answer); transport failures raised as typed errors."""
+    ) -> tuple[int, dict[str, Any], float | None]:
+        """(HTTP status, JSON answer, seconds of its ``Retry-After`` or ``None``); transport
+        failures raised as typed errors."""
         target = path + ("?" + urlencode(query) if query else "")
         raw = (
             json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -450,15 +461,21 @@ class HttpGatewayNotifier(SMSNotifier):
                     provider=PROVIDER,
                 )
             answer = {}
-        return response.status_code, answer
+        return response.status_code, answer, retry_after_s(response.headers.get("Retry-After"))
 
-    def _error(self, action: str, status: int, answer: dict[str, Any]) -> DeliveryError:
+    def _error(
+        self, action: str, status: int, answer: dict[str, Any], retry_after: float | None = None
+    ) -> DeliveryError:
         code = answer.get("code")
         code = None if code in (None, "", "OK") else str(code)
         cls = classify_gateway_error(status, code)
         # The gateway's messages can quote the number; this text reaches logs and the database.
         text = mask_pii(str(answer.get("message") or ""))[:200]
-        return cls(f"{action}: HTTP {status} code {code}: {text}", code=code, provider=PROVIDER)
+        what = f"{action}: HTTP {status} code {code}: {text}"
+        if issubclass(cls, RateLimitedError):
+            scope = "recipient" if code in RECIPIENT_LIMIT_CODES else "provider"
+            return cls(what, retry_after=retry_after, scope=scope, code=code, provider=PROVIDER)
+        return cls(what, code=code, provider=PROVIDER)
 
     # ---- sending -----------------------------------------------------------------------------
     def template_for(self, message: OutboundMessage) -> tuple[str, dict[str, str]]:
@@ -500,9 +517,11 @@ class HttpGatewayNotifier(SMSNotifier):
             "out_id": message.notification_id,
         }
         try:
-            status, answer = self._request("POST", "/sms/send", payload=payload, action="send")
+            status, answer, retry_after = self._request(
+                "POST", "/sms/send", payload=payload, action="send"
+            )
             if not (200 <= status < 300 and answer.get("code") == "OK" and answer.get("biz_id")):
-                raise self._error("send", status, answer)
+                raise self._error("send", status, answer, retry_after)
         except DeliveryError as error:
             _log.warning(
                 "gateway refused notification %s to %s: %s (reason=%s code=%s)",
@@ -539,7 +558,7 @@ class HttpGatewayNotifier(SMSNotifier):
         """
         if since.tzinfo is None or since.utcoffset() is None:
             raise ValueError("since must be timezone-aware")
-        status, answer = self._request(
+        status, answer, _ = self._request(
             "GET",
             "/sms/query",
             query={"phone": to, "since": str(int(since.timestamp()))},
@@ -578,7 +597,7 @@ class HttpGatewayNotifier(SMSNotifier):
         Raises:
           DeliveryError: when the gateway cannot be asked, classified like a send.
         """
-        status, answer = self._request(
+        status, answer, _ = self._request(
             "GET", "/sms/status", query={"biz_id": provider_ref}, action="status"
         )
         if status == 404 or answer.get("code") == "isv.BIZ_ID_NOT_FOUND":

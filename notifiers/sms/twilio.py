@@ -220,6 +220,15 @@ class TwilioSMSNotifier(SMSNotifier):
     name: ClassVar[str] = "twilio"
     #: Twilio to mainland China: 500 characters at most.
     body_maxlen: ClassVar[int] = 500
+    #: Message creates per second, for every worker process together. Twilio limits an account's
+    #: *concurrent* API requests (about 100; past that it answers 20429, "safe to retry after
+    #: backing off") and queues each sender's messages at that sender's own throughput (1
+    #: message a second for a long code), up to four hours' worth. 50 a second keeps us well
+    #: inside the concurrency (at most 50 in flight even if each took a second) and leaves
+    #: room for the sweep's lookups and anyone else on the account; how fast the messages then
+    #: leave Twilio's queue is the sender's throughput, not ours to pace. Set
+    #: ``GOVNOTIFY_SEND_RATES`` twilio=<the senders' total MPS> to hold them here instead.
+    request_rate_per_sec: ClassVar[float | None] = 50.0
     #: Twilio's ``MessageStatus`` → ours; ``None``: decided by ``ErrorCode``
     #: (:meth:`status_error`).
     status_words: ClassVar[Mapping[str, NotificationStatus | None]] = {

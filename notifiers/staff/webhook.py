@@ -43,7 +43,7 @@ from notifiers.errors import (
     RateLimitedError,
     TransientDeliveryError,
 )
-from notifiers.http import transport_error
+from notifiers.http import retry_after_s, transport_error
 from notifiers.staff import StaffMessage
 from schemas.pii import mask_mobile, mask_pii
 
@@ -70,6 +70,9 @@ ROBOT_ERRCODES: dict[int, type[DeliveryError]] = {
     130101: RateLimitedError,  # DingTalk: "send too fast", more than 20 a minute
     -1: ProviderUnavailableError,  # WeCom / DingTalk: system busy
 }
+#: The robots' limit is counted over a minute: after a refusal, this long until the window
+#: has surely cleared (the robot says nothing more precise).
+ROBOT_LIMIT_WINDOW_S = 60.0
 
 # Set while this module's request is on the wire: urllib3 logs the request line (path and query,
 # so the robot key) at DEBUG, and the filter below redacts it only for our requests.
@@ -137,7 +140,9 @@ class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
     wecom_content_maxbytes: ClassVar[int] = 2048
     #: DingTalk robot text: ``content`` at most 20000 characters.
     dingtalk_content_maxlen: ClassVar[int] = 20000
-    #: Both robots accept 20 messages a minute each; more is answered 45009 / 130101.
+    #: Both robots accept 20 messages a minute each; more is answered 45009 / 130101. A
+    #: ``"json"`` webhook (our own body, to a portal of the centre's) declares no limit
+    #: (:attr:`declared_rate`).
     request_rate_per_sec: ClassVar[float | None] = 20 / 60
 
     def __init__(
@@ -176,6 +181,11 @@ class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
 
     def __repr__(self) -> str:
         return f"WebhookNotifier(endpoint={self.endpoint!r}, fmt={self.fmt!r})"
+
+    @property
+    def declared_rate(self) -> float | None:
+        """A WeCom or DingTalk robot's 20 a minute; a ``"json"`` receiver's is not ours to know."""
+        return None if self.fmt == "json" else self.request_rate_per_sec
 
     # ---- sending -----------------------------------------------------------------------------
     def _send(self, message: StaffMessage) -> WebhookReceipt:
@@ -345,7 +355,12 @@ class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
         status = response.status_code
         where = f"POST {self.endpoint}: HTTP {status}"
         if status == 429:
-            raise RateLimitedError(where, code=status, provider=PROVIDER)
+            raise RateLimitedError(
+                where,
+                retry_after=retry_after_s(response.headers.get("Retry-After")),
+                code=status,
+                provider=PROVIDER,
+            )
         if status >= 500 or status == 408:
             raise ProviderUnavailableError(where, code=status, provider=PROVIDER)
         if not 200 <= status < 300:
@@ -366,7 +381,10 @@ class WebhookNotifier(Notifier[StaffMessage, WebhookReceipt]):
         if errcode != 0:
             errmsg = mask_pii(str(answer.get("errmsg", "")))[:200]
             cls = ROBOT_ERRCODES.get(errcode, PermanentDeliveryError)
-            raise cls(f"{where}: errcode {errcode}: {errmsg}", code=errcode, provider=PROVIDER)
+            what = f"{where}: errcode {errcode}: {errmsg}"
+            if issubclass(cls, RateLimitedError):
+                raise cls(what, retry_after=ROBOT_LIMIT_WINDOW_S, code=errcode, provider=PROVIDER)
+            raise cls(what, code=errcode, provider=PROVIDER)
         return WebhookReceipt(status_code=status, provider_ref=None)
 
     def _log_refusal(self, message: StaffMessage, error: DeliveryError) -> None:

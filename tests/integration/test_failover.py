@@ -74,15 +74,15 @@ def send_until_it_reaches(
     return taken[-1]
 
 
-def test_5xx_and_429_on_the_primary_move_traffic_to_the_fallback_and_back_after_the_cool_down(
+def test_5xx_on_the_primary_move_traffic_to_the_fallback_and_back_after_the_cool_down(
     settings: Settings, pipeline: Pipeline, twilio: FakeTwilio, gateway: FakeSmsGateway
 ) -> None:
-    # Given: Twilio primary, answering 503, 503, then 429 (all "nothing was sent")
+    # Given: Twilio primary, answering 503 three times ("nothing was sent")
     routed = with_providers(
         settings, twilio, gateway, sms_routes={"default": ["twilio", "gateway"]}
     )
     twilio.fail_next(2, 503)
-    twilio.fail_next(1, 429, 20429)
+    twilio.fail_next(1, 503, 20503)
     start(pipeline, routed)
 
     # When: three messages, one after the other
@@ -110,7 +110,7 @@ def test_5xx_and_429_on_the_primary_move_traffic_to_the_fallback_and_back_after_
     assert {notification(routed, nid).provider for nid in during} == {"gateway"}
     assert twilio.attempts == 3
     assert worker_metric(routed, "govnotify_provider_circuit_open", provider="twilio") == 1
-    for reason, count in (("provider_unavailable", 2), ("rate_limited", 1), ("circuit_open", 3)):
+    for reason, count in (("provider_unavailable", 3), ("circuit_open", 3)):
         assert (
             worker_metric(
                 routed,
@@ -136,6 +136,64 @@ def test_5xx_and_429_on_the_primary_move_traffic_to_the_fallback_and_back_after_
     assert worker_metric(routed, "govnotify_provider_circuit_open", provider="twilio") == 0
     assert len(twilio.messages) == 4
     assert all(m["body"] == BODY for m in twilio.messages)
+
+
+@pytest.mark.parametrize(
+    ("primary", "failure", "scope"),
+    [
+        # the carrier's anti-harassment limit on one number: Twilio would defeat it
+        ("gateway", "isv.BUSINESS_LIMIT_CONTROL", "recipient"),
+        # our account over the gateway's rate
+        ("gateway", 429, "provider"),
+        # … or over Twilio's
+        ("twilio", (429, 20429), "provider"),
+    ],
+)
+def test_a_rate_limit_waits_for_the_same_provider_instead_of_failing_over(
+    settings: Settings,
+    pipeline: Pipeline,
+    twilio: FakeTwilio,
+    gateway: FakeSmsGateway,
+    primary: str,
+    failure: tuple[int, int] | int | str,
+    scope: str,
+) -> None:
+    # Given: the primary refuses the first message as over a rate limit, then takes messages
+    fallback = "gateway" if primary == "twilio" else "twilio"
+    routed = with_providers(settings, twilio, gateway, sms_routes={"default": [primary, fallback]})
+    if isinstance(failure, tuple):
+        twilio.fail_next(1, *failure)
+    else:
+        gateway.fail_next(1, failure)
+    start(pipeline, routed)
+
+    # When
+    nid = queue_sms(routed, flow="callback_notice", to=mobile(7), body=BODY)
+    wait_until(lambda: settled(routed, [nid]), 30, message="did not settle")
+
+    # Then: sent by the primary on its second attempt (the retry queue), never by the fallback
+    row = notification(routed, nid)
+    assert (row.status, row.provider, row.attempts) == ("sent", primary, 2)
+    attempts = {"twilio": twilio.attempts, "gateway": gateway.attempts}
+    assert attempts == {primary: 2, fallback: 0}
+    # … the provider stayed in rotation, no failover was counted, the limit was
+    assert worker_metric(routed, "govnotify_provider_circuit_open", provider=primary) == 0
+    assert (
+        worker_metric(
+            routed,
+            "govnotify_provider_failovers_total",
+            flow="callback_notice",
+            from_provider=primary,
+            to_provider=fallback,
+        )
+        == 0
+    )
+    assert (
+        worker_metric(
+            routed, "govnotify_provider_rate_limited_total", provider=primary, scope=scope
+        )
+        == 1
+    )
 
 
 def test_timeouts_never_fail_over_but_open_the_circuit(

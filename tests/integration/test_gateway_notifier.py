@@ -247,6 +247,32 @@ def test_gateway_errors_become_typed_errors(
     assert fake.messages == []
 
 
+@pytest.mark.parametrize(
+    ("failure", "scope"),
+    [
+        # our account over its request rate: every worker backs off
+        (429, "provider"),
+        ("Throttling", "provider"),
+        # the carrier's anti-harassment limits on one number: only that message waits
+        ("isv.BUSINESS_LIMIT_CONTROL", "recipient"),
+        ("isv.DAY_LIMIT_CONTROL", "recipient"),
+    ],
+)
+def test_a_rate_limit_says_whose_limit_it_was(
+    fake: FakeSmsGateway, gateway: HttpGatewayNotifier, failure: int | str, scope: str
+) -> None:
+    # Given
+    fake.fail_next(1, failure)
+
+    # When
+    with pytest.raises(RateLimitedError) as caught:
+        gateway.send(renewal())
+
+    # Then
+    assert caught.value.scope == scope
+    assert caught.value.retry_after is None  # this gateway gives no Retry-After
+
+
 def test_missing_template_parameters_are_refused_by_the_gateway(
     fake: FakeSmsGateway, gateway: HttpGatewayNotifier
 ) -> None:

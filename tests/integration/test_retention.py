@@ -29,6 +29,7 @@ from schemas.models import (
     OptOut,
     RectificationTicket,
     ScheduledJob,
+    SendPace,
     Suppression,
     utcnow,
 )
@@ -204,6 +205,12 @@ def seed(settings: Settings, now: dt.datetime) -> tuple[dt.datetime, dt.datetime
             last_event_at=old,
         ),
         OptOut(recipient="+8613900139444", category="surveys", created_at=old),
+        # release spreads (quiet hours ended at these instants) and a provider's pace
+        *(
+            SendPace(key=f"release:gateway:{at.isoformat()}", next_at=at.timestamp() + 10)
+            for at in (now - dt.timedelta(days=2), now - dt.timedelta(hours=20))
+        ),
+        SendPace(key="sms:gateway", next_at=old.timestamp()),
         Suppression(
             recipient="+8613900139333", category="reminders", reason="unsubscribed", created_at=old
         ),
@@ -274,6 +281,9 @@ EXPECTED = {
     "license_record": 2,
     # the event applied 40 days ago; not the recent one, never an unapplied one
     "ingest_event": 1,
+    # the spread of a release whose last slot is two days past; not yesterday's nor a
+    # provider's own pace
+    "send_pace": 1,
 }
 
 

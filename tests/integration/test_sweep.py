@@ -456,3 +456,28 @@ def test_the_scheduler_runs_the_sweep_by_itself(
     )
     assert notification(twilio_settings, stuck).provider_ref == taken.provider_ref
     assert sorted(m["to"] for m in fake_twilio.messages) == [mobile(71), mobile(72)]
+
+
+def test_a_row_held_for_its_release_slot_is_left_alone_until_well_after_it(
+    twilio_settings: Settings, pipeline: Pipeline
+) -> None:
+    # Given: two rows held (quiet hours) since long ago: one whose release slot is an hour
+    # ahead, one whose slot passed long ago (its job was lost)
+    held = add_notification(twilio_settings, recipient=mobile(81), status="created", age_s=600)
+    lost = add_notification(twilio_settings, recipient=mobile(82), status="created", age_s=600)
+    with session(twilio_settings) as s:
+        for notification_id, slot in ((held, 3600), (lost, -600)):
+            s.execute(
+                update(Notification)
+                .where(Notification.id == notification_id)
+                .values(
+                    not_before=utcnow() + dt.timedelta(seconds=slot), status_reason="quiet hours"
+                )
+            )
+        s.commit()
+
+    # When
+    counts = run_sweep(pipeline)
+
+    # Then: only the lost one is handed to the queues again
+    assert counts["requeued"] == 1

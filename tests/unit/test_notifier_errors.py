@@ -7,6 +7,7 @@ exception.
 
 from __future__ import annotations
 
+import datetime as dt
 import pickle
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ from notifiers.errors import (
     TransientDeliveryError,
     UnsupportedRecipientError,
 )
+from notifiers.http import retry_after_s
 from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
 from notifiers.sms.twilio import TWILIO_ERROR_CODES, TwilioSMSNotifier, classify_twilio_error
 from tests.fakes.twilio_server import FakeTwilio
@@ -80,6 +82,52 @@ def test_errors_survive_pickling() -> None:
         "20429",
         "twilio",
     )
+
+
+def test_a_rate_limit_keeps_its_scope_and_retry_after_through_pickling() -> None:
+    # Given: the carrier's per-number limit, with the provider's advice
+    error = RateLimitedError(
+        "limit", retry_after=30.0, scope="recipient", code="isv.BUSINESS_LIMIT_CONTROL"
+    )
+
+    # When
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object
+
+    # Then
+    assert (copy.scope, copy.retry_after, copy.code) == (
+        "recipient",
+        30.0,
+        "isv.BUSINESS_LIMIT_CONTROL",
+    )
+    # … and one raised without either is our account's limit, with no advice
+    assert (RateLimitedError("429").scope, RateLimitedError("429").retry_after) == (
+        "provider",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        # a date already past: no wait, not a negative one
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+        ("soon", None),
+        ("-3", None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(
+    header: str | None, expected: float | None
+) -> None:
+    # Given: the answer came at 07:28:00 GMT
+    now = dt.datetime(2015, 10, 21, 7, 28, 0, tzinfo=dt.UTC)
+
+    # When / Then
+    assert retry_after_s(header, now=now) == expected
 
 
 def test_reason_can_be_overridden_and_defaults_message() -> None:

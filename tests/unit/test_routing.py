@@ -27,7 +27,8 @@ from notifiers.errors import (
     RecipientUnsubscribedError,
     TransientDeliveryError,
 )
-from notifiers.routing import RoutingNotifier
+from notifiers.pacing import LocalPacer
+from notifiers.routing import THROTTLE_HOLD_S, RoutingNotifier
 from notifiers.sms import OutboundMessage, Receipt, SMSNotifier
 from notifiers.sms.sandbox import SandboxNotifier
 
@@ -274,8 +275,17 @@ def failovers(flow: str, src: str, dst: str, reason: str) -> float:
         ("ok", "ok", "a", None, (1, 0)),
         # nothing was sent: the fallback takes it in the same attempt
         (ProviderUnavailableError("503"), "ok", "b", None, (1, 1)),
-        (RateLimitedError("429"), "ok", "b", None, (1, 1)),
         (NotifierConfigError("no template"), "ok", "b", None, (1, 1)),
+        # over a rate limit: nothing was sent, but the message waits for the same provider (a
+        # second provider would defeat a limit that protects the recipient)
+        (RateLimitedError("429"), "ok", None, RateLimitedError, (1, 0)),
+        (
+            RateLimitedError("isv.BUSINESS_LIMIT_CONTROL", scope="recipient"),
+            "ok",
+            None,
+            RateLimitedError,
+            (1, 0),
+        ),
         # the primary may have it: no second provider, the sweep decides
         (DeliveryTimeoutError("read timeout"), "ok", None, DeliveryTimeoutError, (1, 0)),
         (TransientDeliveryError("unclear"), "ok", None, TransientDeliveryError, (1, 0)),
@@ -291,6 +301,14 @@ def failovers(flow: str, src: str, dst: str, reason: str) -> float:
             (1, 1),
         ),
         # both down: the last transient error, for the retry queue
+        (
+            ProviderUnavailableError("503"),
+            ProviderUnavailableError("502"),
+            None,
+            ProviderUnavailableError,
+            (1, 1),
+        ),
+        # the primary down, the fallback over its rate: the fallback's limit is raised
         (ProviderUnavailableError("503"), RateLimitedError("429"), None, RateLimitedError, (1, 1)),
         # a misconfigured primary and a fallback that is down: retry later
         (
@@ -710,3 +728,133 @@ def test_notifiers_of_one_process_share_their_circuits(tmp_path: Path) -> None:
     # Then
     assert first.circuits is second.circuits
     assert "gateway" in registry.names()
+
+
+# ---- rate limits and pacing ------------------------------------------------------------------
+class StoppedClock:
+    """The settable clock's ``utcnow`` at an instant that moves only when told."""
+
+    def __init__(self, at: float = 1_800_000_000.0) -> None:
+        self.at = at
+
+    def utcnow(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.at, dt.UTC)
+
+
+def paced_router(
+    a: Scripted, b: Scripted, rates: dict[str, float | None]
+) -> tuple[RoutingNotifier, LocalPacer, list[float]]:
+    """A router over ``a`` then ``b`` at ``rates`` on a :class:`LocalPacer` whose clock stands
+    still and whose sleeps are recorded, not slept."""
+    slept: list[float] = []
+    pacer = LocalPacer(StoppedClock(), sleep=slept.append)  # type: ignore[arg-type]
+    config = CircuitConfig(window_s=60, min_requests=3, error_rate=0.5, cooldown_s=30)
+    notifier = RoutingNotifier(
+        {a.label: a, b.label: b},
+        default=[a.label, b.label],
+        circuits=CircuitBoard(config, FakeClock()),
+        pacer=pacer,
+        rates=rates,
+    )
+    return notifier, pacer, slept
+
+
+def test_a_rate_limit_neither_opens_nor_closes_the_circuit() -> None:
+    # Given: a provider over its limit for more sends than it takes to open a circuit
+    clock = FakeClock()
+    a = Scripted("a", *[RateLimitedError("429")] * 5)
+    notifier = router(a, Scripted("b"), clock)
+
+    # When
+    for n in range(5):
+        with pytest.raises(RateLimitedError) as caught:
+            notifier.send(message(n))
+
+    # Then: it stays in rotation, the error names it, and the fallback was never asked
+    assert notifier.circuits.get("a").state is CircuitState.CLOSED
+    assert caught.value.provider == "a"
+
+
+def test_a_rate_limited_half_open_trial_leaves_the_trial_to_the_next_send() -> None:
+    # Given: the primary's circuit open, then its cool-down over
+    clock = FakeClock()
+    a = Scripted("a", *[ProviderUnavailableError("503")] * 3, RateLimitedError("429"))
+    b = Scripted("b")
+    notifier = router(a, b, clock)
+    for n in range(3):
+        notifier.send(message(n))
+    clock.advance(30)
+
+    # When: the trial is rate-limited, then the next send
+    with pytest.raises(RateLimitedError):
+        notifier.send(message(5))
+    after = notifier.send(message(6))
+
+    # Then: the trial was given back (the provider answered), and the next send is the trial
+    assert after.provider == "a"
+    assert notifier.circuits.get("a").state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("error", "next_wait"),
+    [
+        # our account over its rate: every sender waits what the provider asked
+        (RateLimitedError("429", retry_after=5.0), 5.0),
+        # … or the default hold when it did not say
+        (RateLimitedError("Throttling"), THROTTLE_HOLD_S),
+        # one number over the carrier's limit: the provider's pace is untouched
+        (RateLimitedError("isv.BUSINESS_LIMIT_CONTROL", scope="recipient", retry_after=60), 0.0),
+    ],
+)
+def test_a_provider_wide_rate_limit_holds_the_provider_back_for_every_sender(
+    error: RateLimitedError, next_wait: float
+) -> None:
+    # Given: an unpaced provider on a shared pacer
+    notifier, pacer, _ = paced_router(Scripted("a", error), Scripted("b"), {"a": None})
+
+    # When
+    with pytest.raises(RateLimitedError):
+        notifier.send(message())
+
+    # Then: the next slot anyone takes of "sms:a" is that far off
+    assert pacer.take("sms:a", 0.001) == pytest.approx(next_wait)
+
+
+def test_each_provider_request_waits_for_its_slot_at_the_providers_rate() -> None:
+    # Given: a at 10 a second, b unpaced; the clock stands still
+    a, b = Scripted("a"), Scripted("b")
+    notifier, _, slept = paced_router(a, b, {"a": 10.0, "b": None})
+
+    # When
+    for n in range(4):
+        notifier.send(message(n))
+
+    # Then: the first went at once, each next one a tenth of a second after the one before
+    assert slept == pytest.approx([0.1, 0.2, 0.3])
+    assert notifier.rate("a") == 10.0
+    assert notifier.rate("b") is None
+
+
+def test_a_failover_waits_for_the_fallbacks_own_slot() -> None:
+    # Given: a down, b at 2 a second
+    a = Scripted("a", *[ProviderUnavailableError("503")] * 2)
+    notifier, _, slept = paced_router(a, Scripted("b"), {"a": None, "b": 2.0})
+
+    # When
+    receipts = [notifier.send(message(n)) for n in range(2)]
+
+    # Then
+    assert [r.provider for r in receipts] == ["b", "b"]
+    assert slept == pytest.approx([0.5])
+
+
+def test_the_declared_rate_is_the_default_and_zero_unpaces() -> None:
+    # Given: a provider class declaring 100 a second
+    class Declared(Scripted):
+        request_rate_per_sec: ClassVar[float | None] = 100.0
+
+    # When
+    declared = RoutingNotifier({"a": Declared("a"), "b": Declared("b")}, rates={"b": 0})
+
+    # Then
+    assert (declared.rate("a"), declared.rate("b")) == (100.0, None)

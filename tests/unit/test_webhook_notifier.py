@@ -31,7 +31,7 @@ from notifiers.errors import (
     RateLimitedError,
 )
 from notifiers.staff import StaffMessage
-from notifiers.staff.webhook import WebhookNotifier, WebhookReceipt
+from notifiers.staff.webhook import ROBOT_LIMIT_WINDOW_S, WebhookNotifier, WebhookReceipt
 from tests.fakes.webhook_server import FakeWebhook
 
 STAFF_MOBILE = "+8613800130001"
@@ -201,6 +201,22 @@ def test_answers_map_to_typed_errors(
     assert caught.value.code == code
     assert caught.value.provider == "webhook"
     assert len(fake.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize(("fmt", "errcode"), [("wecom", 45009), ("dingtalk", 130101)])
+def test_a_robot_over_its_limit_asks_for_its_minute_to_pass(
+    fake: FakeWebhook, fmt: str, errcode: int
+) -> None:
+    # Given: a robot that has taken its 20 messages this minute
+    notifier = WebhookNotifier(fake.url("/hook?key=k"), fmt=fmt)  # type: ignore[arg-type]
+    fake.errcode_next(1, errcode)
+
+    # When
+    with pytest.raises(RateLimitedError) as caught:
+        notifier.send(_message())
+
+    # Then: the robot's own limit, over a minute
+    assert (caught.value.scope, caught.value.retry_after) == ("provider", ROBOT_LIMIT_WINDOW_S)
 
 
 def test_no_answer_within_timeout_is_a_delivery_timeout(fake: FakeWebhook) -> None:

@@ -11,7 +11,14 @@ from sqlalchemy import select
 
 from infra.db import session
 from infra.settings import Settings
-from schemas.models import CallbackTask, Notification, RectificationTicket, StaffAlert
+from schemas.models import (
+    CallbackTask,
+    IngestEvent,
+    Notification,
+    RectificationTicket,
+    ScheduledJob,
+    StaffAlert,
+)
 from tests.fakes.twilio_server import FakeTwilio
 from tests.support import Pipeline, count_rows, metric, publish, scrape, wait_until
 from tests.support.cases import CST, env
@@ -38,6 +45,9 @@ def test_a_simulated_day_at_the_centre_produces_exactly_the_expected_messages(
             # task (and retried with backoff on a busy machine) still lands before the due time.
             GOVNOTIFY_GREEN_ESCALATE_AFTER_S="25",
             GOVNOTIFY_CALLBACK_DUE_AFTER_S="25",
+            # A day's staff messages in two minutes: the robots' 20 a minute (real WeCom and
+            # DingTalk limits, paced by default) would stretch them far past the deadline.
+            GOVNOTIFY_SEND_RATES="webhook=0",
         )
     )
     pipeline.all()
@@ -87,6 +97,33 @@ def test_a_simulated_day_at_the_centre_produces_exactly_the_expected_messages(
     )
     assert len(tasks) == expected["callback_tasks"]
     assert count_rows(settings, RectificationTicket) == expected["rectification_tickets"]
+    # and every row keeps the upstream event that caused it: an event of its own case, of the
+    # type that starts that flow
+    with session(settings) as s:
+        journal = {e.event_id: e for e in s.execute(select(IngestEvent)).scalars()}
+        tickets = s.execute(select(RectificationTicket)).scalars().all()
+        jobs = s.execute(select(ScheduledJob)).scalars().all()
+
+    digests = "send_call_list_digests"
+
+    def cause(row: object, case_id: str, *types: str) -> None:
+        event = journal.get(getattr(row, "event_id", None) or "")
+        assert event is not None, f"{type(row).__name__} of {case_id} names no journaled event"
+        assert (event.entity_key, event.event_type in types) == (case_id, True), event.event_type
+
+    for a in alerts:
+        # An acknowledgement processed before its alert made the row itself.
+        cause(a, a.case_id, "case.submitted", "greenchannel.acknowledged")
+    for t in tasks:
+        cause(t, t.case_id, "case.completed" if t.kind == "key_project" else "evaluation.submitted")
+    for ticket in tickets:
+        cause(ticket, ticket.case_id, "evaluation.submitted")
+    for n in sms:
+        cause(n, n.subject_id, "case.completed")
+    assert {n.event_source for n in sms} == {"case-system"}
+    # (the departments' daily call-list digest is the one job no event causes)
+    orphans = [j.key for j in jobs if j.event_id not in journal and j.actor_name != digests]
+    assert orphans == []
     flows = Counter(n.flow for n in sms)
     assert flows == {"survey": expected["surveys"], "callback_notice": expected["callback_notices"]}
     assert len(fake_twilio.messages) == expected["surveys"] + expected["callback_notices"]

@@ -171,6 +171,16 @@ def test_license_events_become_exactly_the_expected_sms(
     assert [(c.license_id, c.offset_days) for c in calls] == [("LIC-C-2", 3)]
     assert records["LIC-G-REV"].status == "revoked"
     assert records["LIC-F-REN"].expires_on == TODAY + dt.timedelta(days=10 + 1826)
+    # and each reminder keeps the license event that caused it (the registry's latest: the
+    # renewal for LIC-F-REN, not the older issue published after it), with its source
+    caused = {e.payload.license_id: e for e in events if e.event_type == "license.issued"}  # type: ignore[attr-defined]
+    for license_id in ("LIC-A-20", "LIC-B-5", "LIC-C-2", "LIC-I-BAD"):
+        assert rows[license_id].event_id == caused[license_id].event_id
+        assert rows[license_id].event_source == "license-registry"
+        assert records[license_id].last_event_id == caused[license_id].event_id
+    assert calls[0].event_id == caused["LIC-C-2"].event_id
+    assert records["LIC-F-REN"].last_event_id == events[5].event_id
+    assert records["LIC-G-REV"].last_event_id == events[6].event_id
     # and the worker's metrics say the same, over HTTP
     samples = scrape(settings.worker_metrics_port)
     assert (
@@ -381,7 +391,12 @@ def test_transient_errors_are_retried_and_exhausted_retries_say_why(
     assert metric(samples, "govnotify_notifications_total", status="temporary-failure") == 1
     assert (
         metric(samples, "govnotify_provider_request_duration_seconds_count", outcome="transient")
-        == 5
+        == 4
+    )
+    # (the 429 is a rate limit, not a transient failure: retried on Twilio, no circuit)
+    assert (
+        metric(samples, "govnotify_provider_request_duration_seconds_count", outcome="rate_limited")
+        == 1
     )
 
 

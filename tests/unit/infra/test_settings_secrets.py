@@ -25,6 +25,7 @@ SECRETS = {
     "smtp_url": ("smtps://notify:smtpP4ss@mail.example.gov.cn:465", "smtpP4ss"),
     "twilio_auth_token": (TOKEN, TOKEN),
     "gateway_secret": (GATEWAY_SECRET, GATEWAY_SECRET),
+    "outcome_signing_key": ("outcome-master-Key-0123456789abcdef", "outcome-master-Key"),
 }
 
 
