@@ -81,7 +81,7 @@ PENDING_STATUSES = (
     NotificationStatus.SENT.value,
 )
 #: Dead-letter stages, always shown (0 when none is open) so alert rules have a series.
-DEAD_LETTER_STAGES = ("ingest", "delivery", "job", "callback")
+DEAD_LETTER_STAGES = ("ingest", "delivery", "job", "callback", "outcome")
 #: Ids and phone numbers are long digit runs; department and service point names are not.
 _PERSONAL = re.compile(r"\d{7,}")
 

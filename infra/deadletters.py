@@ -11,6 +11,8 @@ job        :class:`workers.middleware.DeadLetters`      the dramatiq message, re
 delivery   :func:`record_delivery_failure` (delivery    the notification id
            gave up: temporary or technical failure)
 callback   the status-callback worker and the sweep     the callback as received
+outcome    :mod:`workers.outcomes` (an outcome webhook  the outcome report's id
+           out of attempts)
 ========== ============================================ =========================================
 
 ``govnotify dead-letters list|show|replay|purge`` works on them. A replay sends a letter back
@@ -25,6 +27,7 @@ ingest     :mod:`producers.replay` (publish again)
 job        :mod:`infra.jobs` (enqueue again)
 delivery   :mod:`workers.replay` (re-open and queue)
 callback   :mod:`workers.replay` (apply again)
+outcome    :mod:`workers.outcomes` (post again)
 ========== ============================================
 
 Whoever replays (the ``dead-letters`` command) imports those modules first. Every guard that
@@ -76,7 +79,7 @@ __all__ = [
 ]
 
 #: Every stage that writes dead letters.
-STAGES = ("ingest", "job", "delivery", "callback")
+STAGES = ("ingest", "job", "delivery", "callback", "outcome")
 
 #: A notification is re-opened for one more delivery only from these: the provider said, for
 #: certain, that it did not take the message. Never from sent, delivered or unknown-failure

@@ -9,6 +9,13 @@ dead-letters the rest as ``unauthorised``. One RabbitMQ user per upstream system
 permission to write to the ingest exchange and nothing else (:class:`RabbitmqUsers`); one user
 may own several sources.
 
+Two optional powers of a source: ``trace_any`` lets its token trace any id over the api
+(``GET /trace/<id>``: the 12345 hotline), where others trace only the events they published;
+an ``outcome_url`` receives the final status of every notification its events caused (outcome
+webhooks, ``workers.outcomes``), signed with a key derived from
+``GOVNOTIFY_OUTCOME_SIGNING_KEY`` and the source's name (:func:`outcome_key`): the database
+holds no usable key, and an operator can print it again (``govnotify sources outcome-key``).
+
 HTTP ingest (``producers.api``) authenticates a source by its token (:func:`authenticate_token`)
 and publishes on its behalf with govnotify's own AMQP user and the header
 :data:`HTTP_SOURCE_HEADER` naming it; the relay honours that header from govnotify's own user
@@ -34,6 +41,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,6 +53,7 @@ from sqlmodel import Session
 
 from infra.amqp import amqp_user
 from infra.db import session
+from infra.settings import is_loopback
 from schemas.events import DEFAULT_RATING_SOURCE, event_types
 from schemas.models import OperatorAudit, Source, utcnow
 
@@ -64,18 +73,23 @@ __all__ = [
     "NewSource",
     "RabbitmqUsers",
     "SourceError",
+    "SourceNotFoundError",
     "SourceRegistry",
     "add_source",
     "authenticate_token",
     "authorize",
+    "check_outcome_url",
     "create_source",
     "disable_source",
     "ensure_builtin_sources",
     "find_source",
     "list_sources",
     "load_registry",
+    "outcome_key",
+    "outcome_urls",
     "publisher_permissions",
     "remove_source",
+    "set_outcome_url",
     "sources_of_user",
     "types_of",
 ]
@@ -123,6 +137,10 @@ _SHOWN_CHARS = 64
 
 class SourceError(Exception):
     """Raised when a source cannot be added, found or changed as asked."""
+
+
+class SourceNotFoundError(SourceError):
+    """Raised when no source has the name asked for."""
 
 
 class BrokerAdminError(SourceError):
@@ -410,8 +428,13 @@ def add_source(
     amqp_user: str | None,
     http_token: bool = False,
     operator: str,
+    trace_any: bool = False,
+    outcome_url: str | None = None,
 ) -> tuple[Source, str | None]:
     """Register ``name`` (published by ``amqp_user``, maybe with an HTTP token); not committed.
+
+    ``trace_any`` lets its token trace any id over the api; ``outcome_url`` (checked by
+    :func:`check_outcome_url` first) receives its outcome reports.
 
     Returns the row and the HTTP token (None without one). The caller creates the RabbitMQ user
     and commits (:func:`create_source` does both).
@@ -437,18 +460,16 @@ def add_source(
         event_types=",".join(allowed),
         token_id=token_id,
         token_hash=token_hash,
+        trace_any=trace_any,
+        outcome_url=outcome_url,
     )
     s.add(row)
-    _audit(
-        s,
-        operator,
-        "sources.add",
-        name,
-        json.dumps(
-            {"amqp_user": amqp_user, "event_types": allowed, "http": http_token},
-            ensure_ascii=False,
-        ),
-    )
+    detail: dict[str, object] = {"amqp_user": amqp_user, "event_types": allowed, "http": http_token}
+    if trace_any:
+        detail["trace_any"] = True
+    if outcome_url:
+        detail["outcome_url"] = _url_origin(outcome_url)
+    _audit(s, operator, "sources.add", name, json.dumps(detail, ensure_ascii=False))
     s.flush()
     return row, token
 
@@ -462,6 +483,8 @@ def create_source(
     http_token: bool = False,
     operator: str,
     users: RabbitmqUsers | None = None,
+    trace_any: bool = False,
+    outcome_url: str | None = None,
 ) -> NewSource:
     """Register a source and, if its AMQP user does not exist yet, create that user with
     write-only permission on the ingest exchange; both or neither.
@@ -470,9 +493,19 @@ def create_source(
     made it: another of our sources, or govnotify itself).
     """
     password = None
+    if outcome_url is not None:
+        outcome_url = check_outcome_url(settings, outcome_url)
+        outcome_key(settings, name)  # refuses before anything is made, without a master key
     with session(settings) as s:
         row, token = add_source(
-            s, name, types, amqp_user=amqp_user, http_token=http_token, operator=operator
+            s,
+            name,
+            types,
+            amqp_user=amqp_user,
+            http_token=http_token,
+            operator=operator,
+            trace_any=trace_any,
+            outcome_url=outcome_url,
         )
         if amqp_user is not None:
             users = users or RabbitmqUsers.for_url(settings.amqp_url)
@@ -496,7 +529,7 @@ def disable_source(s: Session, name: str, *, operator: str) -> Source:
     """
     row = find_source(s, name)
     if row is None:
-        raise SourceError(f"no source {_shown(name)} (govnotify sources list)")
+        raise SourceNotFoundError(f"no source {_shown(name)} (govnotify sources list)")
     if row.disabled_at is None:
         row.disabled_at = utcnow()
         s.add(row)
@@ -579,6 +612,107 @@ def authenticate_token(settings: Settings, token: str) -> Source | None:
         log.error("source %s has a malformed token hash", row.name)
         return None
     return row if scheme == _HASH_SCHEME and hmac.compare_digest(expected, row.token_hash) else None
+
+
+# ---- outcome webhooks ----------------------------------------------------------------------------
+#: Longest outcome URL (the column's width).
+_OUTCOME_URL_MAX = 500
+#: What the per-source key is derived for: a new version changes every key at once.
+_OUTCOME_KEY_CONTEXT = b"govnotify-outcome-v1\0"
+
+
+def _url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what the audit keeps (a path or query may carry a
+    receiver's own token)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def check_outcome_url(settings: Settings, url: str) -> str:
+    """``url`` if it may receive outcome reports: ``http(s)://`` with a host, no user or
+    password in it, at most 500 characters; in production (``GOVNOTIFY_ENV=production``) plain
+    http only to a loopback host (a receiver on this machine).
+
+    Raises:
+      SourceError: otherwise, saying why (the URL is quoted escaped and short).
+    """
+    url = url.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        raise SourceError(f"outcome URL {_shown(url)} cannot be read") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise SourceError(f"outcome URL {_shown(url)} must be http:// or https:// with a host")
+    if parts.username is not None or parts.password is not None:
+        raise SourceError("an outcome URL must not carry a user or password")
+    if len(url) > _OUTCOME_URL_MAX or not url.isprintable() or " " in url:
+        raise SourceError(f"outcome URL {_shown(url)} is too long or has spaces")
+    if settings.environment == "production" and parts.scheme == "http" and not is_loopback(host):
+        raise SourceError(
+            f"GOVNOTIFY_ENV=production: outcome URL {_shown(url)} must be https:// "
+            "(http:// only to a loopback host)"
+        )
+    return url
+
+
+def outcome_key(settings: Settings, name: str) -> str:
+    """The key source ``name``'s outcome reports are signed with (64 hex characters; the
+    receiver uses this text, as ASCII, as its HMAC-SHA256 key).
+
+    Derived, not stored: HMAC-SHA256 of the name under ``GOVNOTIFY_OUTCOME_SIGNING_KEY``. The
+    database holds no key a reader of it could sign with; changing the master key changes every
+    source's key at once (tell each receiver its new one).
+
+    Raises:
+      SourceError: when ``GOVNOTIFY_OUTCOME_SIGNING_KEY`` is not set.
+    """
+    if not settings.outcome_signing_key:
+        raise SourceError(
+            "outcome webhooks need GOVNOTIFY_OUTCOME_SIGNING_KEY (at least 32 characters, e.g. "
+            "`openssl rand -hex 32`) in every scheduler's and this command's environment"
+        )
+    master = settings.outcome_signing_key.encode()
+    return hmac.new(master, _OUTCOME_KEY_CONTEXT + name.encode(), hashlib.sha256).hexdigest()
+
+
+def set_outcome_url(
+    settings: Settings, s: Session, name: str, url: str | None, *, operator: str
+) -> Source:
+    """Give ``name`` an outcome URL (checked), or none (``url`` None); committed and audited.
+
+    Raises:
+      SourceError: no such source, a URL :func:`check_outcome_url` refuses, or no master key.
+    """
+    row = find_source(s, name)
+    if row is None:
+        raise SourceNotFoundError(f"no source {_shown(name)} (govnotify sources list)")
+    if url is not None:
+        url = check_outcome_url(settings, url)
+        outcome_key(settings, name)
+    row.outcome_url = url
+    s.add(row)
+    _audit(
+        s,
+        operator,
+        "sources.set-outcome",
+        name,
+        json.dumps({"outcome_url": _url_origin(url) if url else None}),
+    )
+    s.commit()
+    return row
+
+
+def outcome_urls(s: Session) -> dict[str, str]:
+    """Every enabled source with an outcome URL: name → URL."""
+    rows = s.execute(
+        select(Source.name, Source.outcome_url).where(
+            Source.outcome_url.is_not(None),  # type: ignore[union-attr]
+            Source.disabled_at.is_(None),  # type: ignore[union-attr]
+        )
+    ).all()
+    return {name: url for name, url in rows if url}
 
 
 # ---- RabbitMQ users ----------------------------------------------------------------------------

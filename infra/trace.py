@@ -1,21 +1,28 @@
 """Where is my message: everything govnotify knows about one id, as a chain of steps in time.
 
 The id may be an upstream event id, a license id, a case id (or an evaluation id) or a mobile
-number. An event id is followed to the license or case it is about (its journal
-``entity_key``), so the chain shows what that entity caused: scheduled jobs, notifications
-with every provider status, staff tasks. A mobile number finds the notifications sent to it
-and the staff tasks that hold it, then the events of the licenses and cases they are about.
+number. Every row an event causes keeps its ``event_id`` (the job carries it from the stream
+to the worker), so an event id first finds exactly what that event caused
+(:attr:`Trace.caused`: the accepted event, its jobs, notifications with every provider status,
+staff tasks); then, as context, the rest of the chain of the license or case it is about (its
+journal ``entity_key``, or the subject of what it caused once the journal row is purged). A
+renewal reminder is what the license's latest registry event caused: the daily scan only
+found that its day had come. A mobile number finds the notifications sent to it and the staff
+tasks that hold it, then the events of the licenses and cases they are about.
 
-Only reads, no printing: :mod:`infra.cli.trace` formats the result. Each :class:`Step` keeps
-the personal data it shows (a mobile, a holder's name) in its own fields, so the caller masks
-them unless an operator revealed them; free text (reasons, outcomes) is left to the caller too.
+Only reads, no printing: :mod:`infra.cli.trace` and the api's ``GET /trace/<id>`` format the
+result. Each :class:`Step` keeps the personal data it shows (a mobile, a holder's name) in its
+own fields, so the caller masks them (:class:`Shown`) unless an operator revealed them; free
+text (reasons, outcomes) is masked there too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
@@ -35,8 +42,19 @@ from schemas.models import (
     StaffAlert,
 )
 from schemas.phone import normalize_mobile
+from schemas.pii import mask_mobile, mask_name, mask_pii
 
-__all__ = ["MAX_SUBJECTS", "Step", "Trace", "trace", "trace_in"]
+__all__ = [
+    "FREE_TEXT",
+    "MAX_SUBJECTS",
+    "Shown",
+    "Step",
+    "Trace",
+    "event_sources",
+    "step_json",
+    "trace",
+    "trace_in",
+]
 
 #: At most this many licenses and cases are followed from a mobile number: a number that
 #: received messages about more than this is better traced by each id.
@@ -66,18 +84,26 @@ class Step:
 class Trace:
     """The chain for ``query``, oldest first.
 
-    ``mobile`` is the E.164 number the query was read as (None when it is not a mobile);
-    ``subjects`` the license and case ids followed.
+    ``caused`` is what the event ``query`` names caused (its own step first among them by
+    time; empty when the query is no event id); ``steps`` the rest of the chain of the
+    entities followed, as context. ``mobile`` is the E.164 number the query was read as (None
+    when it is not a mobile); ``subjects`` the license and case ids followed.
     """
 
     query: str
     mobile: str | None
     subjects: tuple[str, ...]
     steps: tuple[Step, ...]
+    caused: tuple[Step, ...] = ()
 
     @property
     def found(self) -> bool:
-        return bool(self.steps)
+        return bool(self.steps or self.caused)
+
+    @property
+    def is_event(self) -> bool:
+        """True when ``query`` named an event (accepted, dead-lettered, or causing rows)."""
+        return bool(self.caused)
 
 
 def _mobile(query: str) -> str | None:
@@ -156,7 +182,7 @@ def _job_step(j: ScheduledJob) -> Step:
         status=j.status,
         summary=j.actor_name,
         times={"created": j.created_at, "run_at": j.run_at, "enqueued": j.enqueued_at},
-        fields={"actor": j.actor_name},
+        fields={"actor": j.actor_name, "event_id": j.event_id},
     )
 
 
@@ -183,6 +209,7 @@ def _notification_step(n: Notification) -> Step:
             "provider_ref": n.provider_ref,
             "status_reason": n.status_reason,
             "error_code": n.error_code,
+            "event_id": n.event_id,
         },
         mobile=n.recipient,
     )
@@ -221,7 +248,12 @@ def _callback_step(t: CallbackTask) -> Step:
             "escalated": t.escalated_at,
             "completed": t.completed_at,
         },
-        fields={"case_id": t.case_id, "department": t.department, "outcome": t.outcome},
+        fields={
+            "case_id": t.case_id,
+            "department": t.department,
+            "outcome": t.outcome,
+            "event_id": t.event_id,
+        },
     )
 
 
@@ -244,6 +276,7 @@ def _ticket_step(t: RectificationTicket) -> Step:
             "evaluation_id": t.evaluation_id,
             "department": t.department,
             "outcome": t.outcome,
+            "event_id": t.event_id,
         },
         mobile=t.citizen_mobile,
     )
@@ -268,6 +301,7 @@ def _alert_step(a: StaffAlert) -> Step:
             "service_point_id": a.service_point_id,
             "acknowledged_by": a.acknowledged_by,
             "status_reason": a.status_reason,
+            "event_id": a.event_id,
         },
     )
 
@@ -285,10 +319,55 @@ def _call_list_step(c: CallListEntry) -> Step:
             "department": c.issuing_department,
             "due_on": c.due_on.isoformat(),
             "outcome": c.outcome,
+            "event_id": c.event_id,
         },
         mobile=c.holder_mobile,
         name=c.holder_name,
     )
+
+
+def _statuses(s: Session, notification_ids: Iterable[str]) -> list[NotificationStatusEvent]:
+    ids = list(notification_ids)
+    if not ids:
+        return []
+    query = select(NotificationStatusEvent).where(NotificationStatusEvent.notification_id.in_(ids))
+    return list(s.execute(query).scalars())
+
+
+def _caused_by(s: Session, event_id: str) -> tuple[list[Step], list[str]]:
+    """The steps of what the event ``event_id`` caused (by the ``event_id`` its rows keep),
+    and the license and case ids they are about. Each lookup is on an indexed column."""
+    notifications = list(
+        s.execute(select(Notification).where(Notification.event_id == event_id)).scalars()
+    )
+    jobs = s.execute(select(ScheduledJob).where(ScheduledJob.event_id == event_id)).scalars()
+    alerts = list(s.execute(select(StaffAlert).where(StaffAlert.event_id == event_id)).scalars())
+    callbacks = list(
+        s.execute(select(CallbackTask).where(CallbackTask.event_id == event_id)).scalars()
+    )
+    tickets = list(
+        s.execute(
+            select(RectificationTicket).where(RectificationTicket.event_id == event_id)
+        ).scalars()
+    )
+    calls = list(
+        s.execute(select(CallListEntry).where(CallListEntry.event_id == event_id)).scalars()
+    )
+    steps = [_job_step(j) for j in jobs]
+    steps += [_notification_step(n) for n in notifications]
+    steps += [_status_step(e) for e in _statuses(s, (n.id for n in notifications))]
+    steps += [_alert_step(a) for a in alerts]
+    steps += [_callback_step(t) for t in callbacks]
+    steps += [_ticket_step(t) for t in tickets]
+    steps += [_call_list_step(c) for c in calls]
+    subjects = [n.subject_id for n in notifications]
+    subjects += [a.case_id for a in alerts] + [t.case_id for t in callbacks]
+    subjects += [t.case_id for t in tickets] + [c.license_id for c in calls]
+    return steps, subjects
+
+
+def _ordered(steps: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(sorted(steps, key=lambda step: (step.at, step.kind, step.ref)))
 
 
 def trace_in(s: Session, query: str) -> Trace:
@@ -305,6 +384,19 @@ def trace_in(s: Session, query: str) -> Trace:
     events = {e.event_id: e for e in _events(s, [query], [query])}
     for e in events.values():
         subjects.setdefault(e.entity_key, None)
+
+    # 1a. An event id: exactly what it caused, by the event id its rows keep.
+    caused: list[Step] = []
+    caused_subjects: list[str] = []
+    if mobile is None:
+        caused, caused_subjects = _caused_by(s, query)
+        for subject in caused_subjects:
+            subjects.setdefault(subject, None)
+        own = events.get(query)
+        letters = list(s.execute(select(DeadLetter).where(DeadLetter.event_id == query)).scalars())
+        if own is not None:
+            caused.append(_event_step(own))
+        caused += [_dead_letter_step(d) for d in letters]
 
     # 2. A mobile: the messages sent to it and the tasks holding it name their subjects.
     notifications: dict[str, Notification] = {}
@@ -336,6 +428,8 @@ def trace_in(s: Session, query: str) -> Trace:
             if len(subjects) > MAX_SUBJECTS:
                 break
             subjects.setdefault(subject, None)
+    if len(subjects) > 1:
+        # The other events of the licenses and cases followed: the rest of their chain.
         events.update((e.event_id, e) for e in _events(s, [], list(subjects)))
     keys = list(subjects)
 
@@ -370,31 +464,103 @@ def trace_in(s: Session, query: str) -> Trace:
     jobs = s.execute(select(ScheduledJob).where(or_(*(_key_part(k) for k in keys)))).scalars()
     callbacks = s.execute(select(CallbackTask).where(CallbackTask.case_id.in_(keys))).scalars()
     alerts = s.execute(select(StaffAlert).where(StaffAlert.case_id.in_(keys))).scalars()
-    statuses = (
-        s.execute(
-            select(NotificationStatusEvent).where(
-                NotificationStatusEvent.notification_id.in_(list(notifications))
-            )
-        ).scalars()
-        if notifications
-        else []
-    )
 
     steps += [_event_step(e) for e in events.values()]
     steps += [_dead_letter_step(d) for d in letters]
     steps += [_job_step(j) for j in jobs]
     steps += [_notification_step(n) for n in notifications.values()]
-    steps += [_status_step(e) for e in statuses]
+    steps += [_status_step(e) for e in _statuses(s, notifications)]
     steps += [_callback_step(t) for t in callbacks]
     steps += [_ticket_step(t) for t in tickets.values()]
     steps += [_alert_step(a) for a in alerts]
     steps += [_call_list_step(c) for c in calls.values()]
-    steps.sort(key=lambda step: (step.at, step.kind, step.ref))
-    followed = tuple(k for k in keys if k not in events and not (mobile and k == query))
-    return Trace(query=query, mobile=mobile, subjects=followed, steps=tuple(steps))
+    # What the event caused is shown first; the context is the rest, each step once.
+    shown_first = {(step.kind, step.ref, step.at) for step in caused}
+    context = [step for step in steps if (step.kind, step.ref, step.at) not in shown_first]
+    named_other = mobile is not None or bool(caused)
+    followed = tuple(k for k in keys if k not in events and not (named_other and k == query))
+    return Trace(
+        query=query,
+        mobile=mobile,
+        subjects=followed,
+        steps=_ordered(context),
+        caused=_ordered(caused),
+    )
 
 
 def trace(settings: Settings, query: str) -> Trace:
     """The chain for ``query`` on the configured database (see :func:`trace_in`)."""
     with session(settings) as s:
         return trace_in(s, query)
+
+
+def event_sources(s: Session, event_id: str) -> set[str]:
+    """The sources that published the event ``event_id``: its journal row's envelope, or,
+    once that row is purged, the source its notifications keep. Empty when unknown."""
+    found: set[str] = set()
+    row = s.get(IngestEvent, event_id)
+    if row is not None:
+        try:
+            source = json.loads(bytes(row.body)).get("source")
+        except (ValueError, AttributeError):
+            source = None
+        if isinstance(source, str) and source:
+            found.add(source)
+    found.update(
+        src
+        for src in s.execute(
+            select(Notification.event_source)
+            .where(Notification.event_id == event_id, Notification.event_source.is_not(None))
+            .distinct()
+        ).scalars()
+        if src
+    )
+    return found
+
+
+# ---- showing a trace: masked unless revealed -----------------------------------------------------
+#: Fields holding free text a person wrote or a provider returned: masked unless revealed.
+FREE_TEXT = frozenset({"detail", "status_reason", "outcome"})
+
+
+class Shown:
+    """How personal data is shown: masked, or as it is for an operator who revealed it."""
+
+    def __init__(self, reveal: bool = False) -> None:
+        self.reveal = reveal
+
+    def mobile(self, value: str | None) -> str | None:
+        return value if self.reveal or not value else mask_mobile(value)
+
+    def name(self, value: str | None) -> str | None:
+        return value if self.reveal or not value else mask_name(value)
+
+    def text(self, value: str | None) -> str | None:
+        return value if self.reveal or not value else mask_pii(value)
+
+    def query(self, found: Trace) -> str:
+        if found.mobile is None or self.reveal:
+            return found.query
+        return mask_pii(found.query) if found.query != found.mobile else mask_mobile(found.query)
+
+    def fields(self, step: Step) -> dict[str, str | None]:
+        return {k: self.text(v) if k in FREE_TEXT else v for k, v in step.fields.items()}
+
+
+def step_json(step: Step, tz: dt.tzinfo, shown: Shown) -> dict[str, Any]:
+    """One step as JSON data: times in ``tz`` (ISO 8601), personal data as ``shown``."""
+
+    def iso(value: dt.datetime | None) -> str | None:
+        return None if value is None else value.astimezone(tz).isoformat()
+
+    return {
+        "at": iso(step.at),
+        "kind": step.kind,
+        "ref": step.ref,
+        "status": step.status,
+        "summary": step.summary,
+        "times": {k: iso(v) for k, v in step.times.items()},
+        "fields": shown.fields(step),
+        "mobile": shown.mobile(step.mobile),
+        "name": shown.name(step.name),
+    }

@@ -1,6 +1,6 @@
-"""``govnotify api``: signed provider status callbacks, and HTTP ingest for upstream systems.
+"""``govnotify api``: signed provider status callbacks, HTTP ingest and trace for upstream systems.
 
-Three endpoints on ``GOVNOTIFY_API_HOST:GOVNOTIFY_API_PORT`` (the public side, behind the city's
+Four endpoints on ``GOVNOTIFY_API_HOST:GOVNOTIFY_API_PORT`` (the public side, behind the city's
 proxy), served by waitress:
 
 - ``POST /callbacks/twilio/status``: Twilio's form-encoded status callbacks. Every request is
@@ -12,6 +12,8 @@ proxy), served by waitress:
   the raw body; a timestamp outside five minutes is refused).
 - ``POST /events``: events from upstream systems that cannot speak AMQP, authenticated by a
   bearer token per source (:mod:`producers.ingest_http`).
+- ``GET /trace/<id>``: where is my message, for a source's own events (or any id, for a
+  source registered ``--trace-any``), with the same bearer token (:mod:`producers.trace_http`).
 
 Callback answers: no signature → 403 ``unsigned``; a signature that does not verify (another
 key, edited parameters, a stale timestamp) → 403 ``forged``; signed but unreadable → 400
@@ -55,6 +57,7 @@ those functions in as a :class:`StatusHandlers`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import resource
@@ -87,6 +90,7 @@ from producers.ingest_http import (
     Publish,
     publish_events,
 )
+from producers.trace_http import TRACE_PREFIX, TRACE_REQUESTS, HttpTrace
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -97,6 +101,7 @@ __all__ = [
     "GATEWAY_STATUS_PATH",
     "INGEST_PATH",
     "THREADS",
+    "TRACE_PREFIX",
     "TWILIO_MAX_BODY_BYTES",
     "TWILIO_MAX_FIELDS",
     "TWILIO_STATUS_PATH",
@@ -202,14 +207,21 @@ class CallbackApp:
             GATEWAY_STATUS_PATH: ("gateway", self._gateway),
             INGEST_PATH: ("ingest", HttpIngest(settings, authenticate, publish).handle),
         }
+        #: The one route below a prefix (GET): ``/trace/<id>``.
+        self.trace = HttpTrace(settings, authenticate)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
+        method = "POST"
         route = self.routes.get(path)
+        if route is None and path.startswith(TRACE_PREFIX):
+            route, method = ("trace", self.trace.handle), "GET"
         if route is None:
             return _respond(start_response, 404, b"not found\n")
-        if environ.get("REQUEST_METHOD") != "POST":
-            return _respond(start_response, 405, b"POST only\n", extra=[("Allow", "POST")])
+        if environ.get("REQUEST_METHOD") != method:
+            return _respond(
+                start_response, 405, f"{method} only\n".encode(), extra=[("Allow", method)]
+            )
         name, handler = route
         extra: list[tuple[str, str]] = []
         try:
@@ -242,6 +254,11 @@ class CallbackApp:
             )
         if name == "ingest":
             HTTP_INGEST_REQUESTS.labels(str(status)).inc()
+        elif name == "trace":
+            TRACE_REQUESTS.labels(str(status)).inc()
+            if status >= 400 and kind == "text/plain":
+                # JSON like its 200s: {"error": "not_found"}.
+                body, kind = json.dumps({"error": outcome}).encode(), "application/json"
         else:
             CALLBACK_REQUESTS.labels(name, outcome).inc()
         return _respond(start_response, status, body, content_type=kind, extra=extra)

@@ -66,6 +66,7 @@ __all__ = [
     "EventResult",
     "HttpIngest",
     "Publish",
+    "bearer_source",
     "publish_events",
 ]
 
@@ -193,19 +194,7 @@ class HttpIngest:
         return status, json.dumps(body, ensure_ascii=False).encode("utf-8"), "application/json"
 
     def _source(self, authorization: object) -> Source:
-        """The source the bearer token names; 401 alike for every way of not having one."""
-        scheme, _, token = str(authorization or "").strip().partition(" ")
-        token = token.strip()
-        source = None
-        if scheme.lower() == "bearer" and _TOKEN.fullmatch(token):
-            try:
-                source = self.authenticate(self.settings, token)
-            except SQLAlchemyError as exc:
-                raise Refusal(503, "error", f"database: {type(exc).__name__}") from None
-        if source is None or source.disabled_at is not None:
-            # No detail on which (absent, malformed, unknown, disabled): nothing to probe with.
-            raise Refusal(401, "unauthorised", "no valid bearer token")
-        return source
+        return bearer_source(self.settings, self.authenticate, authorization)
 
     def _count(self, source: str, results: list[EventResult], status: int) -> None:
         reasons: dict[str, int] = {}
@@ -216,6 +205,27 @@ class HttpIngest:
         summary = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
         level = logging.INFO if status == 200 else logging.WARNING
         log.log(level, "http ingest from %s answered %d: %s", printable(source), status, summary)
+
+
+def bearer_source(settings: Settings, authenticate: Authenticate, authorization: object) -> Source:
+    """The source the ``Authorization: Bearer <token>`` header names (every api route that
+    answers a source uses this one check).
+
+    Raises:
+      Refusal: 401 alike for every way of not having one; 503 when the database fails.
+    """
+    scheme, _, token = str(authorization or "").strip().partition(" ")
+    token = token.strip()
+    source = None
+    if scheme.lower() == "bearer" and _TOKEN.fullmatch(token):
+        try:
+            source = authenticate(settings, token)
+        except SQLAlchemyError as exc:
+            raise Refusal(503, "error", f"database: {type(exc).__name__}") from None
+    if source is None or source.disabled_at is not None:
+        # No detail on which (absent, malformed, unknown, disabled): nothing to probe with.
+        raise Refusal(401, "unauthorised", "no valid bearer token")
+    return source
 
 
 def _unauthorised(source: Source, event: Event) -> str:

@@ -139,7 +139,12 @@ def green_channel_job(event: Event, elderly_age: int) -> tuple[str, dict[str, ob
         return None
     # The same pure rule the stream applies, so both paths send the very same job.
     _state, jobs = apply_case_event(
-        None, event.event_type, event.payload.model_dump(mode="json"), elderly_age=elderly_age
+        None,
+        event.event_type,
+        event.payload.model_dump(mode="json"),
+        elderly_age=elderly_age,
+        source=event.envelope.source,
+        event_id=event.event_id,
     )
     return jobs[0] if jobs else None
 

@@ -65,7 +65,21 @@ class _Job(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LicenseStateJob(_Job):
+class _Caused(_Job):
+    """A job an upstream event set in motion: it carries the event's id and source on to every
+    row it makes (``govnotify trace EVENT_ID``, outcome webhooks).
+
+    Both default to None, so a job enqueued by an older version (in flight during an upgrade)
+    is still valid; its rows simply name no event.
+    """
+
+    #: The envelope's ``event_id`` of the event that caused this job.
+    event_id: str | None = Field(default=None, max_length=64)
+    #: That event's envelope ``source``: whom its outcomes are reported to.
+    event_source: str | None = Field(default=None, max_length=64)
+
+
+class LicenseStateJob(_Caused):
     """A license event for the registry (``license_record``, the system of record).
 
     ``live`` carries every field a reminder needs; ``revoked`` names only the license and when
@@ -86,7 +100,7 @@ class LicenseStateJob(_Job):
     state_at: AwareDatetime
 
 
-class RenewalJob(_Job):
+class RenewalJob(_Caused):
     """One renewal reminder that is due: an SMS to the holder or a call-list entry for staff."""
 
     kind: Literal["sms", "call_list"]
@@ -103,7 +117,7 @@ class RenewalJob(_Job):
     state_at: AwareDatetime
 
 
-class CaseJob(_Job):
+class CaseJob(_Caused):
     """What the case flows need to know about a case (from case.submitted / case.completed)."""
 
     case_id: str = Field(min_length=1, max_length=64)
@@ -123,7 +137,7 @@ class CaseJob(_Job):
     completed_at: AwareDatetime | None = None
 
 
-class GreenChannelAckJob(_Job):
+class GreenChannelAckJob(_Caused):
     """Staff acknowledged a green-channel alert."""
 
     case_id: str = Field(min_length=1, max_length=64)
@@ -132,7 +146,7 @@ class GreenChannelAckJob(_Job):
     acknowledged_at: AwareDatetime
 
 
-class CallbackDoneJob(_Job):
+class CallbackDoneJob(_Caused):
     """A follow-up callback was made (callback.completed)."""
 
     case_id: str = Field(min_length=1, max_length=64)
@@ -142,7 +156,7 @@ class CallbackDoneJob(_Job):
     completed_at: AwareDatetime
 
 
-class EvaluationJob(_Job):
+class EvaluationJob(_Caused):
     """A citizen's rating of a case, with what the stream knows of the case."""
 
     evaluation_id: str = Field(min_length=1, max_length=64)

@@ -58,12 +58,15 @@ def apply_case_event(
     *,
     elderly_age: int,
     source: str = "",
+    event_id: str | None = None,
 ) -> tuple[CaseState, list[Job]]:
-    """The case's new state and the jobs this event starts."""
+    """The case's new state and the jobs this event starts; each job carries ``event_id`` and
+    ``source`` (the envelope's) on to the rows it makes."""
     state = dict(state or {"case_id": payload["case_id"]})
     jobs: list[Job] = []
+    caused: dict[str, Any] = {"event_id": event_id, "event_source": source or None}
     if event_type in ("case.submitted", "case.completed"):
-        case = case_job(payload, elderly_age)
+        case = case_job(payload, elderly_age).model_copy(update=caused)
         state.update(
             service_item=case.service_item,
             department=case.department,
@@ -100,6 +103,7 @@ def apply_case_event(
                     service_item=state.get("service_item", ""),
                     evaluated_at=payload["evaluated_at"],
                     is_default=source == DEFAULT_RATING_SOURCE,
+                    **caused,
                 ).model_dump(mode="json"),
             )
         )
@@ -112,6 +116,7 @@ def apply_case_event(
                     service_point_id=payload["service_point_id"],
                     staff_id=payload["staff_id"],
                     acknowledged_at=payload["acknowledged_at"],
+                    **caused,
                 ).model_dump(mode="json"),
             )
         )
@@ -125,6 +130,7 @@ def apply_case_event(
                     staff_id=payload["staff_id"],
                     outcome=payload["outcome"],
                     completed_at=payload["completed_at"],
+                    **caused,
                 ).model_dump(mode="json"),
             )
         )

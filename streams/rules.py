@@ -16,10 +16,17 @@ __all__ = ["license_state_job"]
 
 
 def license_state_job(
-    event_type: str, payload: dict[str, Any], occurred_at: dt.datetime
+    event_type: str,
+    payload: dict[str, Any],
+    occurred_at: dt.datetime,
+    *,
+    event_id: str | None = None,
+    source: str | None = None,
 ) -> LicenseStateJob:
-    """The registry job of one license event (``payload`` as JSON-mode dict)."""
+    """The registry job of one license event (``payload`` as JSON-mode dict); ``event_id`` and
+    ``source`` are the envelope's, carried on to the reminders that state causes."""
     at = occurred_at.astimezone(dt.UTC)
+    caused = {"event_id": event_id, "event_source": source}
     if event_type in ("license.issued", "license.renewed"):
         return LicenseStateJob(
             license_id=payload["license_id"],
@@ -31,6 +38,7 @@ def license_state_job(
             issued_on=payload["issued_on"],
             expires_on=payload["expires_on"],
             state_at=at,
+            **caused,
         )
     if event_type == "license.revoked":
         return LicenseStateJob(
@@ -38,5 +46,6 @@ def license_state_job(
             status="revoked",
             expires_on=payload["revoked_on"],
             state_at=at,
+            **caused,
         )
     raise ValueError(f"not a license event: {event_type}")

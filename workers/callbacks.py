@@ -65,6 +65,7 @@ def open_callback_task(
     department: str,
     service_item: str,
     due_at: dt.datetime,
+    event_id: str | None = None,
 ) -> CallbackTask:
     """Open the task once per (case, kind), tell its owner, schedule the escalation.
 
@@ -75,7 +76,7 @@ def open_callback_task(
     The task's row is locked (``FOR UPDATE``) from reading its status until the escalation is
     scheduled: a completion closing it meanwhile waits, then finds the escalation to cancel; a
     completion that closed it first is seen, and nothing is scheduled (see
-    :func:`complete_callback_task`).
+    :func:`complete_callback_task`). ``event_id`` is the upstream event that caused it.
     """
     settings = current().settings
     key = f"callback:{case_id}:{kind}"
@@ -95,6 +96,7 @@ def open_callback_task(
                 "status": "open",
                 "due_at": due_at,
                 "created_at": utcnow(),
+                "event_id": event_id,
             },
             "idempotency_key",
         )
@@ -113,12 +115,16 @@ def open_callback_task(
                     department=department,
                     service_item=service_item,
                     due_at=due_at,
+                    # What caused the task is the event that opened it, not its completion.
+                    event_id=event_id or task.event_id,
                 )
             )
             s.commit()
             return task
         # Commits, and so releases the row: the escalation exists before anyone can close it.
-        schedule(s, _escalation_key(key), due_at, "escalate_callback_task", task.id)
+        schedule(
+            s, _escalation_key(key), due_at, "escalate_callback_task", task.id, event_id=event_id
+        )
         # A completion may have closed it since: then remind nobody of a call already made.
         status = s.execute(
             select(CallbackTask.status).where(CallbackTask.id == task.id)
@@ -181,6 +187,7 @@ def open_key_project_callback(job: dict[str, Any]) -> None:
         department=case.steward_department or case.department,
         service_item=case.service_item,
         due_at=due_at,
+        event_id=case.event_id,
     )
     params = {
         "service_item": case.service_item,
@@ -199,6 +206,8 @@ def open_key_project_callback(job: dict[str, Any]) -> None:
             recipient=case.applicant_mobile,
             category="callbacks",
             event_at=case.completed_at,
+            event_id=case.event_id,
+            event_source=case.event_source,
         )
     attempt(row)
 
@@ -274,6 +283,7 @@ def _complete_kind(s: Any, done: CallbackDoneJob) -> list[str]:
             "created_at": utcnow(),
             "completed_at": done.completed_at,
             "outcome": done.outcome,
+            "event_id": done.event_id,
         },
         "idempotency_key",
     )

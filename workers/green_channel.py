@@ -100,6 +100,7 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
                 "status": "created",
                 "event_at": case.submitted_at,
                 "created_at": utcnow(),
+                "event_id": case.event_id,
             },
             "idempotency_key",
         )
@@ -119,6 +120,7 @@ def raise_green_channel_alert(job: dict[str, Any]) -> None:
                 case.submitted_at + dt.timedelta(seconds=settings.green_escalate_after_s),
                 "escalate_green_channel_alert",
                 case.case_id,
+                event_id=case.event_id,
             )
     # An acknowledgement processed first (it raced us) only stops the escalation: the
     # staff still get the alert, which is also the record of the special-group applicant.
@@ -196,6 +198,8 @@ def _text_staff(staff: Any, alert_id: str, case: CaseJob, groups: str) -> None:
                 category="",
                 critical=True,
                 event_at=case.submitted_at,
+                event_id=case.event_id,
+                event_source=case.event_source,
             )
         attempt(row)
 
@@ -227,6 +231,8 @@ def acknowledge_green_channel_alert(job: dict[str, Any]) -> None:
                 "acknowledged_at": ack.acknowledged_at,
                 "acknowledged_by": ack.staff_id,
                 "created_at": utcnow(),
+                # Overtaken by its acknowledgement: the acknowledgement made the row.
+                "event_id": ack.event_id,
             },
             "idempotency_key",
         )

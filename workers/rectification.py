@@ -125,6 +125,7 @@ def record_evaluation(job: dict[str, Any]) -> None:
             department=ev.department,
             service_item=ev.service_item or ev.case_id,
             due_at=ev.evaluated_at + dt.timedelta(seconds=settings.callback_due_after_s),
+            event_id=ev.event_id,
         )
 
 
@@ -152,6 +153,7 @@ def _open_ticket(ev: EvaluationJob) -> None:
                 "status": "open",
                 "opened_at": ev.evaluated_at,
                 "deadline_at": deadline_at,
+                "event_id": ev.event_id,
             },
             "idempotency_key",
         )
@@ -163,8 +165,22 @@ def _open_ticket(ev: EvaluationJob) -> None:
         )
         remind_at = dt.datetime.combine(remind_day, REMIND_AT, tzinfo=settings.tz)
         if settings.rectification_remind_workdays and remind_at > ev.evaluated_at:
-            schedule(s, f"{key}:remind", remind_at, "remind_rectification", ticket.id)
-        schedule(s, f"{key}:overdue", deadline_at, "flag_rectification_overdue", ticket.id)
+            schedule(
+                s,
+                f"{key}:remind",
+                remind_at,
+                "remind_rectification",
+                ticket.id,
+                event_id=ev.event_id,
+            )
+        schedule(
+            s,
+            f"{key}:overdue",
+            deadline_at,
+            "flag_rectification_overdue",
+            ticket.id,
+            event_id=ev.event_id,
+        )
     if not created:
         return
     TICKETS.labels(ev.department, "opened").inc()
@@ -299,6 +315,9 @@ def close_rectification(job: dict[str, Any]) -> None:
             recipient=ticket.citizen_mobile,
             category="rectification",
             event_at=close.closed_at,
+            # The end of what the negative review caused (the ticket's event); its closing
+            # came from the console, not from a source, so no outcome report is owed.
+            event_id=ticket.event_id,
         )
     attempt(row)
 

@@ -82,9 +82,11 @@ _LIVE_COLUMNS = (
     "issued_on",
     "expires_on",
     "last_event_at",
+    "last_event_id",
+    "last_event_source",
     "updated_at",
 )
-_REVOKED_COLUMNS = ("status", "last_event_at", "updated_at")
+_REVOKED_COLUMNS = ("status", "last_event_at", "last_event_id", "last_event_source", "updated_at")
 
 
 def _upsert(s: Any, states: list[LicenseStateJob], columns: tuple[str, ...]) -> None:
@@ -114,6 +116,8 @@ def _upsert(s: Any, states: list[LicenseStateJob], columns: tuple[str, ...]) -> 
                 "issued_on": st.issued_on,
                 "expires_on": st.expires_on,
                 "last_event_at": st.state_at,
+                "last_event_id": st.event_id,
+                "last_event_source": st.event_source,
                 "updated_at": now,
             }
             for st in states
@@ -333,6 +337,8 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             category="reminders",
             event_at=reminder.state_at,
             due_on=reminder.due_on,
+            event_id=reminder.event_id,
+            event_source=reminder.event_source,
         )
         if row.status != NotificationStatus.CREATED:
             log.info("notification %s already %s; nothing to do", row.id, row.status)
@@ -384,6 +390,7 @@ def add_call_list_entry(job: dict[str, Any]) -> None:
                 "due_on": reminder.due_on,
                 "status": "open",
                 "created_at": utcnow(),
+                "event_id": reminder.event_id,
             },
             "idempotency_key",
         )

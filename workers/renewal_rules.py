@@ -26,6 +26,8 @@ class LicenseState(Protocol):
     issuing_department: str
     expires_on: dt.date
     last_event_at: dt.datetime
+    last_event_id: str | None
+    last_event_source: str | None
 
 
 def _latest_applicable(offsets: Iterable[int], expires_on: dt.date, today: dt.date) -> int | None:
@@ -67,6 +69,11 @@ def due_renewal_jobs(
                 offset_days=offset,
                 due_on=expires_on - dt.timedelta(days=offset),
                 state_at=state.last_event_at,
+                # A reminder is what the license's latest event caused (the scan only found
+                # that its day had come): an upstream asking after its license.issued or
+                # license.renewed finds the reminders of the state that event set.
+                event_id=state.last_event_id,
+                event_source=state.last_event_source,
             )
         )
     return jobs

@@ -6,7 +6,9 @@
 - ``callback``: the provider's report is applied again by :func:`workers.status.replay_callback`
   (forward-only, so a late one changes nothing).
 
-Both are registered with :mod:`infra.deadletters` as this module is imported.
+Both are registered with :mod:`infra.deadletters` as this module is imported, and so is the
+``outcome`` stage's (:func:`workers.outcomes.replay_outcome`: an outcome webhook out of
+attempts is made due again), which this module imports for that.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from infra.deadletters import (
 )
 from infra.jobs import enqueue_message
 from schemas.models import DeadLetter, Notification, NotificationStatus, utcnow
+from workers import outcomes  # noqa: F401  (registers the outcome stage's replayer)
 from workers.status import MalformedCallbackError, replay_callback
 
 if TYPE_CHECKING:

@@ -60,8 +60,28 @@ def _to_json(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, default=_json_default)
 
 
-def schedule(s: Session, key: str, run_at: dt.datetime, actor_name: str, payload: Any) -> bool:
-    """Schedule ``actor_name(payload)`` at ``run_at``, once per ``key``; True if new."""
+def _event_of(payload: Any, event_id: str | None = None) -> str | None:
+    """The upstream event a job was caused by: ``event_id``, else the payload's own (a job
+    model dumped as a dict carries it, see ``schemas.commands``)."""
+    if event_id is None and isinstance(payload, dict):
+        found = payload.get("event_id")
+        event_id = found if isinstance(found, str) else None
+    return event_id[:64] if event_id else None
+
+
+def schedule(
+    s: Session,
+    key: str,
+    run_at: dt.datetime,
+    actor_name: str,
+    payload: Any,
+    *,
+    event_id: str | None = None,
+) -> bool:
+    """Schedule ``actor_name(payload)`` at ``run_at``, once per ``key``; True if new.
+
+    ``event_id`` names the upstream event that caused it (default: the payload's, if any).
+    """
     return ledger.insert_ignore(
         s,
         ScheduledJob.__table__,
@@ -73,6 +93,7 @@ def schedule(s: Session, key: str, run_at: dt.datetime, actor_name: str, payload
             "payload": _to_json(payload),
             "status": "pending",
             "created_at": utcnow(),
+            "event_id": _event_of(payload, event_id),
         },
         "key",
     )
@@ -81,7 +102,8 @@ def schedule(s: Session, key: str, run_at: dt.datetime, actor_name: str, payload
 def schedule_many(s: Session, jobs: list[tuple[str, dt.datetime, str, Any]]) -> int:
     """:func:`schedule` for many ``(key, run_at, actor_name, payload)`` in one statement, in
     the caller's transaction (not committed); returns how many were new. Each payload is the
-    actor's one argument as JSON-ready data (a model's ``model_dump(mode="json")``)."""
+    actor's one argument as JSON-ready data (a model's ``model_dump(mode="json")``); its
+    ``event_id``, if any, is kept on the row."""
     if not jobs:
         return 0
     table = ScheduledJob.__table__
@@ -98,6 +120,7 @@ def schedule_many(s: Session, jobs: list[tuple[str, dt.datetime, str, Any]]) -> 
             "status": "pending",
             "created_at": now,
             "enqueued_at": None,
+            "event_id": _event_of(payload),
         }
         for key, run_at, actor_name, payload in jobs
     ]

@@ -2,8 +2,8 @@
 
 It ticks :func:`workers.scheduled_jobs.tick` every ``scheduler_interval_s``, starts the
 departments' call-list digests once a local day, runs the daily renewal scan, the nightly
-retention purge and the reconciliation sweep, each in its own thread so a slow one holds up no
-other.
+retention purge, the reconciliation sweep and the outcome webhooks (:mod:`workers.outcomes`),
+each in its own thread so a slow one holds up no other.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from infra.db import session
 from infra.journal import get_checkpoint, set_checkpoint
 from infra.retention import purge
 from infra.workdays import WorkdayCalendar
+from workers import outcomes
 from workers.call_list import schedule_digests
 from workers.reminders import renewal_scan
 from workers.scheduled_jobs import BATCH, tick
@@ -50,6 +51,10 @@ def run_scheduler(settings: Settings, stop: threading.Event) -> None:
     # The nightly retention purge: batched, but a large backlog still takes a while.
     threading.Thread(
         target=_retention_loop, args=(settings, clock, stop), name="retention", daemon=True
+    ).start()
+    # Outcome webhooks: a slow or dead receiver must not hold up due escalations either.
+    threading.Thread(
+        target=_outcome_loop, args=(settings, clock, stop), name="outcomes", daemon=True
     ).start()
     while not stop.is_set():
         try:
@@ -90,6 +95,18 @@ def _sweep_loop(settings: Settings, stop: threading.Event) -> None:
             sweep(settings)
         except Exception:
             log.exception("sweep failed; retrying at the next interval")
+
+
+def _outcome_loop(settings: Settings, clock: Clock, stop: threading.Event) -> None:
+    """Report final statuses to the sources' outcome URLs every ``scheduler_interval_s``."""
+    while not stop.is_set():
+        try:
+            while outcomes.tick(settings, now=clock.utcnow).total == outcomes.POST_BATCH:
+                if stop.is_set():
+                    break
+        except Exception:
+            log.exception("outcome webhooks failed; retrying")
+        stop.wait(settings.scheduler_interval_s)
 
 
 #: Checkpoint of the nightly retention purge: the local day whose purge last ran.

@@ -103,6 +103,8 @@ def send_survey(job: dict[str, Any]) -> None:
             recipient=case.applicant_mobile,
             category="surveys",
             event_at=case.completed_at,
+            event_id=case.event_id,
+            event_source=case.event_source,
         )
     attempt(row)
 

@@ -163,6 +163,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     payload,
                     elderly_age=settings.elderly_age,
                     source=event.envelope.source,
+                    event_id=event.event_id,
                 )
                 cases[event.key] = stamp(
                     {**state, "last_event_at": _latest(previous, event.envelope.occurred_at)},

@@ -61,6 +61,8 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     event.event_type,
                     event.payload.model_dump(mode="json"),
                     event.envelope.occurred_at,
+                    event_id=event.event_id,
+                    source=event.envelope.source,
                 )
                 state_jobs.append(job.model_dump(mode="json"))
                 STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()

@@ -136,6 +136,8 @@ def test_version_is_the_installed_distributions() -> None:
         (("suppression", "lift", OTHER), 4, "is not suppressed"),
         (("opt-out", "lift", OTHER), 4, "no opt-out"),
         (("opt-out", "remove", OTHER, "surveys"), 4, "no opt-out"),
+        (("sources", "disable", "no-such-source"), 4, "no source"),
+        (("sources", "outcome-key", "no-such-source"), 4, "no source"),
         # 2: usage
         (("suppression", "lift", "123"), 2, "not a mainland mobile number"),
         (("opt-out", "add", "123"), 2, "not a mainland mobile number"),

@@ -1,9 +1,10 @@
 """``govnotify trace ID``, the real CLI as a subprocess, on rows in a real PostgreSQL database.
 
 One license and one case, each with what the pipeline leaves behind (the accepted event, a
-scheduled job, a notification with its provider status, the staff tasks), are traced by event
-id, license id, case id and mobile number: the chain comes oldest first, numbers and names
-masked unless an operator reveals them, which is audited.
+scheduled job, a notification with its provider status, the staff tasks, each keeping the id of
+the event that caused it), are traced by event id, license id, case id and mobile number: the
+chain comes oldest first, an event's own consequences before the rest of its entity's chain,
+numbers and names masked unless an operator reveals them, which is audited.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class World:
     license_event: str
     case_event: str
     bad_event: str
+    renewal_event: str
+    rating_event: str
 
 
 @pytest.fixture
@@ -85,7 +88,16 @@ def world(trace_settings: Settings) -> Iterator[World]:
     """A license and a case with every kind of row trace follows, ids unique to this test."""
     u = uuid.uuid4().hex[:8]
     lic, case = f"LIC-{u}", f"C-{u}"
-    w = World(trace_settings, lic, case, f"ev-lic-{u}", f"ev-case-{u}", f"ev-bad-{u}")
+    w = World(
+        trace_settings,
+        lic,
+        case,
+        f"ev-lic-{u}",
+        f"ev-case-{u}",
+        f"ev-bad-{u}",
+        f"ev-ren-{u}",
+        f"ev-rating-{u}",
+    )
     note = Notification(
         idempotency_key=f"renewal:{lic}:2026-12-31:30",
         flow="renewal",
@@ -98,6 +110,21 @@ def world(trace_settings: Settings) -> Iterator[World]:
         created_at=at(2),
         sent_at=at(3),
         updated_at=at(4),
+        event_id=w.license_event,
+        event_source="license-registry",
+    )
+    # The renewal's own reminder: the license's, but not what the issue caused.
+    renewal_note = Notification(
+        idempotency_key=f"renewal:{lic}:2031-12-31:30",
+        flow="renewal",
+        channel="sms",
+        subject_id=lic,
+        recipient=MOBILE,
+        status="created",
+        created_at=at(31),
+        updated_at=at(31),
+        event_id=w.renewal_event,
+        event_source="license-registry",
     )
     with session(trace_settings) as s:
         s.add(_event(w.license_event, "license.issued", "licenses", lic, 0))
@@ -110,9 +137,12 @@ def world(trace_settings: Settings) -> Iterator[World]:
                 status="enqueued",
                 created_at=at(1),
                 enqueued_at=at(2),
+                event_id=w.license_event,
             )
         )
         s.add(note)
+        s.add(_event(w.renewal_event, "license.renewed", "licenses", lic, 30))
+        s.add(renewal_note)
         s.add(
             NotificationStatusEvent(
                 dedupe_key=f"sandbox:SM{u}:delivered",
@@ -137,6 +167,7 @@ def world(trace_settings: Settings) -> Iterator[World]:
                 offset_days=3,
                 due_on=dt.date(2026, 12, 28),
                 created_at=at(5),
+                event_id=w.license_event,
             )
         )
         s.add(_event(w.case_event, "case.completed", "cases", case, 10))
@@ -151,6 +182,7 @@ def world(trace_settings: Settings) -> Iterator[World]:
                 created_at=at(11),
                 sent_at=at(11),
                 acknowledged_at=at(12),
+                event_id=w.case_event,
             )
         )
         s.add(
@@ -164,6 +196,7 @@ def world(trace_settings: Settings) -> Iterator[World]:
                 service_item="企业投资项目备案",
                 due_at=at(60 * 72),
                 created_at=at(13),
+                event_id=w.case_event,
             )
         )
         s.add(
@@ -178,6 +211,8 @@ def world(trace_settings: Settings) -> Iterator[World]:
                 citizen_mobile=MOBILE,
                 opened_at=at(14),
                 deadline_at=at(60 * 24 * 7),
+                # Caused by the rating, not by the case's completion.
+                event_id=w.rating_event,
             )
         )
         s.add(
@@ -205,6 +240,7 @@ def kinds(stdout: str) -> list[str]:
 def _id(w: World, which: str) -> str:
     return {
         "license_event": w.license_event,
+        "case_event": w.case_event,
         "license": w.license_id,
         "case": w.case_id,
         "mobile": "138 0013 8000",
@@ -215,8 +251,33 @@ def _id(w: World, which: str) -> str:
 @pytest.mark.parametrize(
     ("which", "expected"),
     [
-        ("license_event", ["event", "job", "notification", "provider-status", "call-list"]),
-        ("license", ["event", "job", "notification", "provider-status", "call-list"]),
+        # What the issue caused first, then the rest of the license's chain (its renewal).
+        (
+            "license_event",
+            [
+                "event",
+                "job",
+                "notification",
+                "provider-status",
+                "call-list",
+                "event",
+                "notification",
+            ],
+        ),
+        # What the completion caused first; the rating's ticket is context.
+        ("case_event", ["event", "staff-alert", "callback-task", "rectification"]),
+        (
+            "license",
+            [
+                "event",
+                "job",
+                "notification",
+                "provider-status",
+                "call-list",
+                "event",
+                "notification",
+            ],
+        ),
         ("case", ["event", "staff-alert", "callback-task", "rectification"]),
         (
             "mobile",
@@ -230,6 +291,8 @@ def _id(w: World, which: str) -> str:
                 "staff-alert",
                 "callback-task",
                 "rectification",
+                "event",
+                "notification",
             ],
         ),
         ("bad_event", ["dead-letter"]),
@@ -252,6 +315,31 @@ def test_trace_prints_the_chain_oldest_first(world: World, which: str, expected:
         assert "provider_ref SM" in done.stdout
     if "call-list" in expected:
         assert "holder 张**" in done.stdout and "张三丰" not in done.stdout
+
+
+def test_an_event_shows_what_it_caused_before_its_context(world: World) -> None:
+    # Given a license issued (a reminder, a job, a call-list entry) and later renewed (a
+    # second reminder), every row keeping the event that caused it
+    env = env_for(world.settings)
+
+    # When the issue event is traced, as text and as JSON
+    done = run_cli("trace", world.license_event, env=env)
+    doc = json.loads(run_cli("trace", world.license_event, "--json", env=env).stdout)
+
+    # Then exactly what the issue caused comes first, under its own heading, and the renewal
+    # and its reminder come after, as the license's context
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"trace {world.license_event}: 5 steps caused by this event, oldest first"
+    context = next(i for i, line in enumerate(lines) if line.startswith("context: "))
+    assert lines[context] == f"context: 2 more steps, oldest first (following {world.license_id})"
+    assert doc["event"] is True
+    assert (doc["caused"][0]["kind"], doc["caused"][0]["ref"]) == ("event", world.license_event)
+    caused = {s["fields"].get("event_id") for s in doc["caused"] if s["kind"] != "event"}
+    assert caused == {world.license_event, None}  # None: the provider's status of the SMS
+    assert [s["kind"] for s in doc["steps"]] == ["event", "notification"]
+    assert doc["steps"][1]["fields"]["event_id"] == world.renewal_event
+    assert "13800138000" not in done.stdout
 
 
 def test_trace_json_is_one_document(world: World) -> None:

@@ -166,6 +166,7 @@ def test_the_dead_letters_command_registers_every_stage() -> None:
         "job": "infra.jobs",
         "delivery": "workers.replay",
         "callback": "workers.replay",
+        "outcome": "workers.outcomes",
     }
 
 

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from schemas.commands import CaseJob
 from schemas.events import DEFAULT_RATING_SOURCE
 from streams.case_rules import apply_case_event, special_groups
 from streams.satisfaction import window_key, window_start
@@ -170,3 +171,68 @@ def test_windows_are_aligned_to_local_midnight(at: str, length_s: int, expected:
     # Then
     assert start == dt.datetime.fromisoformat(expected)
     assert window_key("department", "税务局", "day", start).startswith("department|税务局|day|")
+
+
+STEWARD = {"staff_id": "STW", "name": "刘", "mobile": None, "department": "市场监督管理局"}
+ACK = {"case_id": "C-1", "service_point_id": "ST-01", "staff_id": "S-2", "acknowledged_at": AT}
+DONE = {
+    "case_id": "C-1",
+    "callback_id": "key_project",
+    "staff_id": "S-1",
+    "outcome": "已回访",
+    "completed_at": AT,
+}
+RATING = {
+    "evaluation_id": "EV-1",
+    "case_id": "C-1",
+    "rating": 1,
+    "real_name": False,
+    "department": "市场监督管理局",
+    "service_point_id": "ST-01",
+    "evaluated_at": AT,
+}
+
+
+def test_every_job_carries_the_event_that_caused_it() -> None:
+    # Given one event of each kind that starts jobs, each with its own id
+    events = [
+        ("ev-completed", "case.completed", case(key_project=True, project_steward=STEWARD)),
+        ("ev-rated", "evaluation.submitted", RATING),
+        ("ev-ack", "greenchannel.acknowledged", ACK),
+        ("ev-done", "callback.completed", DONE),
+    ]
+
+    # When the rules apply each
+    caused = {
+        event_id: apply_case_event(
+            None, event_type, payload, elderly_age=70, source="case-system", event_id=event_id
+        )[1]
+        for event_id, event_type, payload in events
+    }
+
+    # Then every job names the event that started it and its source, for the rows it makes
+    assert [len(jobs) for jobs in caused.values()] == [2, 1, 1, 1]
+    for event_id, jobs in caused.items():
+        for _actor, payload in jobs:
+            assert (payload["event_id"], payload["event_source"]) == (event_id, "case-system")
+
+
+def test_a_job_from_before_event_ids_is_still_valid() -> None:
+    # Given a job as an older version enqueued it: no event id, no source
+    old = {
+        "case_id": "C-1",
+        "service_item": "食品经营许可证核发",
+        "department": "市场监督管理局",
+        "service_point_id": "ST-01",
+        "service_point_name": "韦曲街道便民服务站",
+        "applicant_kind": "citizen",
+        "applicant_name": "王秀英",
+        "applicant_mobile": "+8613900000001",
+        "submitted_at": AT,
+    }
+
+    # When the worker reads it
+    parsed = CaseJob.model_validate(old)
+
+    # Then it is valid (no dead letter during an upgrade), naming no event
+    assert (parsed.event_id, parsed.event_source) == (None, None)
