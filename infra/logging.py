@@ -38,6 +38,7 @@ from schemas.escaping import escape_controls
 from schemas.pii import mask_mobile, mask_name, mask_numbers, mask_pii
 
 __all__ = [
+    "QUIET_LIBRARIES",
     "MaskingFilter",
     "MaskingFormatter",
     "MaskingStream",
@@ -50,6 +51,7 @@ __all__ = [
     "mask_name",
     "mask_numbers",
     "mask_pii",
+    "quiet_libraries",
 ]
 
 
@@ -277,6 +279,31 @@ def install_masking(logger: logging.Logger | None = None, *, process: bool = Tru
         install_process_masking()
 
 
+#: Libraries whose INFO lines tell an operator nothing the metrics and the database do not,
+#: at a volume that costs: logged at WARNING and above only. ``twilio.http_client`` logs every
+#: request and response at INFO: 2 of the 5 lines per SMS, each through :class:`MaskingFilter`,
+#: the handler's lock (8 worker threads) and dramatiq's log pipe to its parent
+#: (docs/perf/where-the-time-goes.md); a failed request still raises and is logged as ours.
+#: To see them while debugging, set the logger's level back in that process
+#: (``logging.getLogger("twilio.http_client").setLevel("INFO")``).
+QUIET_LIBRARIES = ("pika", "aiokafka", "kafka", "faust", "mode", "twilio.http_client")
+
+
+def quiet_libraries(level: int | str = logging.INFO) -> None:
+    """Log :data:`QUIET_LIBRARIES` at WARNING (or ``level``, when higher) and above.
+
+    Only ever raises a level: dramatiq's worker processes set ``pika`` to CRITICAL, and that
+    stays. Called by :func:`configure_logging`, and by the dramatiq worker processes
+    (``workers.actors``), which set up logging themselves after ``govnotify worker`` exec'd
+    dramatiq and so never run :func:`configure_logging`.
+    """
+    numeric = level if isinstance(level, int) else logging.getLevelNamesMapping()[level]
+    floor = max(logging.WARNING, numeric)
+    for name in QUIET_LIBRARIES:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(floor, logger.level))
+
+
 def configure_logging(level: str = "INFO", component: str = "govnotify") -> None:
     """Route all logging (ours and the libraries') through one masking handler on stderr."""
     install_process_masking()
@@ -290,5 +317,4 @@ def configure_logging(level: str = "INFO", component: str = "govnotify") -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("pika", "aiokafka", "kafka", "faust", "mode", "twilio.http_client"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet_libraries(level)

@@ -26,7 +26,7 @@ from typing import NoReturn
 
 import dramatiq
 
-from infra.logging import install_masking
+from infra.logging import install_masking, quiet_libraries
 from infra.settings import SettingsError
 from notifiers.errors import NotifierConfigError
 from notifiers.registry import notifier_from_settings
@@ -66,6 +66,9 @@ except SettingsError as exc:
 
 # dramatiq configured its log handlers before importing us; mask personal data on all of them.
 install_masking()
+# and at INFO (its default): ``govnotify worker`` exec'd dramatiq, so configure_logging's levels
+# are not here. Without this, the twilio client's request and response lines are 2 of 5 per SMS.
+quiet_libraries()
 
 
 def check_can_send() -> None:
