@@ -24,6 +24,7 @@ import contextlib
 import functools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ __all__ = [
     "HIDDEN",
     "PRIVATE_DIR_MODE",
     "PRIVATE_FILE_MODE",
+    "connected_session",
     "engine_for",
     "get_engine",
     "scrub_db_message",
@@ -168,6 +170,22 @@ def get_engine(url: str) -> Engine:
 def session(settings: Settings) -> Session:
     """A new session on the configured database (use as a context manager)."""
     return Session(get_engine(settings.resolved_database_url), expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def connected_session(settings: Settings) -> Iterator[Session]:
+    """A session that keeps one pool connection for all its transactions.
+
+    A plain :func:`session` gives its connection back to the pool at each commit and takes one
+    again (with the pool's pre-ping ``SELECT 1``) for the next transaction. This one checks out
+    once: for a few short transactions in a row. Each commit is still a real commit. Never hold
+    it across a slow call (a provider's): that would hold the connection.
+    """
+    with (
+        get_engine(settings.resolved_database_url).connect() as conn,
+        Session(bind=conn, expire_on_commit=False) as s,
+    ):
+        yield s
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]

@@ -21,8 +21,9 @@ __all__ = ["Decision", "QuietHours", "decide", "local_day_bounds"]
 class Decision:
     """What to do with one message now: send it, defer it to ``not_before``, or drop it."""
 
-    #: "skip" is the ledger's answer when another worker claimed the message first.
-    action: Literal["send", "defer", "suppress", "skip"]
+    #: "skip" is the ledger's answer when another worker claimed the message first; "cancel"
+    #: its answer when the flow's check said the message no longer applies.
+    action: Literal["send", "defer", "suppress", "skip", "cancel"]
     not_before: dt.datetime | None = None
     reason: str = ""
 

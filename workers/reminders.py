@@ -32,8 +32,9 @@ from workers import ledger
 from workers.context import current
 from workers.delivery import (
     RETRY_OPTIONS,
-    attempt,
+    claim_to_send,
     create_from_template,
+    deliver_claimed,
     register_stale_check,
 )
 from workers.jobs import parse_job
@@ -64,9 +65,14 @@ def _dialect() -> str:
     return get_engine(settings.resolved_database_url).dialect.name
 
 
-def _stale(s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime) -> str | None:
-    """Why the job's license state is out of date (renewed or revoked since), or None."""
-    record = s.get(LicenseRecord, license_id)
+def _stale(
+    s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime, *, lock: bool = False
+) -> str | None:
+    """Why the job's license state is out of date (renewed or revoked since), or None.
+
+    ``lock``: read the record ``FOR SHARE`` (held to the end of the transaction).
+    """
+    record = s.get(LicenseRecord, license_id, with_for_update={"read": True} if lock else None)
     if record is None or ledger.as_utc(record.last_event_at) <= state_at:
         return None
     return _outdated(record, expires_on.isoformat())
@@ -326,6 +332,8 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
         "issuing_department": reminder.issuing_department,
     }
     with session(settings) as s:
+        # One transaction: the new row is committed with its claim (or its cancellation, or
+        # deferral); the license is checked in it too (_stale_at_claim).
         row = create_from_template(
             s,
             TEMPLATE,
@@ -339,29 +347,32 @@ def send_renewal_reminder(job: dict[str, Any]) -> None:
             due_on=reminder.due_on,
             event_id=reminder.event_id,
             event_source=reminder.event_source,
+            commit=False,
         )
         if row.status != NotificationStatus.CREATED:
             log.info("notification %s already %s; nothing to do", row.id, row.status)
             return
-        stale = _stale(s, reminder.license_id, reminder.expires_on, reminder.state_at)
-        if stale:
-            if ledger.advance(s, row.id, NotificationStatus.CANCELLED, status_reason=stale):
-                NOTIFICATIONS.labels(FLOW, "sms", "none", "cancelled").inc()
-            return
-    # attempt() checks again after its claim (registered below): record_licenses cancels only
-    # `created` rows, so a renewal committed between the first check and the claim is caught
-    # there (one of the two always sees the other's commit).
-    attempt(row)
+        claimed = claim_to_send(s, row)
+    if claimed:
+        deliver_claimed(row)
 
 
-def _stale_after_claim(s: Any, row: Notification) -> str | None:
+def _stale_at_claim(s: Any, row: Notification) -> str | None:
+    """The license check, in the claim's transaction (``ledger.claim_for_send``).
+
+    The license row is read ``FOR SHARE``: record_licenses cancels the `created` rows of a
+    license it updates, after updating it. A renewal updated (not yet committed) before this
+    read makes the read wait for its commit and see it: cancelled here. One that comes after the
+    read waits for this claim's commit, and then finds the row `sending`, not `created`: it was
+    already due to go, exactly as a renewal recorded a moment after the send.
+    """
     expires_on = dt.date.fromisoformat(row.idempotency_key.rsplit(":", 2)[1])
     state_at = ledger.as_utc(row.event_at)
     assert state_at is not None
-    return _stale(s, row.subject_id, expires_on, state_at)
+    return _stale(s, row.subject_id, expires_on, state_at, lock=True)
 
 
-register_stale_check(FLOW, _stale_after_claim)
+register_stale_check(FLOW, _stale_at_claim)
 
 
 @dramatiq.actor(queue_name=current().settings.queue("reminders"), **RETRY_OPTIONS)
