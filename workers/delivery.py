@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlmodel import Session
 
 import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
-from infra.db import session
+from infra.db import connected_session, session
 from infra.deadletters import record_delivery_failure
 from infra.logging import mask_mobile
 from infra.metrics import DEFERRED, EVENT_TO_SEND, NOTIFICATIONS
@@ -49,6 +49,7 @@ __all__ = [
     "MAX_RETRIES",
     "RETRY_OPTIONS",
     "attempt",
+    "claim_to_send",
     "create_from_template",
     "create_notification",
     "deliver_claimed",
@@ -69,7 +70,8 @@ RETRY_OPTIONS = {
 }
 
 
-#: flow → check run right after the claim: why the message no longer applies, or None.
+#: flow → check run in the claim's transaction: why the message no longer applies, or None.
+#: It must lock (``FOR SHARE``) what a concurrent canceller changes (see ledger.claim_for_send).
 StaleCheck = Callable[[Session, Notification], "str | None"]
 _STALE_CHECKS: dict[str, StaleCheck] = {}
 
@@ -96,18 +98,19 @@ def create_notification(
     template_params: dict[str, object] | None = None,
     event_id: str | None = None,
     event_source: str | None = None,
+    commit: bool = True,
 ) -> Notification:
     """Persist a notification once per ``key`` (replays return the existing row).
 
     ``template`` and ``template_params`` are what ``body`` was rendered from; providers that
     send by approved template id (the mainland gateway) use them instead of the body.
     ``event_id`` and ``event_source`` name the upstream event that caused it (trace, outcome
-    webhooks).
+    webhooks). ``commit=False`` leaves a new row in ``s``'s transaction, for
+    :func:`claim_to_send` to commit with its claim.
     """
     now = utcnow()
-    ledger.insert_ignore(
+    row = ledger.insert_notification(
         s,
-        Notification.__table__,
         {
             "id": uuid.uuid4().hex,
             "idempotency_key": key,
@@ -134,10 +137,9 @@ def create_notification(
             "created_at": now,
             "updated_at": now,
         },
-        "idempotency_key",
     )
-    row = ledger.get_by_key(s, key)
-    assert row is not None
+    if commit:
+        s.commit()
     return row
 
 
@@ -160,38 +162,50 @@ def attempt(row: Notification) -> None:
 
     Deferred messages are scheduled for their first allowed instant; nothing is dropped.
     """
-    settings = current().settings
     if row.status != NotificationStatus.CREATED:
         return
-    with session(settings) as s:
-        decision = ledger.claim_for_send(
-            s,
-            row,
-            now_local=current().clock.now(),
-            quiet=current().quiet,
-            daily_cap=settings.sms_daily_cap or None,
-        )
-        if decision.action == "defer":
-            until = decision.not_before
-            job = f"deliver:{row.id}:{until.isoformat()}"
-            run_at = _release_slot(s, row, job, until)
-            schedule(s, job, run_at, "deliver_notification", row.id)
-            DEFERRED.labels(flow=row.flow, reason=decision.reason).inc()
-            log.info("notification %s deferred until %s (%s)", row.id, run_at, decision.reason)
-            return
-        if decision.action == "suppress":
-            NOTIFICATIONS.labels(row.flow, row.channel, "none", "suppressed").inc()
-            log.info("notification %s suppressed: %s", row.id, decision.reason)
-            return
-        if decision.action != "send":
-            return
-        check = _STALE_CHECKS.get(row.flow)
-        reason = check(s, row) if check else None
-        if reason:
-            if ledger.advance(s, row.id, NotificationStatus.CANCELLED, status_reason=reason):
-                NOTIFICATIONS.labels(row.flow, row.channel, "none", "cancelled").inc()
-            return
-    deliver_claimed(row)
+    with session(current().settings) as s:
+        claimed = claim_to_send(s, row)
+    if claimed:
+        deliver_claimed(row)
+
+
+def claim_to_send(s: Session, row: Notification) -> bool:
+    """Check the flow, apply the citizen rules and claim ``row``, in one transaction of ``s``.
+
+    True when the row is now ``sending`` and the caller is to :func:`deliver_claimed` it (after
+    leaving ``s``: the transaction is committed here, so no connection is held across the
+    provider call). Anything the caller put in ``s``'s transaction before (the new row) is
+    committed with the claim. A deferral schedules the held delivery; a stale message is
+    cancelled, a suppressed one recorded, in the same way.
+    """
+    settings = current().settings
+    decision = ledger.claim_for_send(
+        s,
+        row,
+        now_local=current().clock.now(),
+        quiet=current().quiet,
+        daily_cap=settings.sms_daily_cap or None,
+        stale=_STALE_CHECKS.get(row.flow),
+    )
+    if decision.action == "defer":
+        until = decision.not_before
+        job = f"deliver:{row.id}:{until.isoformat()}"
+        run_at = _release_slot(s, row, job, until)
+        # The held delivery is part of what the event caused: its trace shows it.
+        schedule(s, job, run_at, "deliver_notification", row.id, event_id=row.event_id)
+        DEFERRED.labels(flow=row.flow, reason=decision.reason).inc()
+        log.info("notification %s deferred until %s (%s)", row.id, run_at, decision.reason)
+        return False
+    if decision.action == "suppress":
+        NOTIFICATIONS.labels(row.flow, row.channel, "none", "suppressed").inc()
+        log.info("notification %s suppressed: %s", row.id, decision.reason)
+        return False
+    if decision.action == "cancel":
+        NOTIFICATIONS.labels(row.flow, row.channel, "none", "cancelled").inc()
+        log.info("notification %s cancelled: %s", row.id, decision.reason)
+        return False
+    return decision.action == "send"
 
 
 def _release_slot(s: Session, row: Notification, job: str, until: dt.datetime) -> dt.datetime:
@@ -372,7 +386,8 @@ def deliver_claimed(row: Notification) -> None:
     status = (
         NotificationStatus.DELIVERED if receipt.status == "delivered" else NotificationStatus.SENT
     )
-    with session(settings) as s:
+    # One connection for both transactions (one checkout, one pre-ping).
+    with connected_session(settings) as s:
         ledger.advance(
             s,
             notification_id,
@@ -382,7 +397,11 @@ def deliver_claimed(row: Notification) -> None:
             segments=receipt.segments,
         )
         # A status callback can beat this write (the provider calls back as it answers us);
-        # the api kept it waiting for the reference, so apply it now.
+        # the api kept it waiting for the reference, so apply it now. Not in the advance's
+        # transaction: the api stores a report, then looks for the reference; this looks for
+        # reports after the reference is committed, so one of the two sees the other's commit.
+        # Read in one transaction with the write, both could miss (neither commit visible to
+        # the other's read) and the report would wait for the sweep's dead letter.
         apply_pending(s, receipt.provider, receipt.provider_ref)
     NOTIFICATIONS.labels(flow, row.channel, receipt.provider, status.value).inc()
     if event_at is not None:
@@ -452,10 +471,14 @@ def retry_delivery(notification_id: str) -> None:
 
 
 def _attempt_by_id(notification_id: str) -> None:
-    settings = current().settings
-    with session(settings) as s:
+    # The row is read in the claim's transaction: a plain read (no lock), and the claim is a
+    # conditional UPDATE (status still `created`), so a row changed since the read is only
+    # not claimed. The fields the rules read (recipient, category, critical) never change.
+    with session(current().settings) as s:
         row = s.get(Notification, notification_id)
-    if row is None:
-        log.error("notification %s does not exist; nothing to deliver", notification_id)
-        return
-    attempt(row)
+        if row is None:
+            log.error("notification %s does not exist; nothing to deliver", notification_id)
+            return
+        claimed = row.status == NotificationStatus.CREATED and claim_to_send(s, row)
+    if claimed:
+        deliver_claimed(row)

@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from infra.db import session
 from producers.generator import license_event
@@ -132,6 +132,20 @@ def test_reminders_held_overnight_go_out_at_the_send_rate_none_lost_none_early(
         assert jobs == N
         assert first.astimezone(CST) == RELEASE
         assert (last - first).total_seconds() == pytest.approx((N - 1) / RATE, abs=1e-3)
+        # … and each held delivery names the upstream event that caused its reminder
+        with session(settings) as s:
+            unnamed = s.execute(
+                select(func.count())
+                .select_from(ScheduledJob)
+                .join(Notification, ScheduledJob.payload.contains(Notification.id))
+                .where(
+                    or_(
+                        ScheduledJob.event_id.is_(None),
+                        ScheduledJob.event_id != Notification.event_id,
+                    )
+                )
+            ).scalar_one()
+        assert unnamed == 0
 
         # When: the night is over; the worker and the scheduler start a little before 08:00
         for child in list(pipeline.children):
