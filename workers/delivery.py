@@ -350,29 +350,9 @@ def deliver_claimed(row: Notification) -> None:
             s.commit()
         log.warning("notification %s: provider timeout, left for the sweep", notification_id)
         return
-    except RateLimitedError as exc:
-        _rate_limited(row, exc, notifier.name)
-        return
     except TransientDeliveryError as exc:
-        reason = f"{exc.reason} (code {exc.code})"
-        provider = exc.provider or notifier.name
-        if _retries_exhausted():
-            _fail(
-                row,
-                provider,
-                NotificationStatus.TEMPORARY_FAILURE,
-                f"retries exhausted: {reason}",
-                exc.code,
-            )
-            return
-        with session(settings) as s:
-            ledger.release_claim(s, notification_id, reason)
-        if _in_retry_actor():
-            raise  # dramatiq's backoff schedules the next retry
-        retry_delivery.send_with_options(
-            args=(notification_id,), delay=settings.delivery_min_backoff_ms
-        )
-        log.info("notification %s: %s; handed to the retry queue", notification_id, exc.reason)
+        # Not sent (a rate limit among them: routing does not fail over on one): again later.
+        _retry_later(row, exc, notifier.name)
         return
     except NotifierConfigError as exc:
         _fail(
@@ -411,13 +391,18 @@ def deliver_claimed(row: Notification) -> None:
     )
 
 
-def _rate_limited(row: Notification, exc: RateLimitedError, default_provider: str) -> None:
-    """The provider said "not now" (nothing was sent; routing did not fail over): back to the
-    retry queue, after the provider's ``Retry-After`` when it gave one, so the same provider
-    (the route's primary, tried first again) takes it once the limit allows."""
+def _retry_later(row: Notification, exc: TransientDeliveryError, default_provider: str) -> None:
+    """Nothing was sent and it may go later: release the claim and hand the notification to the
+    retry queue (``delivery-retry``), so a provider outage's retries never queue in front of
+    first deliveries; inside the retry actor, raise for dramatiq's backoff instead. A rate
+    limit waits at least the provider's ``Retry-After`` and goes to the same provider again
+    (the route's primary is tried first). Out of retries: a temporary failure."""
     settings = current().settings
     reason = f"{exc.reason} (code {exc.code})"
     provider = exc.provider or default_provider
+    if isinstance(exc, RateLimitedError) and _daily_limit(provider, exc.code):
+        _hold_until_tomorrow(row, reason)
+        return
     if _retries_exhausted():
         _fail(
             row,
@@ -429,21 +414,49 @@ def _rate_limited(row: Notification, exc: RateLimitedError, default_provider: st
         return
     with session(settings) as s:
         ledger.release_claim(s, row.id, reason)
+    retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
     delay_ms = settings.delivery_min_backoff_ms
-    if exc.retry_after is not None:
-        delay_ms = max(delay_ms, int(exc.retry_after * 1000))
+    if retry_after is not None:
+        delay_ms = max(delay_ms, int(retry_after * 1000))
     if _in_retry_actor():
-        if exc.retry_after is None:
-            raise exc  # dramatiq's backoff
-        raise dramatiq.Retry(f"rate-limited by {provider}", delay=delay_ms)
+        if retry_after is None:
+            raise exc  # dramatiq's backoff schedules the next retry
+        raise dramatiq.Retry(f"{exc.reason} at {provider}", delay=delay_ms)
     retry_delivery.send_with_options(args=(row.id,), delay=delay_ms)
     log.info(
-        "notification %s: rate-limited by %s (%s); retried on it in %d ms",
+        "notification %s: %s at %s; handed to the retry queue (%d ms)",
         row.id,
+        exc.reason,
         provider,
-        exc.scope,
         delay_ms,
     )
+
+
+def _daily_limit(provider: str, code: str | int | None) -> bool:
+    """Did ``provider`` answer that the recipient has had its messages for today?"""
+    notifier = get_notifier().providers.get(provider)
+    return code is not None and str(code) in getattr(notifier, "daily_limit_codes", frozenset())
+
+
+def _hold_until_tomorrow(row: Notification, reason: str) -> None:
+    """The carrier's daily limit for this number is reached: retrying today cannot succeed, and
+    another provider would defeat the limit. Hold the message until the centre's next day
+    begins (its quiet hours then hold it to their end, in the release spread), as a scheduled
+    job in PostgreSQL; the retry budget is not spent."""
+    now = current().clock.now()
+    tomorrow = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    with session(current().settings) as s:
+        if not ledger.release_claim(s, row.id, reason):
+            return
+        s.execute(
+            update(Notification)
+            .where(Notification.id == row.id, Notification.status == NotificationStatus.CREATED)
+            .values(not_before=tomorrow.astimezone(dt.UTC))
+        )
+        job = f"deliver:{row.id}:{tomorrow.isoformat()}"
+        schedule(s, job, tomorrow, "deliver_notification", row.id, event_id=row.event_id)
+    DEFERRED.labels(flow=row.flow, reason="recipient_daily_limit").inc()
+    log.info("notification %s: recipient's daily limit reached; held until %s", row.id, tomorrow)
 
 
 @dramatiq.actor(
