@@ -97,7 +97,8 @@ CALL_LIST_ENTRIES = Counter(
 )
 DEFERRED = Counter(
     "govnotify_notifications_deferred_total",
-    "Citizen messages deferred, by flow and reason (quiet hours, daily cap).",
+    "Citizen messages deferred, by flow and reason (quiet hours, daily cap, the carrier's "
+    "daily limit per number).",
     ["flow", "reason"],
 )
 DEAD_LETTERS = Counter(

@@ -104,6 +104,9 @@ class SMSNotifier(Notifier[OutboundMessage, Receipt]):
     #: The provider's status words (callbacks, reports, ``fetch_status``) → ours; ``None``: a
     #: failure, decided by the error code (:meth:`status_error`). Empty: it reports none.
     status_words: ClassVar[Mapping[str, NotificationStatus | None]] = {}
+    #: Error codes meaning "this number has had its messages for today" (the carrier's daily
+    #: limit per recipient): the message is held until the next day, not retried now.
+    daily_limit_codes: ClassVar[frozenset[str]] = frozenset()
 
     def _validate(self, message: OutboundMessage) -> None:
         if not message.body or not message.body.strip():

@@ -74,6 +74,7 @@ from notifiers.sms.text import count_segments
 from schemas.models import NotificationStatus
 
 __all__ = [
+    "DAILY_LIMIT_CODES",
     "GATEWAY_ERROR_CODES",
     "RECIPIENT_LIMIT_CODES",
     "REPORT_STATUSES",
@@ -136,6 +137,8 @@ GATEWAY_ERROR_CODES: dict[str, type[DeliveryError]] = {
 #: Rate limits on messages to one number, not on our account: the message waits and goes to
 #: the gateway again (another provider would defeat the limit); other messages go on.
 RECIPIENT_LIMIT_CODES = frozenset({"isv.BUSINESS_LIMIT_CONTROL", "isv.DAY_LIMIT_CONTROL"})
+#: Of those, the one that lasts until the day is over: retrying today cannot succeed.
+DAILY_LIMIT_CODES = frozenset({"isv.DAY_LIMIT_CONTROL"})
 
 
 def classify_gateway_error(status: int, code: str | None) -> type[DeliveryError]:
@@ -351,6 +354,7 @@ class HttpGatewayNotifier(SMSNotifier):
     request_rate_per_sec: ClassVar[float | None] = 100.0
     #: Longest value of one template parameter the gateway accepts.
     param_maxlen: ClassVar[int] = 500
+    daily_limit_codes: ClassVar[frozenset[str]] = DAILY_LIMIT_CODES
     #: Report and ``/sms/status`` words (:data:`REPORT_STATUSES`) → ours; ``None``: decided by
     #: ``error_code`` (:meth:`status_error`).
     status_words: ClassVar[Mapping[str, NotificationStatus | None]] = {

@@ -9,11 +9,16 @@ cool-down.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
+from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
+from infra.db import session
 from infra.settings import Settings
+from schemas.models import ScheduledJob
 from tests.fakes.sms_gateway import FakeSmsGateway
 from tests.fakes.twilio_server import FakeTwilio
 from tests.support import Pipeline, metric, scrape, wait_until
@@ -191,6 +196,47 @@ def test_a_rate_limit_waits_for_the_same_provider_instead_of_failing_over(
     assert (
         worker_metric(
             routed, "govnotify_provider_rate_limited_total", provider=primary, scope=scope
+        )
+        == 1
+    )
+
+
+def test_a_recipients_daily_limit_holds_the_message_until_the_next_day(
+    settings: Settings, pipeline: Pipeline, twilio: FakeTwilio, gateway: FakeSmsGateway
+) -> None:
+    # Given: the gateway answers that this number has had its messages for today (the
+    # carrier's daily limit per recipient), on a pipeline whose clock reads 10:00
+    routes = {"default": ["gateway", "twilio"]}
+    routed = with_providers(settings, twilio, gateway, sms_routes=routes)
+    gateway.fail_next(1, "isv.DAY_LIMIT_CONTROL")
+    pipeline.set_env(GOVNOTIFY_NOW="2026-12-07T10:00:00+08:00")
+    start(pipeline, routed)
+
+    # When
+    nid = queue_sms(routed, flow="callback_notice", to=mobile(8), body=BODY)
+
+    # Then: held until the centre's next day, as a job in PostgreSQL, not retried today and
+    # never sent through Twilio round the limit
+    def held() -> list[ScheduledJob]:
+        with session(routed) as s:
+            return list(
+                s.execute(
+                    select(ScheduledJob).where(ScheduledJob.key.startswith(f"deliver:{nid}:"))
+                ).scalars()
+            )
+
+    wait_until(lambda: len(held()) == 1, 30, message="the held delivery was not scheduled")
+    tomorrow = dt.datetime(2026, 12, 8, tzinfo=ZoneInfo("Asia/Shanghai"))
+    assert held()[0].run_at == tomorrow
+    row = notification(routed, nid)
+    assert (row.status, row.not_before, row.attempts) == ("created", tomorrow, 1)
+    assert (gateway.attempts, twilio.attempts) == (1, 0)
+    assert (
+        worker_metric(
+            routed,
+            "govnotify_notifications_deferred_total",
+            flow="callback_notice",
+            reason="recipient_daily_limit",
         )
         == 1
     )
