@@ -26,9 +26,10 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext
 from sqlmodel import Session, create_engine
 
@@ -39,11 +40,13 @@ __all__ = [
     "HIDDEN",
     "PRIVATE_DIR_MODE",
     "PRIVATE_FILE_MODE",
+    "conflict_insert",
     "connected_session",
     "engine_for",
     "get_engine",
     "scrub_db_message",
     "session",
+    "skip_locked",
     "upgrade",
 ]
 
@@ -170,6 +173,22 @@ def get_engine(url: str) -> Engine:
 def session(settings: Settings) -> Session:
     """A new session on the configured database (use as a context manager)."""
     return Session(get_engine(settings.resolved_database_url), expire_on_commit=False)
+
+
+def _on_postgresql(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
+def conflict_insert(s: Session) -> Any:
+    """The ``insert`` of ``s``'s database that has ``on_conflict_do_nothing/_update``
+    (PostgreSQL's, or SQLite's, the zero-set-up default's)."""
+    return postgresql.insert if _on_postgresql(s) else sqlite.insert
+
+
+def skip_locked(s: Session, query: Any) -> Any:
+    """``query … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so parallel processes (schedulers)
+    each take other rows; unchanged on SQLite, which has no row locks (one process there)."""
+    return query.with_for_update(skip_locked=True) if _on_postgresql(s) else query
 
 
 @contextlib.contextmanager

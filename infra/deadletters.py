@@ -48,10 +48,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from infra.db import session
+from infra.db import conflict_insert, session
 from infra.dbgauges import reading_engine
 from infra.logging import mask_pii
 from infra.metrics import DEAD_LETTERS
@@ -126,7 +125,7 @@ def record_dead_letter(
     now = utcnow()
     reason = reason[:_REASON_MAX]
     table = DeadLetter.__table__
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = conflict_insert(session)
     stmt = insert(table).values(
         id=uuid.uuid4().hex,
         fingerprint=fingerprint,

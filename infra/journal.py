@@ -22,13 +22,13 @@ import hashlib
 import secrets
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import LargeBinary, String, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
+from infra.db import conflict_insert
 from schemas.models import TZ, Checkpoint, IngestEvent, KafkaEpoch, utcnow
 
 __all__ = [
@@ -89,10 +89,6 @@ class JournalVerdict:
 
 def _postgresql(s: Session) -> bool:
     return s.get_bind().dialect.name == "postgresql"
-
-
-def _insert(s: Session) -> Any:
-    return postgresql.insert if _postgresql(s) else sqlite.insert
 
 
 def _event_id_in(s: Session, event_ids: Collection[str]) -> ColumnElement[bool]:
@@ -411,7 +407,7 @@ def set_checkpoint(s: Session, name: str, value: str, *, only_if: str | None = N
     now = utcnow()
     table = Checkpoint.__table__
     if only_if is None:
-        stmt = _insert(s)(table).values(name=name, value=value, updated_at=now)
+        stmt = conflict_insert(s)(table).values(name=name, value=value, updated_at=now)
         stmt = stmt.on_conflict_do_update(
             index_elements=["name"], set_={"value": value, "updated_at": now}
         )
@@ -420,7 +416,7 @@ def set_checkpoint(s: Session, name: str, value: str, *, only_if: str | None = N
         return True
     if only_if == "":
         created = s.execute(
-            _insert(s)(table)
+            conflict_insert(s)(table)
             .values(name=name, value=value, updated_at=now)
             .on_conflict_do_nothing(index_elements=["name"])
             .returning(table.c.name)

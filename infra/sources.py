@@ -48,11 +48,10 @@ from typing import TYPE_CHECKING
 
 import pika
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from infra.amqp import amqp_user
-from infra.db import session
+from infra.db import conflict_insert, session
 from infra.settings import is_loopback
 from schemas.events import DEFAULT_RATING_SOURCE, event_types
 from schemas.models import OperatorAudit, Source, utcnow
@@ -562,7 +561,7 @@ def ensure_builtin_sources(s: Session, own_user: str | None) -> list[str]:
     wanted = dict(BUILTIN_SOURCES)
     if own_user == DEV_AMQP_USER:
         wanted.update(DEV_SOURCES)
-    insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = conflict_insert(s)
     added = []
     for name, types in wanted.items():
         result = s.execute(

@@ -35,11 +35,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import Engine, func, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from infra.db import get_engine
+from infra.db import conflict_insert, get_engine
 from schemas.models import SendPace, utcnow
 
 if TYPE_CHECKING:
@@ -245,9 +244,8 @@ class DatabasePacer(Pacer):
         return float(next_at) - interval
 
     def _create(self, s: Session, key: str, next_at: float) -> None:
-        insert = postgresql.insert if self._postgres else sqlite.insert
         s.execute(
-            insert(SendPace.__table__)
+            conflict_insert(s)(SendPace.__table__)
             .values(key=key, next_at=next_at, updated_at=utcnow())
             .on_conflict_do_nothing(index_elements=["key"])
         )

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Table, and_, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from infra.db import conflict_insert
 from schemas.models import (
     STATUS_RANK,
     Notification,
@@ -64,9 +64,8 @@ def insert_notification(session: Session, values: dict[str, Any]) -> Notificatio
         row = get_by_key(session, values["idempotency_key"])
         assert row is not None
         return row
-    insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
     stmt = (
-        insert(Notification)
+        conflict_insert(session)(Notification)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(Notification)
@@ -83,7 +82,7 @@ def _insert_ignore(
 ) -> bool:
     """:func:`insert_ignore` without the commit."""
     columns = [key] if isinstance(key, str) else list(key)
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = conflict_insert(session)
     stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
     if session.get_bind().dialect.insert_returning:
         # rowcount is -1 for this statement on psycopg 3; RETURNING says whether a row was made.

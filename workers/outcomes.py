@@ -46,17 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 from sqlalchemy import or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from infra.db import session
+from infra.db import conflict_insert, session, skip_locked
 from infra.deadletters import DeadLetterError, record_dead_letter, register_replayer
 from infra.metrics import OUTCOME_POSTS
 from infra.sources import SourceError, outcome_key, outcome_urls
 from schemas.models import FINAL_STATUSES, DeadLetter, Notification, OutcomeReport, utcnow
 
 if TYPE_CHECKING:
-    from sqlmodel import Session
-
     from infra.settings import Settings
 
 __all__ = [
@@ -103,17 +100,6 @@ def reason_code(status_reason: str | None) -> str | None:
     return head if _REASON.fullmatch(head) else None
 
 
-def _insert(s: Session) -> Any:
-    return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
-def _locking(s: Session, query: Any) -> Any:
-    # SQLite (one scheduler) has no row locks; PostgreSQL skips rows another scheduler holds.
-    if s.get_bind().dialect.name == "postgresql":
-        return query.with_for_update(skip_locked=True)
-    return query
-
-
 # ---- 1. enrolment -----------------------------------------------------------------------------
 def enrol(settings: Settings, *, limit: int = ENROL_BATCH) -> int:
     """Turn notifications that reached a final status into reports owed; returns how many."""
@@ -141,7 +127,7 @@ def enrol(settings: Settings, *, limit: int = ENROL_BATCH) -> int:
             .order_by(Notification.updated_at)
             .limit(limit)
         )
-        rows = s.execute(_locking(s, query)).all()
+        rows = s.execute(skip_locked(s, query)).all()
         if not rows:
             return 0
         now = utcnow()
@@ -166,8 +152,8 @@ def enrol(settings: Settings, *, limit: int = ENROL_BATCH) -> int:
             if r.event_source in urls
         ]
         if reports:
-            table = OutcomeReport.__table__
-            s.execute(_insert(s)(table).on_conflict_do_nothing(index_elements=["key"]), reports)
+            insert = conflict_insert(s)(OutcomeReport.__table__)
+            s.execute(insert.on_conflict_do_nothing(index_elements=["key"]), reports)
         # Judged, reported or not (no URL: nothing is owed for this status).
         s.execute(
             update(Notification)
@@ -226,7 +212,7 @@ def _claim(
             .order_by(OutcomeReport.next_at)
             .limit(limit)
         )
-        ids = list(s.execute(_locking(s, query)).scalars())
+        ids = list(s.execute(skip_locked(s, query)).scalars())
         if not ids:
             return [], {}
         s.execute(

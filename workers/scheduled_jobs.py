@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from infra.db import session
+from infra.db import conflict_insert, session, skip_locked
 from infra.jobs import JobSender
 from schemas.models import ScheduledJob, utcnow
 from workers import ledger
@@ -107,8 +106,7 @@ def schedule_many(s: Session, jobs: list[tuple[str, dt.datetime, str, Any]]) -> 
     if not jobs:
         return 0
     table = ScheduledJob.__table__
-    dialect = s.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = conflict_insert(s)
     now = utcnow()
     rows = [
         {
@@ -156,9 +154,7 @@ def tick(settings: Settings, clock: Clock, sender: JobSender | None = None) -> i
             .order_by(ScheduledJob.run_at)
             .limit(BATCH)
         )
-        if s.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        due = s.execute(query).scalars().all()
+        due = s.execute(skip_locked(s, query)).scalars().all()
         if due:
             # Confirms pipelined: a batch is one round of writes, not a round trip per job.
             sender.send_many([(job.actor_name, json.loads(job.payload)) for job in due])
