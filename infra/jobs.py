@@ -48,7 +48,7 @@ from dramatiq.message import Message
 
 from infra.amqp import DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_WINDOW, QUEUE_TYPES, ConfirmPipeline
 from infra.deadletters import DeadLetterError, register_replayer
-from schemas.commands import JOB_QUEUES
+from schemas.commands import BATCH_ACTORS, JOB_QUEUES
 from schemas.models import DeadLetter
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ __all__ = [
     "JobSendError",
     "JobSender",
     "QueueTypeBroker",
+    "batched",
     "enqueue_message",
     "job_raw",
     "make_broker",
@@ -145,6 +146,21 @@ def enqueue_message(settings: Settings, message: Message[Any]) -> None:
         broker.close()
 
 
+def batched(jobs: Iterable[tuple[str, Any]], size: int) -> list[tuple[str, Any]]:
+    """``jobs`` with those of a batch actor's single form grouped, ``size`` payloads to a job
+    of the batch actor (in their order, after the others); ``size`` 1 changes nothing."""
+    out: list[tuple[str, Any]] = []
+    groups: dict[str, list[Any]] = {}
+    for actor_name, payload in jobs:
+        if size > 1 and actor_name in BATCH_ACTORS:
+            groups.setdefault(BATCH_ACTORS[actor_name], []).append(payload)
+        else:
+            out.append((actor_name, payload))
+    for batch_actor, payloads in groups.items():
+        out.extend((batch_actor, payloads[i : i + size]) for i in range(0, len(payloads), size))
+    return out
+
+
 class JobSender:
     """Sends jobs by actor name to ``settings``' work queues; safe to share between threads.
 
@@ -178,9 +194,12 @@ class JobSender:
 
     def send_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         """Hand ``(actor name, payload)`` jobs over, each the actor's one argument; returns how
-        many. Raises :class:`JobSendError` unless RabbitMQ confirmed every one."""
+        many messages. Raises :class:`JobSendError` unless RabbitMQ confirmed every one.
+
+        Jobs of an actor in :data:`~schemas.commands.BATCH_ACTORS` travel together,
+        ``settings.job_batch_size`` to a message of its batch actor."""
         messages = []
-        for actor_name, payload in jobs:
+        for actor_name, payload in batched(jobs, self.settings.job_batch_size):
             queue = self.queue_of(actor_name)
             message = dramatiq.Message(
                 queue_name=queue, actor_name=actor_name, args=(payload,), kwargs={}, options={}

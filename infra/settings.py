@@ -401,6 +401,9 @@ class Settings(BaseSettings):
     worker_processes: int = Field(1, ge=1, le=64)
     #: Threads of each dramatiq worker process.
     worker_threads: int = Field(8, ge=1, le=256)
+    #: Renewal reminders handed to the work queues travel this many to a job, and a worker
+    #: claims and records each job's messages together (1: one message a job, as before).
+    job_batch_size: int = Field(100, ge=1, le=1000)
     #: Largest accepted event, in bytes, before it is dead-lettered as oversize.
     max_event_bytes: int = Field(64 * 1024, ge=1024)
     #: Transient provider errors are retried this many times on the retry queue, with

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "BATCH_ACTORS",
     "JOB_QUEUES",
     "CallbackDoneJob",
     "CaseJob",
@@ -36,6 +37,7 @@ JOB_QUEUES: dict[str, str] = {
     # renewal reminders (无感续证)
     "record_licenses": "registry",
     "send_renewal_reminder": "reminders",
+    "send_renewal_reminders": "reminders",
     "add_call_list_entry": "reminders",
     "send_call_list_digests": "reminders",
     # surveys and evaluations (好差评)
@@ -54,6 +56,12 @@ JOB_QUEUES: dict[str, str] = {
     "deliver_notification": "delivery",
     "retry_delivery": "delivery-retry",
 }
+
+
+#: Actors whose jobs travel in batches: actor → the actor that takes a list of its jobs.
+#: :class:`infra.jobs.JobSender` groups such jobs (``GOVNOTIFY_JOB_BATCH_SIZE`` to a message), so
+#: a worker inserts, checks and claims a batch with a fixed number of statements.
+BATCH_ACTORS: dict[str, str] = {"send_renewal_reminder": "send_renewal_reminders"}
 
 
 def renewal_key(license_id: str, expires_on: dt.date, offset_days: int, kind: str) -> str:

@@ -35,24 +35,27 @@ from notifiers.errors import (
 )
 from notifiers.pacing import interval_of, release_key
 from notifiers.routing import RoutingNotifier
-from notifiers.sms import OutboundMessage
+from notifiers.sms import OutboundMessage, Receipt
 from notifiers.sms.text import count_segments
 from notifiers.templates import SmsTemplate
 from schemas.models import Notification, NotificationStatus, ScheduledJob, utcnow
 from workers import ledger
 from workers.context import current
 from workers.scheduled_jobs import schedule
-from workers.status import apply_pending
+from workers.status import apply_pending_many
 from workers.suppression import suppress_after
 
 __all__ = [
     "MAX_RETRIES",
     "RETRY_OPTIONS",
     "attempt",
+    "claim_many",
     "claim_to_send",
     "create_from_template",
+    "create_many_from_template",
     "create_notification",
     "deliver_claimed",
+    "deliver_claimed_many",
     "deliver_notification",
     "get_notifier",
     "register_stale_check",
@@ -70,19 +73,39 @@ RETRY_OPTIONS = {
 }
 
 
-#: flow → check run in the claim's transaction: why the message no longer applies, or None.
-#: It must lock (``FOR SHARE``) what a concurrent canceller changes (see ledger.claim_for_send).
+#: flow → check run in the claim's transaction: why each message no longer applies, by id.
+#: It must lock (``FOR SHARE``) what a concurrent canceller changes
+#: (see ledger.claim_many_for_send).
 StaleCheck = Callable[[Session, Notification], "str | None"]
-_STALE_CHECKS: dict[str, StaleCheck] = {}
+_STALE_CHECKS: dict[str, ledger.StaleMany] = {}
 
 
-def register_stale_check(flow: str, check: StaleCheck) -> None:
-    """Register the send-time check of a flow (faust-style explicit registry)."""
-    _STALE_CHECKS[flow] = check
+def register_stale_check(
+    flow: str, check: StaleCheck, *, many: ledger.StaleMany | None = None
+) -> None:
+    """Register the send-time check of a flow (faust-style explicit registry).
+
+    ``many`` checks a batch with a fixed number of statements; without it ``check`` runs for
+    each row of a batch.
+    """
+    _STALE_CHECKS[flow] = many or (
+        lambda s, rows: {row.id: reason for row in rows if (reason := check(s, row))}
+    )
 
 
-def create_notification(
-    s: Session,
+def _stale_many(s: Session, rows: list[Notification]) -> dict[str, str]:
+    """Every flow's check on its rows of ``rows``."""
+    by_flow: dict[str, list[Notification]] = {}
+    for row in rows:
+        by_flow.setdefault(row.flow, []).append(row)
+    reasons: dict[str, str] = {}
+    for flow, flow_rows in by_flow.items():
+        if check := _STALE_CHECKS.get(flow):
+            reasons.update(check(s, flow_rows))
+    return reasons
+
+
+def notification_values(
     *,
     key: str,
     flow: str,
@@ -98,46 +121,48 @@ def create_notification(
     template_params: dict[str, object] | None = None,
     event_id: str | None = None,
     event_source: str | None = None,
-    commit: bool = True,
-) -> Notification:
+) -> dict[str, Any]:
+    """The columns of a new notification row (see :func:`create_notification`)."""
+    now = utcnow()
+    return {
+        "id": uuid.uuid4().hex,
+        "idempotency_key": key,
+        "flow": flow,
+        "channel": channel,
+        "subject_id": subject_id,
+        "recipient": recipient,
+        "body": body,
+        "segments": count_segments(body),
+        "status": NotificationStatus.CREATED,
+        "attempts": 0,
+        "category": category,
+        "critical": critical,
+        "due_on": due_on,
+        "event_at": event_at,
+        "event_id": event_id,
+        "event_source": event_source,
+        "template": template,
+        "template_params": (
+            None
+            if template_params is None
+            else json.dumps({k: str(v) for k, v in template_params.items()}, ensure_ascii=False)
+        ),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def create_notification(s: Session, *, commit: bool = True, **notification: Any) -> Notification:
     """Persist a notification once per ``key`` (replays return the existing row).
 
     ``template`` and ``template_params`` are what ``body`` was rendered from; providers that
     send by approved template id (the mainland gateway) use them instead of the body.
     ``event_id`` and ``event_source`` name the upstream event that caused it (trace, outcome
     webhooks). ``commit=False`` leaves a new row in ``s``'s transaction, for
-    :func:`claim_to_send` to commit with its claim.
+    :func:`claim_to_send` to commit with its claim. The keywords are
+    :func:`notification_values`'.
     """
-    now = utcnow()
-    row = ledger.insert_notification(
-        s,
-        {
-            "id": uuid.uuid4().hex,
-            "idempotency_key": key,
-            "flow": flow,
-            "channel": channel,
-            "subject_id": subject_id,
-            "recipient": recipient,
-            "body": body,
-            "segments": count_segments(body),
-            "status": NotificationStatus.CREATED,
-            "attempts": 0,
-            "category": category,
-            "critical": critical,
-            "due_on": due_on,
-            "event_at": event_at,
-            "event_id": event_id,
-            "event_source": event_source,
-            "template": template,
-            "template_params": (
-                None
-                if template_params is None
-                else json.dumps({k: str(v) for k, v in template_params.items()}, ensure_ascii=False)
-            ),
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    row = ledger.insert_notification(s, notification_values(**notification))
     if commit:
         s.commit()
     return row
@@ -148,13 +173,27 @@ def create_from_template(
 ) -> Notification:
     """:func:`create_notification` with the body rendered from ``template`` and ``params``
     (signature and opt-out hint from the settings), keeping both for template-id providers."""
+    return create_notification(s, **_rendered(template, params), **notification)
+
+
+def create_many_from_template(
+    s: Session, template: SmsTemplate, items: list[tuple[dict[str, object], dict[str, Any]]]
+) -> list[Notification]:
+    """:func:`create_from_template` for many ``(params, notification keywords)`` in one
+    statement, not committed (:func:`claim_many` commits them with their claims); the rows in
+    the order given, each new or the one already there."""
+    return ledger.insert_notifications(
+        s,
+        [notification_values(**_rendered(template, params), **kw) for params, kw in items],
+    )
+
+
+def _rendered(template: SmsTemplate, params: dict[str, object]) -> dict[str, Any]:
     settings = current().settings
     body = template.render(
         params, signature=settings.sms_signature, opt_out_hint=settings.opt_out_hint
     )
-    return create_notification(
-        s, body=body, template=template.name, template_params=params, **notification
-    )
+    return {"body": body, "template": template.name, "template_params": params}
 
 
 def attempt(row: Notification) -> None:
@@ -173,39 +212,56 @@ def attempt(row: Notification) -> None:
 def claim_to_send(s: Session, row: Notification) -> bool:
     """Check the flow, apply the citizen rules and claim ``row``, in one transaction of ``s``.
 
-    True when the row is now ``sending`` and the caller is to :func:`deliver_claimed` it (after
-    leaving ``s``: the transaction is committed here, so no connection is held across the
-    provider call). Anything the caller put in ``s``'s transaction before (the new row) is
-    committed with the claim. A deferral schedules the held delivery; a stale message is
-    cancelled, a suppressed one recorded, in the same way.
+    True when the row is now ``sending`` and the caller is to :func:`deliver_claimed` it;
+    :func:`claim_many` for one row.
     """
+    return bool(claim_many(s, [row]))
+
+
+def claim_many(s: Session, rows: list[Notification]) -> list[Notification]:
+    """Check the flows, apply the citizen rules and claim ``rows``, in one transaction of ``s``.
+
+    The rows now ``sending``, for the caller to :func:`deliver_claimed_many` (after leaving
+    ``s``: the transaction is committed here, so no connection is held across the provider
+    calls). Anything the caller put in ``s``'s transaction before (the new rows) is committed
+    with the claims. A deferral schedules the held delivery; a stale message is cancelled, a
+    suppressed one recorded, in the same way.
+    """
+    # A row once, however often it was given (a key twice in one batch is one message).
+    rows = [
+        row
+        for row in {row.id: row for row in rows}.values()
+        if row.status == NotificationStatus.CREATED
+    ]
+    if not rows:  # nothing new was inserted either: a new row is `created`
+        return []
     settings = current().settings
-    decision = ledger.claim_for_send(
+    decisions = ledger.claim_many_for_send(
         s,
-        row,
+        rows,
         now_local=current().clock.now(),
         quiet=current().quiet,
         daily_cap=settings.sms_daily_cap or None,
-        stale=_STALE_CHECKS.get(row.flow),
+        stale=_stale_many,
     )
-    if decision.action == "defer":
-        until = decision.not_before
-        job = f"deliver:{row.id}:{until.isoformat()}"
-        run_at = _release_slot(s, row, job, until)
-        # The held delivery is part of what the event caused: its trace shows it.
-        schedule(s, job, run_at, "deliver_notification", row.id, event_id=row.event_id)
-        DEFERRED.labels(flow=row.flow, reason=decision.reason).inc()
-        log.info("notification %s deferred until %s (%s)", row.id, run_at, decision.reason)
-        return False
-    if decision.action == "suppress":
-        NOTIFICATIONS.labels(row.flow, row.channel, "none", "suppressed").inc()
-        log.info("notification %s suppressed: %s", row.id, decision.reason)
-        return False
-    if decision.action == "cancel":
-        NOTIFICATIONS.labels(row.flow, row.channel, "none", "cancelled").inc()
-        log.info("notification %s cancelled: %s", row.id, decision.reason)
-        return False
-    return decision.action == "send"
+    claimed = []
+    for row in rows:
+        decision = decisions[row.id]
+        if decision.action == "send":
+            claimed.append(row)
+        elif decision.action == "defer":
+            until = decision.not_before
+            job = f"deliver:{row.id}:{until.isoformat()}"
+            run_at = _release_slot(s, row, job, until)
+            # The held delivery is part of what the event caused: its trace shows it.
+            schedule(s, job, run_at, "deliver_notification", row.id, event_id=row.event_id)
+            DEFERRED.labels(flow=row.flow, reason=decision.reason).inc()
+            log.info("notification %s deferred until %s (%s)", row.id, run_at, decision.reason)
+        elif decision.action in ("suppress", "cancel"):
+            status = "suppressed" if decision.action == "suppress" else "cancelled"
+            NOTIFICATIONS.labels(row.flow, row.channel, "none", status).inc()
+            log.info("notification %s %s: %s", row.id, status, decision.reason)
+    return claimed
 
 
 def _release_slot(s: Session, row: Notification, job: str, until: dt.datetime) -> dt.datetime:
@@ -297,18 +353,41 @@ def outbound(row: Notification) -> OutboundMessage:
 
 
 def deliver_claimed(row: Notification) -> None:
-    """Send a claimed notification and record the outcome.
+    """Send a claimed notification and record the outcome (:func:`deliver_claimed_many`)."""
+    deliver_claimed_many([row])
+
+
+def deliver_claimed_many(rows: list[Notification]) -> None:
+    """Send claimed notifications one after the other, and record the outcomes.
+
+    A failure is recorded for its message as it happens (see :func:`_send`); the messages the
+    provider took are recorded together at the end, in one transaction, also when a send
+    raised something unforeseen (that message stays ``sending`` for the sweep, which asks the
+    provider, and the exception goes on to dramatiq).
+    """
+    notifier = get_notifier()
+    sent: list[tuple[Notification, Receipt]] = []
+    try:
+        for row in rows:
+            receipt = _send(row, notifier)
+            if receipt is not None:
+                sent.append((row, receipt))
+    finally:
+        if sent:
+            _record_sent(sent)
+
+
+def _send(row: Notification, notifier: RoutingNotifier) -> Receipt | None:
+    """Hand one claimed message to the provider: its receipt, or None after recording why not.
 
     A transient failure releases the claim and hands the notification to the retry queue
     (``delivery-retry``), so a provider outage's retries never queue in front of first
     deliveries; inside the retry actor it raises for dramatiq's backoff instead.
     """
     settings = current().settings
-    notifier = get_notifier()
-    notification_id, flow = row.id, row.flow
-    event_at = ledger.as_utc(row.event_at)
+    notification_id = row.id
     try:
-        receipt = notifier.send(outbound(row))
+        return notifier.send(outbound(row))
     except PermanentDeliveryError as exc:
         provider = exc.provider or notifier.name
         _fail(
@@ -328,7 +407,7 @@ def deliver_claimed(row: Notification) -> None:
         )
         # Recorded on the row (and the number suppressed): finished, not a failed job. Raising
         # would park the job on the queue's .XQ, where it reads as work left undone.
-        return
+        return None
     except DeliveryTimeoutError as exc:
         # Ambiguous: the provider may have taken it. Leave it `sending` for the sweep, which asks
         # the provider; resending now could send twice.
@@ -349,11 +428,11 @@ def deliver_claimed(row: Notification) -> None:
             )
             s.commit()
         log.warning("notification %s: provider timeout, left for the sweep", notification_id)
-        return
+        return None
     except TransientDeliveryError as exc:
         # Not sent (a rate limit among them: routing does not fail over on one): again later.
         _retry_later(row, exc, notifier.name)
-        return
+        return None
     except NotifierConfigError as exc:
         _fail(
             row,
@@ -362,33 +441,46 @@ def deliver_claimed(row: Notification) -> None:
             f"notifier misconfigured: {exc.reason}",
         )
         log.error("notification %s: notifier misconfigured", notification_id)
-        return
-    status = (
-        NotificationStatus.DELIVERED if receipt.status == "delivered" else NotificationStatus.SENT
-    )
+        return None
+
+
+def _record_sent(sent: list[tuple[Notification, Receipt]]) -> None:
+    """Record what the provider took: one statement per status, one commit, then the status
+    reports that beat it (one read)."""
+    settings = current().settings
+    moves = [
+        (
+            row.id,
+            NotificationStatus.DELIVERED
+            if receipt.status == "delivered"
+            else NotificationStatus.SENT,
+            {
+                "provider": receipt.provider,
+                "provider_ref": receipt.provider_ref,
+                "segments": receipt.segments,
+            },
+        )
+        for row, receipt in sent
+    ]
     # One connection for both transactions (one checkout, one pre-ping).
     with connected_session(settings) as s:
-        ledger.advance(
-            s,
-            notification_id,
-            status,
-            provider=receipt.provider,
-            provider_ref=receipt.provider_ref,
-            segments=receipt.segments,
-        )
+        ledger.advance_many(s, moves)
         # A status callback can beat this write (the provider calls back as it answers us);
         # the api kept it waiting for the reference, so apply it now. Not in the advance's
         # transaction: the api stores a report, then looks for the reference; this looks for
         # reports after the reference is committed, so one of the two sees the other's commit.
         # Read in one transaction with the write, both could miss (neither commit visible to
         # the other's read) and the report would wait for the sweep's dead letter.
-        apply_pending(s, receipt.provider, receipt.provider_ref)
-    NOTIFICATIONS.labels(flow, row.channel, receipt.provider, status.value).inc()
-    if event_at is not None:
-        EVENT_TO_SEND.labels(flow).observe(max(0.0, (utcnow() - event_at).total_seconds()))
-    log.info(
-        "notification %s sent via %s as %s", notification_id, receipt.provider, receipt.provider_ref
-    )
+        apply_pending_many(s, [(receipt.provider, receipt.provider_ref) for _row, receipt in sent])
+    now = utcnow()
+    for (row, receipt), (_id, status, _values) in zip(sent, moves, strict=True):
+        NOTIFICATIONS.labels(row.flow, row.channel, receipt.provider, status.value).inc()
+        event_at = ledger.as_utc(row.event_at)
+        if event_at is not None:
+            EVENT_TO_SEND.labels(row.flow).observe(max(0.0, (now - event_at).total_seconds()))
+        log.info(
+            "notification %s sent via %s as %s", row.id, receipt.provider, receipt.provider_ref
+        )
 
 
 def _retry_later(row: Notification, exc: TransientDeliveryError, default_provider: str) -> None:

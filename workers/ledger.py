@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Table, and_, func, select, text, update
+from sqlalchemy import Table, and_, bindparam, func, literal_column, select, text, update
 from sqlmodel import Session
 
 from infra.db import conflict_insert
@@ -28,14 +28,20 @@ from workers.policy import Decision, decide, local_day_bounds
 
 __all__ = [
     "advance",
+    "advance_many",
     "as_utc",
     "claim",
     "claim_for_send",
+    "claim_many_for_send",
     "get_by_key",
     "insert_ignore",
     "insert_notification",
+    "insert_notifications",
     "release_claim",
 ]
+
+
+_TABLE = Notification.__table__
 
 
 def insert_ignore(
@@ -53,28 +59,46 @@ def insert_ignore(
 def insert_notification(session: Session, values: dict[str, Any]) -> Notification:
     """The notification with ``values["idempotency_key"]``: inserted now, or the one already there.
 
-    One round trip when the key is new (``INSERT … ON CONFLICT DO NOTHING RETURNING *``); a
-    replay reads the existing row with a second one. Does not commit: the caller commits the
-    row, alone or with the claim that follows it (a new row is invisible to everyone else until
-    then, and a second insert of the same key waits for that commit, then finds the row).
+    :func:`insert_notifications` for one row.
     """
-    dialect = session.get_bind().dialect
-    if not dialect.insert_returning:  # SQLite before 3.35: insert, then read
-        _insert_ignore(session, Notification.__table__, values, "idempotency_key")
-        row = get_by_key(session, values["idempotency_key"])
-        assert row is not None
-        return row
-    stmt = (
-        conflict_insert(session)(Notification)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(Notification)
-    )
-    row = session.scalars(stmt).first()
-    if row is None:
-        row = get_by_key(session, values["idempotency_key"])
-        assert row is not None
-    return row
+    return insert_notifications(session, [values])[0]
+
+
+def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[Notification]:
+    """The notifications with these rows' idempotency keys, in their order: each inserted now, or
+    the one already there (a key given twice is inserted once and returned twice).
+
+    One round trip when every key is new (``INSERT … ON CONFLICT DO NOTHING RETURNING *``, all
+    rows in one statement); replays are read with a second one. Does not commit: the caller
+    commits the rows, alone or with the claim that follows them (a new row is invisible to
+    everyone else until then, and a second insert of the same key waits for that commit, then
+    finds the row).
+    """
+    if not rows:
+        return []
+    unique: dict[str, dict[str, Any]] = {}
+    for values in rows:
+        unique.setdefault(values["idempotency_key"], values)
+    found: dict[str, Notification] = {}
+    if session.get_bind().dialect.insert_returning:
+        stmt = (
+            conflict_insert(session)(Notification)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(Notification)
+        )
+        found = {row.idempotency_key: row for row in session.scalars(stmt, list(unique.values()))}
+    else:  # SQLite before 3.35: insert, then read
+        for values in unique.values():
+            _insert_ignore(session, Notification.__table__, values, "idempotency_key")
+    missing = [key for key in unique if key not in found]
+    if missing:
+        found.update(
+            (row.idempotency_key, row)
+            for row in session.scalars(
+                select(Notification).where(Notification.idempotency_key.in_(missing))
+            )
+        )
+    return [found[values["idempotency_key"]] for values in rows]
 
 
 def _insert_ignore(
@@ -152,6 +176,34 @@ def advance(
     return result.rowcount == 1
 
 
+def advance_many(
+    session: Session, moves: list[tuple[str, NotificationStatus, dict[str, Any]]]
+) -> None:
+    """:func:`advance` for many ``(notification id, status, values)`` at once: one statement
+    per target status (executed for every row, pipelined by the driver), one commit."""
+    groups: dict[tuple[NotificationStatus, tuple[str, ...]], list[dict[str, Any]]] = {}
+    now = utcnow()
+    for notification_id, status, values in moves:
+        values = dict(values)
+        if status in (NotificationStatus.SENT, NotificationStatus.DELIVERED):
+            values.setdefault("sent_at", now)
+        groups.setdefault((status, tuple(sorted(values))), []).append(
+            {"b_id": notification_id, **{f"b_{k}": v for k, v in values.items()}}
+        )
+    for (status, columns), params in groups.items():
+        allowed_from = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
+        # Written into the statement: an executemany cannot expand a list parameter. The
+        # values are the status enum's own, never input.
+        from_statuses = [literal_column(f"'{s.value}'") for s in allowed_from]
+        stmt = (
+            _TABLE.update()
+            .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.status.in_(from_statuses))
+            .values(status=status, updated_at=now, **{k: bindparam(f"b_{k}") for k in columns})
+        )
+        session.execute(stmt, params)
+    session.commit()
+
+
 def get_by_key(session: Session, idempotency_key: str) -> Notification | None:
     """The notification with this idempotency key, if any."""
     return session.execute(
@@ -174,121 +226,188 @@ def claim_for_send(
     quiet: Any,
     daily_cap: int | None,
     stale: Callable[[Session, Notification], str | None] | None = None,
-) -> Any:
-    """Check the flow, decide (opt-out, quiet hours, daily cap) and claim, in one transaction.
-
-    On PostgreSQL a transaction-scoped advisory lock on the recipient serialises concurrent
-    sends to one citizen, so the cap is exact: the 6th message of the day is deferred even when
-    two workers race. (SQLite, the single-machine default, serialises writers itself but may
-    let a simultaneous pair through.)
-
-    ``stale`` is the flow's check (why the message no longer applies, or None). It runs after the
-    lock and before the policy, in this transaction; what it reads that a concurrent writer
-    cancels by must be read with a lock (``FOR SHARE``), so that writer's change is either seen
-    here or committed after this claim (see ``workers.reminders``). A stale message is moved
-    ``created → cancelled`` in this transaction, whatever the policy would have said.
-
-    Whatever happens, the transaction is committed here (with whatever the caller put in it
-    before, e.g. the new row). Returns the :class:`workers.policy.Decision`; a ``send`` decision
-    means the row is now ``sending``; ``skip`` means another worker won (or cancelled it) first.
-    """
-    now_utc = now_local.astimezone(dt.UTC)
-    if session.get_bind().dialect.name == "postgresql" and row.recipient:
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:r, 0))"), {"r": row.recipient}
-        )
-    reason = stale(session, row) if stale else None
-    decision = (
-        Decision("cancel", reason=reason)
-        if reason
-        else _decide(session, row, now_local=now_local, quiet=quiet, daily_cap=daily_cap)
-    )
-    where = and_(Notification.id == row.id, Notification.status == NotificationStatus.CREATED)
-    if decision.action == "send":
-        values: dict[str, Any] = {
-            "status": NotificationStatus.SENDING,
-            "claimed_at": now_utc,
-            "updated_at": utcnow(),
-            "attempts": Notification.attempts + 1,
-        }
-    elif decision.action == "suppress":
-        values = {
-            "status": NotificationStatus.SUPPRESSED,
-            "status_reason": decision.reason,
-            "updated_at": utcnow(),
-        }
-    elif decision.action == "cancel":
-        values = {
-            "status": NotificationStatus.CANCELLED,
-            "status_reason": decision.reason,
-            "updated_at": utcnow(),
-        }
-    else:
-        values = {
-            "not_before": decision.not_before,
-            "status_reason": decision.reason,
-            "updated_at": utcnow(),
-        }
-    won = (
-        session.execute(
-            update(Notification)
-            .where(where)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        == 1
-    )
-    session.commit()
-    if not won:
-        return Decision("skip", reason="no longer created")
-    return decision
+) -> Decision:
+    """:func:`claim_many_for_send` for one row, with the flow's check for one row."""
+    many = None if stale is None else (lambda s, rows: _each(s, rows, stale))
+    return claim_many_for_send(
+        session, [row], now_local=now_local, quiet=quiet, daily_cap=daily_cap, stale=many
+    )[row.id]
 
 
-def _decide(
+def _each(
+    session: Session, rows: list[Notification], check: Callable[[Session, Notification], str | None]
+) -> dict[str, str]:
+    return {row.id: reason for row in rows if (reason := check(session, row))}
+
+
+#: The flow's check for a batch: why each message no longer applies, by notification id.
+StaleMany = Callable[[Session, list[Notification]], dict[str, str]]
+
+
+def claim_many_for_send(
     session: Session,
-    row: Notification,
+    rows: list[Notification],
     *,
     now_local: dt.datetime,
     quiet: Any,
     daily_cap: int | None,
-) -> Decision:
-    """The citizen rules for ``row``, read in the claim's transaction (after its lock)."""
-    opted_out = (
-        bool(row.category) and session.get(OptOut, (row.recipient, row.category)) is not None
-    )
-    suppression = (
-        session.get(Suppression, (row.recipient, row.category))
-        if row.category and row.recipient
-        else None
-    )
-    suppressed = suppression.reason if suppression and suppression.status == "active" else None
-    day_start, day_end = local_day_bounds(now_local)
-    sent_today = 0
-    if not row.critical and daily_cap:
-        sent_today = session.execute(
-            select(func.count())
-            .select_from(Notification)
-            .where(
-                Notification.recipient == row.recipient,
-                Notification.critical.is_(False),
-                Notification.id != row.id,
-                Notification.status.in_(
-                    [
-                        NotificationStatus.SENDING,
-                        NotificationStatus.SENT,
-                        NotificationStatus.DELIVERED,
-                    ]
-                ),
-                Notification.claimed_at >= day_start.astimezone(dt.UTC),
-                Notification.claimed_at < day_end.astimezone(dt.UTC),
-            )
-        ).scalar_one()
-    return decide(
+    stale: StaleMany | None = None,
+) -> dict[str, Decision]:
+    """Check the flow, decide (opt-out, quiet hours, daily cap) and claim ``rows``, in one
+    transaction, with a fixed number of statements however many rows there are.
+
+    On PostgreSQL a transaction-scoped advisory lock on each recipient serialises concurrent
+    sends to one citizen, so the cap is exact: the 6th message of the day is deferred even when
+    two workers race (or the six are in one batch: the rows are decided in order, each counting
+    the ones claimed before it). The locks are taken in one order (by hash) in every
+    transaction, so two batches sharing recipients cannot deadlock. (SQLite, the
+    single-machine default, serialises writers itself but may let a simultaneous pair through.)
+
+    ``stale`` is the flow's check (why each message no longer applies). It runs after the locks
+    and before the policy, in this transaction; what it reads that a concurrent writer cancels
+    by must be read with a lock (``FOR SHARE``), so that writer's change is either seen here or
+    committed after this claim (see ``workers.reminders``). A stale message is moved
+    ``created → cancelled`` in this transaction, whatever the policy would have said.
+
+    Whatever happens, the transaction is committed here (with whatever the caller put in it
+    before, e.g. the new rows). Returns each row's :class:`workers.policy.Decision` by id; a
+    ``send`` decision means the row is now ``sending``; ``skip`` means another worker won (or
+    cancelled it) first.
+    """
+    now_utc = now_local.astimezone(dt.UTC)
+    rows = list({row.id: row for row in rows}.values())  # a row given twice is claimed once
+    recipients = sorted({row.recipient for row in rows if row.recipient})
+    if session.get_bind().dialect.name == "postgresql" and recipients:
+        session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(r, 0) AS h"
+                " FROM unnest(CAST(:rs AS text[])) AS r ORDER BY h) AS locks"
+            ),
+            {"rs": recipients},
+        )
+    reasons = stale(session, rows) if stale else {}
+    decisions = _decide_many(
+        session,
+        [row for row in rows if row.id not in reasons],
         now_local=now_local,
-        critical=row.critical,
-        opted_out=opted_out,
-        suppressed=suppressed,
-        sent_today=sent_today,
-        daily_cap=daily_cap,
         quiet=quiet,
+        daily_cap=daily_cap,
     )
+    decisions.update({row_id: Decision("cancel", reason=why) for row_id, why in reasons.items()})
+    # One UPDATE per kind of outcome (and reason), each only on rows still `created`.
+    groups: dict[tuple[str, Any, str], list[str]] = {}
+    for row in rows:
+        decision = decisions[row.id]
+        groups.setdefault((decision.action, decision.not_before, decision.reason), []).append(
+            row.id
+        )
+    won: set[str] = set()
+    for (action, not_before, reason), ids in groups.items():
+        if action == "send":
+            values: dict[str, Any] = {
+                "status": NotificationStatus.SENDING,
+                "claimed_at": now_utc,
+                "attempts": _TABLE.c.attempts + 1,
+            }
+        elif action == "suppress":
+            values = {"status": NotificationStatus.SUPPRESSED, "status_reason": reason}
+        elif action == "cancel":
+            values = {"status": NotificationStatus.CANCELLED, "status_reason": reason}
+        else:
+            values = {"not_before": not_before, "status_reason": reason}
+        won |= _move_created(session, ids, {**values, "updated_at": utcnow()})
+    session.commit()
+    return {
+        row.id: decisions[row.id] if row.id in won else Decision("skip", reason="no longer created")
+        for row in rows
+    }
+
+
+def _move_created(session: Session, ids: list[str], values: dict[str, Any]) -> set[str]:
+    """Set ``values`` on those of ``ids`` still ``created``; the ids it changed."""
+    where = and_(_TABLE.c.id.in_(ids), _TABLE.c.status == NotificationStatus.CREATED)
+    if session.get_bind().dialect.update_returning:
+        stmt = _TABLE.update().where(where).values(**values).returning(_TABLE.c.id)
+        return set(session.scalars(stmt))
+    return {
+        row_id
+        for row_id in ids
+        if session.execute(
+            _TABLE.update()
+            .where(_TABLE.c.id == row_id, _TABLE.c.status == NotificationStatus.CREATED)
+            .values(**values)
+        ).rowcount
+        == 1
+    }
+
+
+def _decide_many(
+    session: Session,
+    rows: list[Notification],
+    *,
+    now_local: dt.datetime,
+    quiet: Any,
+    daily_cap: int | None,
+) -> dict[str, Decision]:
+    """The citizen rules for ``rows``, read in the claim's transaction (after its locks), one
+    statement per rule for all of them."""
+    recipients = sorted({row.recipient for row in rows if row.recipient and row.category})
+    opted_out: set[tuple[str, str]] = set()
+    suppressed: dict[tuple[str, str], str] = {}
+    if recipients:
+        opted_out = {
+            (recipient, category)
+            for recipient, category in session.execute(
+                select(OptOut.recipient, OptOut.category).where(OptOut.recipient.in_(recipients))
+            )
+        }
+        suppressed = {
+            (recipient, category): reason
+            for recipient, category, reason in session.execute(
+                select(Suppression.recipient, Suppression.category, Suppression.reason).where(
+                    Suppression.recipient.in_(recipients), Suppression.status == "active"
+                )
+            )
+        }
+    day_start, day_end = local_day_bounds(now_local)
+    capped = sorted({row.recipient for row in rows if not row.critical and row.recipient})
+    sent_today: dict[str, int] = {}
+    if daily_cap and capped:
+        sent_today = {
+            recipient: count
+            for recipient, count in session.execute(
+                select(Notification.recipient, func.count())
+                .where(
+                    Notification.recipient.in_(capped),
+                    Notification.critical.is_(False),
+                    Notification.id.not_in([row.id for row in rows]),
+                    Notification.status.in_(
+                        [
+                            NotificationStatus.SENDING,
+                            NotificationStatus.SENT,
+                            NotificationStatus.DELIVERED,
+                        ]
+                    ),
+                    Notification.claimed_at >= day_start.astimezone(dt.UTC),
+                    Notification.claimed_at < day_end.astimezone(dt.UTC),
+                )
+                .group_by(Notification.recipient)
+            )
+        }
+    decisions: dict[str, Decision] = {}
+    for row in rows:
+        key = (row.recipient or "", row.category)
+        decision = decide(
+            now_local=now_local,
+            critical=row.critical,
+            opted_out=bool(row.category) and key in opted_out,
+            suppressed=suppressed.get(key) if row.category and row.recipient else None,
+            sent_today=sent_today.get(row.recipient or "", 0),
+            daily_cap=daily_cap,
+            quiet=quiet,
+        )
+        if decision.action == "send" and not row.critical and row.recipient:
+            # The next message of this batch to the same citizen counts this one.
+            sent_today[row.recipient] = sent_today.get(row.recipient, 0) + 1
+        decisions[row.id] = decision
+    return decisions

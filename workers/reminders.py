@@ -32,9 +32,9 @@ from workers import ledger
 from workers.context import current
 from workers.delivery import (
     RETRY_OPTIONS,
-    claim_to_send,
-    create_from_template,
-    deliver_claimed,
+    claim_many,
+    create_many_from_template,
+    deliver_claimed_many,
     register_stale_check,
 )
 from workers.jobs import parse_job
@@ -48,6 +48,7 @@ __all__ = [
     "reminder_actor",
     "renewal_scan",
     "send_renewal_reminder",
+    "send_renewal_reminders",
 ]
 
 log = logging.getLogger("govnotify.reminders")
@@ -161,11 +162,13 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
     for st in states:
         if st.license_id not in latest or latest[st.license_id].state_at < st.state_at:
             latest[st.license_id] = st
-    ids = list(latest)
+    # In license order: the rows are locked in the order a reminder batch's claim locks them.
+    ids = sorted(latest)
+    ordered = [latest[license_id] for license_id in ids]
     today, now = current().clock.today(), current().clock.utcnow()
     with session(settings) as s:
-        _upsert(s, [st for st in latest.values() if st.status == "live"], _LIVE_COLUMNS)
-        _upsert(s, [st for st in latest.values() if st.status == "revoked"], _REVOKED_COLUMNS)
+        _upsert(s, [st for st in ordered if st.status == "live"], _LIVE_COLUMNS)
+        _upsert(s, [st for st in ordered if st.status == "revoked"], _REVOKED_COLUMNS)
         records = {
             r.license_id: r
             for r in s.execute(
@@ -317,62 +320,115 @@ def _outdated(record: LicenseRecord | None, expires_on: str) -> str | None:
     records_own_failures=True,
 )
 def send_renewal_reminder(job: dict[str, Any]) -> None:
-    """Send one renewal SMS, exactly once per idempotency key."""
+    """Send one renewal SMS, exactly once per idempotency key (jobs queued one by one: by an
+    older version, or with ``GOVNOTIFY_JOB_BATCH_SIZE=1``)."""
+    _send_reminders([job], "send_renewal_reminder")
+
+
+@dramatiq.actor(
+    queue_name=current().settings.queue("reminders"),
+    **RETRY_OPTIONS,
+    throws=(PermanentDeliveryError,),
+    records_own_failures=True,
+)
+def send_renewal_reminders(jobs: list[dict[str, Any]]) -> None:
+    """Send a batch of renewal SMS, each exactly once per idempotency key.
+
+    :class:`infra.jobs.JobSender` hands reminders over in batches (``GOVNOTIFY_JOB_BATCH_SIZE``):
+    the rows of the whole batch are inserted, checked and claimed in one transaction with a
+    fixed number of statements, sent one after the other, and recorded in one more. A retry of
+    the job does again only what is left: rows past ``created`` are not claimed twice.
+    """
+    if not isinstance(jobs, list):
+        jobs = [jobs]  # parse_job dead-letters it with its reason
+    _send_reminders(jobs, "send_renewal_reminders")
+
+
+def _send_reminders(jobs: list[Any], actor: str) -> None:
     settings = current().settings
-    reminder = parse_job(RenewalJob, job, "send_renewal_reminder")
-    if reminder is None:
+    today = current().clock.today()
+    reminders = [r for job in jobs if (r := parse_job(RenewalJob, job, actor)) is not None]
+    if not reminders:
         return
-    category = CATEGORIES.get(reminder.category)
-    params = {
-        "category_name": category.name_zh if category else reminder.category,
-        "license_id": reminder.license_id,
-        "expires_on": f"{reminder.expires_on:%Y年%m月%d日}",
-        # Days left on the day it is sent (a late reminder must not claim 30 when 20 are left).
-        "days_left": (reminder.expires_on - current().clock.today()).days,
-        "issuing_department": reminder.issuing_department,
-    }
+    items = []
+    for reminder in reminders:
+        category = CATEGORIES.get(reminder.category)
+        params: dict[str, object] = {
+            "category_name": category.name_zh if category else reminder.category,
+            "license_id": reminder.license_id,
+            "expires_on": f"{reminder.expires_on:%Y年%m月%d日}",
+            # Days left on the day it is sent (a late reminder must not claim 30 when 20 are
+            # left).
+            "days_left": (reminder.expires_on - today).days,
+            "issuing_department": reminder.issuing_department,
+        }
+        notification = {
+            "key": reminder.idempotency_key,
+            "flow": FLOW,
+            "subject_id": reminder.license_id,
+            "recipient": reminder.holder_mobile,
+            "category": "reminders",
+            "event_at": reminder.state_at,
+            "due_on": reminder.due_on,
+            "event_id": reminder.event_id,
+            "event_source": reminder.event_source,
+        }
+        items.append((params, notification))
     with session(settings) as s:
-        # One transaction: the new row is committed with its claim (or its cancellation, or
-        # deferral); the license is checked in it too (_stale_at_claim).
-        row = create_from_template(
-            s,
-            TEMPLATE,
-            params,
-            key=reminder.idempotency_key,
-            flow=FLOW,
-            subject_id=reminder.license_id,
-            recipient=reminder.holder_mobile,
-            category="reminders",
-            event_at=reminder.state_at,
-            due_on=reminder.due_on,
-            event_id=reminder.event_id,
-            event_source=reminder.event_source,
-            commit=False,
-        )
-        if row.status != NotificationStatus.CREATED:
-            log.info("notification %s already %s; nothing to do", row.id, row.status)
-            return
-        claimed = claim_to_send(s, row)
-    if claimed:
-        deliver_claimed(row)
+        # One transaction: the new rows are committed with their claims (or cancellations, or
+        # deferrals); the licenses are checked in it too (_stale_many_at_claim).
+        rows = create_many_from_template(s, TEMPLATE, items)
+        for row in rows:
+            if row.status != NotificationStatus.CREATED:
+                log.info("notification %s already %s; nothing to do", row.id, row.status)
+        claimed = claim_many(s, rows)
+    deliver_claimed_many(claimed)
 
 
 def _stale_at_claim(s: Any, row: Notification) -> str | None:
-    """The license check, in the claim's transaction (``ledger.claim_for_send``).
+    """The license check of one row (:func:`_stale_many_at_claim`)."""
+    return _stale_many_at_claim(s, [row]).get(row.id)
 
-    The license row is read ``FOR SHARE``: record_licenses cancels the `created` rows of a
-    license it updates, after updating it. A renewal updated (not yet committed) before this
-    read makes the read wait for its commit and see it: cancelled here. One that comes after the
-    read waits for this claim's commit, and then finds the row `sending`, not `created`: it was
-    already due to go, exactly as a renewal recorded a moment after the send.
+
+def _stale_many_at_claim(s: Any, rows: list[Notification]) -> dict[str, str]:
+    """The license check, in the claim's transaction (``ledger.claim_many_for_send``): why each
+    reminder no longer applies, by notification id.
+
+    The license rows are read ``FOR SHARE``, in license order (record_licenses writes them in
+    that order too, so the two do not deadlock): record_licenses cancels the `created` rows of
+    a license it updates, after updating it. A renewal updated (not yet committed) before this
+    read makes the read wait for its commit and see it: cancelled here. One that comes after
+    the read waits for this claim's commit, and then finds the row `sending`, not `created`: it
+    was already due to go, exactly as a renewal recorded a moment after the send.
     """
-    expires_on = dt.date.fromisoformat(row.idempotency_key.rsplit(":", 2)[1])
-    state_at = ledger.as_utc(row.event_at)
-    assert state_at is not None
-    return _stale(s, row.subject_id, expires_on, state_at, lock=True)
+    ids = sorted({row.subject_id for row in rows})
+    records = {
+        record.license_id: record
+        for record in s.execute(
+            select(
+                LicenseRecord.license_id,
+                LicenseRecord.status,
+                LicenseRecord.expires_on,
+                LicenseRecord.last_event_at,
+            )
+            .where(LicenseRecord.license_id.in_(ids))
+            .order_by(LicenseRecord.license_id)
+            .with_for_update(read=True)
+        )
+    }
+    reasons = {}
+    for row in rows:
+        record = records.get(row.subject_id)
+        state_at = ledger.as_utc(row.event_at)
+        assert state_at is not None
+        if record is None or ledger.as_utc(record.last_event_at) <= state_at:
+            continue
+        if reason := _outdated(record, row.idempotency_key.rsplit(":", 2)[1]):
+            reasons[row.id] = reason
+    return reasons
 
 
-register_stale_check(FLOW, _stale_at_claim)
+register_stale_check(FLOW, _stale_at_claim, many=_stale_many_at_claim)
 
 
 @dramatiq.actor(queue_name=current().settings.queue("reminders"), **RETRY_OPTIONS)

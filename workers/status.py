@@ -65,6 +65,7 @@ __all__ = [
     "MalformedCallbackError",
     "UnknownStatusError",
     "apply_pending",
+    "apply_pending_many",
     "apply_status",
     "callback_raw",
     "dead_letter_unknown",
@@ -208,6 +209,31 @@ def apply_pending(s: Session, provider: str, provider_ref: str) -> list[str]:
     forward, and each report is marked applied once.
     """
     return list(_apply_pending(s, provider, provider_ref).values())
+
+
+def apply_pending_many(s: Session, sent: list[tuple[str, str]]) -> list[str]:
+    """:func:`apply_pending` for many ``(provider, provider_ref)`` at once: one indexed read
+    finds the few references with reports waiting, and only those are applied."""
+    refs = sorted({ref for _provider, ref in sent})
+    if not refs:
+        return []
+    waiting = {
+        (provider, ref)
+        for provider, ref in s.execute(
+            select(NotificationStatusEvent.provider, NotificationStatusEvent.provider_ref)
+            .where(
+                NotificationStatusEvent.provider_ref.in_(refs),
+                NotificationStatusEvent.applied.is_(False),
+            )
+            .distinct()
+        )
+    }
+    s.commit()
+    results: list[str] = []
+    for provider, ref in sent:
+        if (provider, ref) in waiting:
+            results.extend(apply_pending(s, provider, ref))
+    return results
 
 
 def _apply_pending(s: Session, provider: str, provider_ref: str) -> dict[str, str]:

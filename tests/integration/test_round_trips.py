@@ -14,6 +14,9 @@ Where each count comes from, for one reminder that is sent:
 - the provider call, holding no connection;
 - checkout 2, two transactions: the outcome ``UPDATE`` (commit), then the pending-reports read
   (its own transaction on purpose, committed: see ``workers.delivery.deliver_claimed``).
+
+A batch of reminders (``send_renewal_reminders``, how the queues carry them) takes the same
+statements for all its messages: each one covers the whole batch.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from tests.support.stub_worker import actors_on_stub_broker
 from workers import ledger
 from workers.context import WorkerContext
 from workers.delivery import deliver_notification
-from workers.reminders import record_licenses, send_renewal_reminder
+from workers.reminders import record_licenses, send_renewal_reminder, send_renewal_reminders
 from workers.renewal_rules import due_renewal_jobs
 
 pytestmark = pytest.mark.integration
@@ -212,3 +215,42 @@ def test_delivering_a_persisted_notification_stays_within_its_round_trip_budget(
     # Then: sent, within the budget (the row read replaces the INSERT)
     assert _statuses(test_settings) == ["delivered"]
     assert _within(counts, DELIVERY_BUDGET) == DELIVERY_BUDGET
+
+
+def test_a_batch_of_reminders_takes_the_round_trips_of_one(
+    test_settings: Settings, stub: StubBroker
+) -> None:
+    # Given: 100 live licenses, each due its 30-day reminder today, to 100 citizens
+    states = [
+        LicenseStateJob(
+            license_id=f"LIC-RTB-{i:03d}",
+            status="live",
+            category="food_business",
+            holder_name="张三",
+            holder_mobile=f"+86139000{i:05d}",
+            issuing_department="市场监督管理局",
+            issued_on=dt.date(2021, 12, 26),
+            expires_on=EXPIRES,
+            state_at=NOW - dt.timedelta(hours=1),
+        )
+        for i in range(100)
+    ]
+    record_licenses.send([state.model_dump(mode="json") for state in states])
+    stub.join(record_licenses.queue_name, fail_fast=True)
+    with session(test_settings) as s:
+        records = s.execute(select(LicenseRecord)).scalars().all()
+        jobs = [
+            job.model_dump(mode="json")
+            for record in records
+            for job in due_renewal_jobs(record, NOW.date(), test_settings.renewal_sms_offsets, [])
+        ]
+    assert len(jobs) == 100
+
+    # When: one batch job carries them all, counted
+    with counting(test_settings) as counts:
+        send_renewal_reminders.send(jobs)
+        stub.join(send_renewal_reminders.queue_name, fail_fast=True)
+
+    # Then: all 100 sent, within the budget of one reminder
+    assert _statuses(test_settings) == ["delivered"] * 100
+    assert _within(counts, REMINDER_BUDGET) == REMINDER_BUDGET
