@@ -478,9 +478,10 @@ def _record_sent(sent: list[tuple[Notification, Receipt]]) -> None:
         event_at = ledger.as_utc(row.event_at)
         if event_at is not None:
             EVENT_TO_SEND.labels(row.flow).observe(max(0.0, (now - event_at).total_seconds()))
-        log.info(
-            "notification %s sent via %s as %s", row.id, receipt.provider, receipt.provider_ref
-        )
+    # Each send was logged by its notifier (id, provider, reference); one line for the record.
+    log.info(
+        "%d notifications recorded as sent (%s … %s)", len(sent), sent[0][0].id, sent[-1][0].id
+    )
 
 
 def _retry_later(row: Notification, exc: TransientDeliveryError, default_provider: str) -> None:
