@@ -52,13 +52,14 @@ __all__ = [
     "claim_many",
     "claim_to_send",
     "create_from_template",
-    "create_many_from_template",
+    "create_many",
     "create_notification",
     "deliver_claimed",
     "deliver_claimed_many",
     "deliver_notification",
     "get_notifier",
     "register_stale_check",
+    "rendered",
     "retry_delivery",
 ]
 
@@ -173,22 +174,23 @@ def create_from_template(
 ) -> Notification:
     """:func:`create_notification` with the body rendered from ``template`` and ``params``
     (signature and opt-out hint from the settings), keeping both for template-id providers."""
-    return create_notification(s, **_rendered(template, params), **notification)
+    return create_notification(s, **rendered(template, params), **notification)
 
 
-def create_many_from_template(
-    s: Session, template: SmsTemplate, items: list[tuple[dict[str, object], dict[str, Any]]]
-) -> list[Notification]:
-    """:func:`create_from_template` for many ``(params, notification keywords)`` in one
-    statement, not committed (:func:`claim_many` commits them with their claims); the rows in
-    the order given, each new or the one already there."""
-    return ledger.insert_notifications(
-        s,
-        [notification_values(**_rendered(template, params), **kw) for params, kw in items],
-    )
+def create_many(s: Session, notifications: list[dict[str, Any]]) -> list[Notification]:
+    """:func:`create_notification` for many (each the keywords of
+    :func:`notification_values`) in one statement, not committed (:func:`claim_many` commits
+    them with their claims); the rows in the order given, each new or the one already there."""
+    return ledger.insert_notifications(s, [notification_values(**kw) for kw in notifications])
 
 
-def _rendered(template: SmsTemplate, params: dict[str, object]) -> dict[str, Any]:
+def rendered(template: SmsTemplate, params: dict[str, object]) -> dict[str, Any]:
+    """The body of ``template`` with ``params`` (signature and opt-out hint from the settings),
+    and both kept for template-id providers: keywords for :func:`notification_values`.
+
+    Raises:
+      notifiers.templates.UnsafeValueError: a value, or the text, is not safe to send.
+    """
     settings = current().settings
     body = template.render(
         params, signature=settings.sms_signature, opt_out_hint=settings.opt_out_hint

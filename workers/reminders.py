@@ -24,7 +24,7 @@ from infra.metrics import CALL_LIST_ENTRIES, NOTIFICATIONS
 from notifiers.errors import (
     PermanentDeliveryError,
 )
-from notifiers.templates import load_templates
+from notifiers.templates import UnsafeValueError, load_templates
 from schemas.categories import load_categories
 from schemas.commands import LicenseStateJob, RenewalJob
 from schemas.models import CallListEntry, LicenseRecord, Notification, NotificationStatus, utcnow
@@ -33,11 +33,12 @@ from workers.context import current
 from workers.delivery import (
     RETRY_OPTIONS,
     claim_many,
-    create_many_from_template,
+    create_many,
     deliver_claimed_many,
     register_stale_check,
+    rendered,
 )
-from workers.jobs import parse_job
+from workers.jobs import dead_letter_job, parse_job
 from workers.renewal_rules import due_renewal_jobs, scan_windows
 from workers.scheduled_jobs import schedule_many
 
@@ -349,11 +350,11 @@ def send_renewal_reminders(jobs: list[dict[str, Any]]) -> None:
 def _send_reminders(jobs: list[Any], actor: str) -> None:
     settings = current().settings
     today = current().clock.today()
-    reminders = [r for job in jobs if (r := parse_job(RenewalJob, job, actor)) is not None]
-    if not reminders:
-        return
-    items = []
-    for reminder in reminders:
+    notifications = []
+    for job in jobs:
+        reminder = parse_job(RenewalJob, job, actor)
+        if reminder is None:
+            continue
         category = CATEGORIES.get(reminder.category)
         params: dict[str, object] = {
             "category_name": category.name_zh if category else reminder.category,
@@ -364,7 +365,14 @@ def _send_reminders(jobs: list[Any], actor: str) -> None:
             "days_left": (reminder.expires_on - today).days,
             "issuing_department": reminder.issuing_department,
         }
+        try:
+            text = rendered(TEMPLATE, params)
+        except UnsafeValueError as exc:
+            # This reminder can never be sent as it stands; the others of the batch still go.
+            dead_letter_job(job, actor, "unsafe_text", f"{actor}: {exc}")
+            continue
         notification = {
+            **text,
             "key": reminder.idempotency_key,
             "flow": FLOW,
             "subject_id": reminder.license_id,
@@ -375,11 +383,13 @@ def _send_reminders(jobs: list[Any], actor: str) -> None:
             "event_id": reminder.event_id,
             "event_source": reminder.event_source,
         }
-        items.append((params, notification))
+        notifications.append(notification)
+    if not notifications:
+        return
     with session(settings) as s:
         # One transaction: the new rows are committed with their claims (or cancellations, or
         # deferrals); the licenses are checked in it too (_stale_many_at_claim).
-        rows = create_many_from_template(s, TEMPLATE, items)
+        rows = create_many(s, notifications)
         for row in rows:
             if row.status != NotificationStatus.CREATED:
                 log.info("notification %s already %s; nothing to do", row.id, row.status)

@@ -123,7 +123,7 @@ def test_each_message_of_a_batch_gets_the_rules_it_would_get_alone(
     #   seven reminders to one citizen (the cap is 5 a day: the 6th and 7th wait),
     #   one to a citizen who opted out of reminders, one to a suppressed number,
     #   one whose license was renewed after its job was made, one already sent,
-    #   one plain one given twice, and a malformed job
+    #   one plain one given twice, a malformed job, and one whose text is refused
     capped = {f"LIC-CAP-{i}": "+8613900000100" for i in range(7)}
     others = {
         "LIC-OPT": "+8613900000200",
@@ -150,6 +150,9 @@ def test_each_message_of_a_batch_gets_the_rules_it_would_get_alone(
     jobs = _jobs(test_settings, [*capped, *others])
     jobs.append(_jobs(test_settings, ["LIC-TWICE"])[0])
     jobs.append({"license_id": "LIC-BAD"})
+    # a well-formed job whose text would carry something like a phone number
+    unsafe = {**jobs[0], "license_id": "LIC1-0000400", "idempotency_key": "renewal:sms:LIC1:x:30"}
+    jobs.append(unsafe)
     with session(test_settings) as s:
         s.execute(
             update(LicenseRecord)
@@ -175,14 +178,18 @@ def test_each_message_of_a_batch_gets_the_rules_it_would_get_alone(
     assert outcomes["LIC-REN"] == ("cancelled", "license renewed")
     assert outcomes["LIC-DONE"][0] == "delivered"
     assert outcomes["LIC-TWICE"][0] == "delivered"
-    # the held two are scheduled for tomorrow, the malformed job is a dead letter of its own
+    # the held two are scheduled for tomorrow; the malformed and the refused job are dead
+    # letters of their own, and the others went all the same
     with session(test_settings) as s:
         held = s.execute(
             select(ScheduledJob.actor_name).where(ScheduledJob.key.like("deliver:%"))
         ).all()
         letters = s.execute(select(DeadLetter.reason, DeadLetter.event_type)).all()
     assert len(held) == 2
-    assert [tuple(letter) for letter in letters] == [("invalid_job", "send_renewal_reminders")]
+    assert sorted(tuple(letter) for letter in letters) == [
+        ("invalid_job", "send_renewal_reminders"),
+        ("unsafe_text", "send_renewal_reminders"),
+    ]
     # and the provider took exactly one SMS per message sent: none twice, none to the refused
     assert _sent(test_settings) == Counter(
         {"+8613900000100": 5, "+8613900000500": 1, "+8613900000600": 1}
