@@ -480,10 +480,12 @@ def _record_sent(sent: list[tuple[Notification, Receipt]]) -> None:
         event_at = ledger.as_utc(row.event_at)
         if event_at is not None:
             EVENT_TO_SEND.labels(row.flow).observe(max(0.0, (now - event_at).total_seconds()))
-    # Each send was logged by its notifier (id, provider, reference); one line for the record.
-    log.info(
-        "%d notifications recorded as sent (%s … %s)", len(sent), sent[0][0].id, sent[-1][0].id
-    )
+    by_provider: dict[str, list[str]] = {}
+    for row, receipt in sent:
+        by_provider.setdefault(receipt.provider, []).append(row.id)
+    # One line per batch and provider, every id in it (the notifier logs each at DEBUG).
+    for provider, ids in by_provider.items():
+        log.info("%d notification(s) sent via %s: %s", len(ids), provider, " ".join(ids))
 
 
 def _retry_later(row: Notification, exc: TransientDeliveryError, default_provider: str) -> None:
