@@ -4,8 +4,10 @@ The case-flow builders (events, staff env) are in :mod:`tests.support.cases`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
     from infra.settings import Settings
     from schemas.events import Event
+    from workers.context import WorkerContext
 
 __all__ = [
     "Pipeline",
@@ -49,6 +52,7 @@ __all__ = [
     "scrape",
     "unmasked_mobiles",
     "wait_until",
+    "worker_context",
 ]
 
 
@@ -171,12 +175,51 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     return {**env, **settings.env(), **extra}
 
 
+def worker_context(settings: Settings) -> WorkerContext:
+    """A worker context for running actors in this process (``actor.fn``, a stub broker) whose
+    send slots are taken in the database as every worker takes them, without sleeping until
+    them: the staff robots' 20 a minute would make each further webhook of a test wait 3 s.
+
+    Every database operation of a send is still there (tests that pause a job at each one see
+    the same operations); these tests check what is sent and marked, never when.
+    """
+    from infra.clock import Clock
+    from notifiers.pacing import DatabasePacer
+    from workers.context import WorkerContext
+
+    context = WorkerContext(settings)
+    context.pacer = DatabasePacer(
+        settings, Clock.from_settings(settings), sleep=lambda _seconds: None
+    )
+    return context
+
+
 class Pipeline(ProcessGroup):
     """relay, stream and worker processes for one test's settings."""
 
     def __init__(self, settings: Settings, log_dir: Path, **extra_env: str) -> None:
         super().__init__(env=env_for(settings, **extra_env), log_dir=log_dir)
         self.settings = settings
+
+    def stop_all(self, timeout: float = 15.0) -> None:
+        """Stop every child as :meth:`Child.stop` does (SIGTERM to its process group, a deadline,
+        then SIGKILL of whatever is left), all of them side by side: each shuts down in a second
+        or so, which one after the other was seconds of every test's teardown."""
+        children = list(reversed(self.children))
+        for child in children:
+            if child.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(max(0.0, deadline - time.monotonic()))
+            # Children of the group (dramatiq's worker and fork processes) may outlive the leader.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+            if child.popen.poll() is None:
+                child.popen.wait(10)
+        self.children.clear()
 
     def set_env(self, **extra: str) -> None:
         if "GOVNOTIFY_NOW" in extra and "GOVNOTIFY_NOW_EPOCH" not in extra:

@@ -34,8 +34,9 @@ from infra.settings import Settings, load_settings
 from schemas.commands import CallbackDoneJob, CaseJob
 from schemas.models import CallbackTask, ScheduledJob
 from tests.fakes.webhook_server import FakeWebhook
+from tests.support import worker_context
 from workers import callbacks as callbacks_module
-from workers.context import WorkerContext, using
+from workers.context import using
 
 pytestmark = pytest.mark.integration
 
@@ -80,10 +81,15 @@ def callbacks(test_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Itera
 
     The enterprise's SMS notice is created but not sent (the delivery code is tested elsewhere
     and is no part of the race), and the test chooses the id of the next task.
+
+    The department robots keep their pace, their slots taken in the database as in production
+    (every database operation of a job is still there to pause at); only the wait for a slot
+    is not slept (:func:`tests.support.worker_context`): the orders are chosen by database
+    operation, never by time, and 3 s a webhook was most of this module's time.
     """
     monkeypatch.setattr(callbacks_module, "attempt", lambda row: None)
     monkeypatch.setattr(callbacks_module, "uuid", TaskIds())
-    with using(WorkerContext(test_settings)):
+    with using(worker_context(test_settings)):
         yield callbacks_module
 
 

@@ -106,10 +106,11 @@ def test_negative_reviews_open_tickets_with_working_day_deadlines_and_closing_te
 def test_an_open_ticket_past_its_deadline_is_flagged_overdue_and_a_closed_one_is_not(
     settings: Settings, pipeline: Pipeline, fake_twilio: FakeTwilio, hooks
 ) -> None:
-    # Given: a 1-working-day deadline that ends 40 s after the pipeline starts (time enough to
-    # start it and close one ticket first)
+    # Given: a 1-working-day deadline, Tuesday 23:59:59, two minutes after the pipeline starts
+    # (time enough to start it and close one ticket first, on any machine)
     webhooks, directory = hooks
-    now = dt.datetime(2026, 11, 24, 23, 59, 19, tzinfo=CST)  # Tuesday
+    now = dt.datetime(2026, 11, 24, 23, 58, 0, tzinfo=CST)  # Tuesday
+    deadline = dt.datetime(2026, 11, 24, 23, 59, 59, tzinfo=CST)
     monday = dt.datetime(2026, 11, 23, 10, 0, tzinfo=CST)
     pipeline.set_env(**env(fake_twilio, directory, now, GOVNOTIFY_RECTIFICATION_WORKDAYS="1"))
     pipeline.all()
@@ -138,8 +139,25 @@ def test_an_open_ticket_past_its_deadline_is_flagged_overdue_and_a_closed_one_is
         timeout=60,
         capture_output=True,
     )
+    wait_until(
+        lambda: (
+            rows(settings, RectificationTicket, RectificationTicket.id == closing.id)[0].status
+            == "closed"
+        ),
+        30,
+        message="the ticket was not closed",
+    )
+    assert pipeline.now(now) < deadline  # both tickets were still within their deadline
+    assert not any(t.overdue_at for t in rows(settings, RectificationTicket))
 
-    # When: the deadline passes
+    # When: the deadline passes (the night goes by: the worker and the scheduler go on, their
+    # clock a few seconds before the deadline, instead of the test waiting for it)
+    for child in [c for c in pipeline.children if c.name in ("worker", "scheduler")]:
+        child.stop()
+        pipeline.children.remove(child)
+    pipeline.set_env(GOVNOTIFY_NOW=(deadline - dt.timedelta(seconds=3)).isoformat())
+    pipeline.worker()
+    pipeline.scheduler()
     wait_until(
         lambda: any(t.overdue_at for t in rows(settings, RectificationTicket)),
         60,

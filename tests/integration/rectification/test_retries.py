@@ -20,8 +20,9 @@ from infra.settings import Settings, load_settings
 from notifiers.errors import TransientDeliveryError
 from schemas.models import RectificationTicket
 from tests.fakes.webhook_server import FakeWebhook
+from tests.support import worker_context
 from workers import rectification as rectification_module
-from workers.context import WorkerContext, using
+from workers.context import using
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,9 @@ def test_settings(database_url: str, tmp_path: Path, hooks: tuple[FakeWebhook, P
 
 @pytest.fixture
 def rectification(test_settings: Settings) -> Iterator[Any]:
-    """``workers.rectification``, its actors run in a worker context of this test's settings."""
-    with using(WorkerContext(test_settings)):
+    """``workers.rectification``, its actors run in a worker context of this test's settings
+    (the robot's pace kept, its waits not slept: :func:`tests.support.worker_context`)."""
+    with using(worker_context(test_settings)):
         yield rectification_module
 
 

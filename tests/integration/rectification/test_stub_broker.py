@@ -20,8 +20,8 @@ from infra.settings import Settings, load_settings
 from schemas.commands import EvaluationJob
 from schemas.models import CallbackTask, DeadLetter, EvaluationRecord, RectificationTicket
 from tests.fakes.webhook_server import FakeWebhook
+from tests.support import worker_context
 from tests.support.stub_worker import actors_on_stub_broker
-from workers.context import WorkerContext
 from workers.rectification import flag_rectification_overdue, record_evaluation
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,8 @@ def test_settings(database_url: str, tmp_path: Path, hooks: tuple[FakeWebhook, P
 
 @pytest.fixture
 def stub(test_settings: Settings) -> Iterator[StubBroker]:
-    with actors_on_stub_broker(WorkerContext(test_settings)) as broker:
+    # The robot's pace kept, its waits not slept (tests.support.worker_context).
+    with actors_on_stub_broker(worker_context(test_settings)) as broker:
         yield broker
 
 

@@ -1,7 +1,7 @@
 """The 08:00 release, measured: reminders held overnight by the quiet hours go out at the
 configured send rate, none lost, none early (issue 13).
 
-The night: 2,000 licenses due for their 30-day reminder reach the real relay, stream and worker
+The night: 500 licenses due for their 30-day reminder reach the real relay, stream and worker
 at 07:00 Asia/Shanghai, inside the quiet hours (21:00-08:00); each reminder is created and
 deferred to 08:00 with its slot of the release spread. The morning: the worker and the scheduler
 start again on the pipeline clock a little before 08:00 (the night has passed), and the loopback
@@ -28,14 +28,17 @@ from tests.support.cases import CST
 
 pytestmark = pytest.mark.integration
 
-#: How many reminders are held overnight, and the send rate they must keep.
-N = 2000
+#: How many reminders are held overnight, and the send rate they must keep: Twilio's declared
+#: 50 a second, so the release is paced (not limited by the worker's own speed) for ~10 s, long
+#: enough for every one-second window, the spacing and the span to be measured on 500 sends.
+N = 500
 RATE = 50.0
 #: The night (inside the quiet hours) and the release.
 TODAY = dt.date(2026, 11, 26)
 NIGHT = dt.datetime(2026, 11, 26, 7, 0, tzinfo=CST)
 RELEASE = dt.datetime(2026, 11, 26, 8, 0, tzinfo=CST)
-#: Real seconds between the morning processes' start and 08:00 on their clock: time to be up.
+#: Real seconds between the morning processes' start and 08:00 on their clock: time to be up
+#: (~3 s with a suite beside; the rest is for a CI machine busier than that).
 MORNING_MARGIN_S = 10.0
 
 
@@ -116,11 +119,17 @@ def test_reminders_held_overnight_go_out_at_the_send_rate_none_lost_none_early(
                 Notification.status_reason == "quiet hours",
             )
 
+        def scheduled() -> int:
+            return count_rows(settings, ScheduledJob)
+
+        # (a row is marked held when its claim commits, its release job right after: both)
         wait_until(
-            lambda: held() == N,
+            lambda: held() == N and scheduled() == N,
             120,
-            interval=1.0,
-            message=lambda: f"{held()} of {N} held:\n" + night_worker.log_tail(),
+            interval=0.2,
+            message=lambda: (
+                f"{held()} of {N} held, {scheduled()} scheduled:\n" + night_worker.log_tail()
+            ),
         )
         assert twilio.arrivals == []
         night_s = time.monotonic() - night_started
