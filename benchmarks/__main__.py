@@ -1,7 +1,11 @@
 """``python -m benchmarks``: every benchmark in turn, one table at the end.
 
 Each benchmark gets its own Tansu, namespace and database (removed afterwards); the pipeline
-benchmark uses the relay benchmark's figure from this run as its baseline; the green-channel
+benchmark measures its raw-pika baseline itself and also sets its figure beside the relay
+benchmark's from this run; the worker benchmark runs a worker alone on a backlog (sandbox, then
+the real twilio client against the loopback fake), beside a no-op dramatiq and the fake alone;
+the scaling benchmark runs the pipeline's load with 1 then 2 worker processes, then 2 streams
+(a smaller load than the pipeline benchmark's, to keep ``make bench`` short); the green-channel
 benchmark runs two pipelines of its own (fast path on, then off); the callbacks benchmark runs
 ``govnotify api`` against a trivial waitress app of its own; the recovery benchmark loads a
 registry of a million licenses.
@@ -18,6 +22,8 @@ from benchmarks import (
     bench_publish,
     bench_recovery,
     bench_relay,
+    bench_scaling,
+    bench_worker,
 )
 from benchmarks.common import Row, bench_env, run_main
 
@@ -32,12 +38,26 @@ def _relay(_rows: list[Row]) -> list[Row]:
         return bench_relay.run(env)
 
 
+#: ``make bench`` sizes (each module alone defaults to larger ones).
+WORKER_SMS, WORKER_TWILIO_SMS, SCALING_LICENSES = 2000, 1000, 3000
+
+
+def _worker(rows: list[Row]) -> list[Row]:
+    return bench_worker.bench(rows, WORKER_SMS, WORKER_TWILIO_SMS)
+
+
+def _scaling(rows: list[Row]) -> list[Row]:
+    return bench_scaling.bench(rows, SCALING_LICENSES)
+
+
 def main() -> int:
     return run_main(
         [
             ("publish", _publish),
             ("relay", _relay),
             ("pipeline", bench_pipeline.bench),
+            ("worker", _worker),
+            ("scaling", _scaling),
             ("green_channel", bench_green_channel.bench),
             ("callbacks", bench_callbacks.bench),
             ("recovery", bench_recovery.bench),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import os
 import shutil
 import sys
@@ -58,6 +59,7 @@ __all__ = [
     "purge_queue",
     "queue_depth",
     "run_main",
+    "take_jobs",
 ]
 
 #: Admin URL of the PostgreSQL server (trust auth); benchmark databases are created next to it.
@@ -221,6 +223,38 @@ def purge_queue(settings: Settings, queue: str) -> None:
         conn.channel().queue_purge(queue)
     finally:
         conn.close()
+
+
+def take_jobs(settings: Settings, queue: str, timeout: float = 60.0) -> tuple[int, int]:
+    """Empty ``queue`` of the dramatiq messages waiting on it: (messages, jobs they carry).
+
+    A message whose argument is a list (a batch actor's, ``schemas.commands.BATCH_ACTORS``)
+    carries one job per item; any other, one job. So a check of "every job handed over is on
+    the queue" holds whether or not the product groups jobs into messages.
+    """
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = conn.channel()
+        depth = channel.queue_declare(queue, passive=True).method.message_count
+        messages = jobs = 0
+        check = deadline_loop(timeout, f"reading the {depth} messages on {queue}")
+        if depth:
+            for method, _props, body in channel.consume(
+                queue, auto_ack=True, inactivity_timeout=1.0
+            ):
+                if method is None:
+                    check()
+                    continue
+                messages += 1
+                args = json.loads(body).get("args") or [None]
+                jobs += len(args[0]) if isinstance(args[0], list) else 1
+                if messages >= depth:
+                    break
+            channel.cancel()
+        return messages, jobs
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def _fmt(value: float) -> str:

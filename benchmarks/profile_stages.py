@@ -13,10 +13,11 @@ stage alone against a backlog, then all together (docs/perf/where-the-time-goes.
    process is a child) from its first row until nothing is pending and every job is consumed.
 4. worker, twilio — ``--twilio-sms`` more due licenses through relay and stream (worker
    stopped), then a worker whose SMS go through the real ``twilio`` client to the loopback fake
-   (``tests/fakes/twilio_server.py``, served from this process). The fake alone (8 urllib
-   threads in another process, no worker) is measured first.
+   (``tests/fakes/twilio_server.py``, keep-alive as real Twilio, served from this process:
+   py-spy looks at the worker, and the fake's records are read directly). The fake alone (8
+   keep-alive ``http.client`` threads in another process, no worker) is measured first.
 5. pipeline — relay, stream and a sandbox worker all running, ``generate_registry(--pipeline)``
-   published with ``Publisher.publish`` (as ``bench_pipeline``), every process profiled.
+   published with ``Publisher.publish_many`` (as ``bench_pipeline``), every process profiled.
 
 Profiles are py-spy ``--format raw --idle --threads --full-filenames`` (wall clock: a thread
 waiting on PostgreSQL counts as time spent on PostgreSQL); with ``--gil``, py-spy's ``--gil``
@@ -58,7 +59,7 @@ from infra.settings import Settings, load_settings
 from producers.generator import generate_registry, license_event
 from producers.rabbitmq import Publisher
 from schemas.models import Notification
-from tests.fakes.twilio_server import FakeTwilio
+from tests.fakes.twilio_server import FakeTwilio, FakeTwilioProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLCOUNT = Path(__file__).resolve().parent / "sqlcount"
@@ -439,36 +440,63 @@ def worker_done(settings: Settings, want_final: int) -> bool:
 
 
 _FAKE_CLIENT = """
-import base64, sys, threading, time, urllib.parse, urllib.request
-url, sid, token = sys.argv[1:4]
+import base64, http.client, json, socket, sys, threading, time, urllib.parse
+base, sid, token = sys.argv[1:4]
 n, threads = int(sys.argv[4]), int(sys.argv[5])
+where = urllib.parse.urlsplit(base)
+path = f"/2010-04-01/Accounts/{sid}/Messages.json"
 auth = base64.b64encode(f"{sid}:{token}".encode()).decode()
-form = {"To": "+8613900000000", "From": "+15017122661", "Body": "x"}
-body = urllib.parse.urlencode(form).encode()
+headers = {
+    "Authorization": "Basic " + auth,
+    "Content-Type": "application/x-www-form-urlencoded",
+    "Connection": "keep-alive",
+}
+body = urllib.parse.urlencode({"To": "+8613900000000", "From": "+15017122661", "Body": "x"})
 per = n // threads
+opened, failed = [], []
 def post():
+    conn, fresh = None, 0
     for _ in range(per):
-        req = urllib.request.Request(url, data=body, headers={"Authorization": "Basic " + auth})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
+        if conn is None:
+            # A persistent connection per thread, TCP_NODELAY as urllib3 sets it.
+            conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            fresh += 1
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        if r.status != 201:
+            failed.append(r.status)
+        if r.will_close:
+            conn.close()
+            conn = None
+    if conn is not None:
+        conn.close()
+    opened.append(fresh)
 ts = [threading.Thread(target=post) for _ in range(threads)]
 t0 = time.perf_counter()
 for t in ts: t.start()
 for t in ts: t.join()
-print(per * threads / (time.perf_counter() - t0))
+rate = per * threads / (time.perf_counter() - t0)
+print(json.dumps({"rate": rate, "connections": sum(opened), "failed": len(failed)}))
 """
 
 
-def fake_alone(fake: FakeTwilio, n: int = 2000, threads: int = 8) -> float:
-    """Creates/s the fake answers on its own: plain urllib clients in another process (no
-    worker, no twilio library), as many threads as the worker has."""
-    url = f"{fake.base_url}/2010-04-01/Accounts/{fake.account_sid}/Messages.json"
+def fake_alone(fake: FakeTwilio | FakeTwilioProcess, n: int = 2000, threads: int = 8) -> float:
+    """Creates/s the fake answers on its own: plain ``http.client`` clients in another process
+    (no worker, no twilio library), as many threads as the worker has, each on one persistent
+    connection as the twilio client's requests session keeps it (the fake must be keep-alive).
+
+    Raises:
+      BenchError: when a create failed, or the fake closed connections (not keep-alive).
+    """
     out = subprocess.run(
         [
             sys.executable,
             "-c",
             _FAKE_CLIENT,
-            url,
+            fake.base_url,
             fake.account_sid,
             fake.auth_token,
             str(n),
@@ -479,7 +507,15 @@ def fake_alone(fake: FakeTwilio, n: int = 2000, threads: int = 8) -> float:
         timeout=120,
         check=True,
     )
-    return float(out.stdout.strip())
+    result = json.loads(out.stdout)
+    if result["failed"]:
+        raise BenchError(f"fake alone: {result['failed']} creates failed")
+    if result["connections"] != threads:
+        raise BenchError(
+            f"fake alone: {result['connections']} connections for {threads} threads: "
+            "the fake is not keep-alive"
+        )
+    return float(result["rate"])
 
 
 def pg_round_trips(settings: Settings, n: int = 300) -> dict[str, float]:
@@ -524,7 +560,7 @@ def run(env: BenchEnv, args: argparse.Namespace) -> None:
     ).rstrip(os.pathsep)
     base_env["GOVNOTIFY_SQLCOUNT_DIR"] = str(sqldir)
     group = ProcessGroup(env=base_env, log_dir=env.tmp / "logs")
-    twilio = FakeTwilio().start()
+    twilio = FakeTwilio(keep_alive=True).start()
     tw_settings = load_settings(
         **{
             **s.model_dump(),
@@ -687,7 +723,7 @@ def run(env: BenchEnv, args: argparse.Namespace) -> None:
                 "seconds (first SMS at the fake → settled)": tw_s,
                 "SMS/s": got / tw_s,
                 "CPU s (worker tree)": tw_cpu,
-                "fake alone, creates/s (8 urllib threads, no worker)": fake_rate,
+                "fake alone, creates/s (8 keep-alive http.client threads, no worker)": fake_rate,
                 "sql": dict(tw_sql.get("worker", {})),
                 "server xact_commit, xact_rollback delta": (x1[0] - x0[0], x1[1] - x0[1]),
             }
@@ -722,8 +758,11 @@ def run(env: BenchEnv, args: argparse.Namespace) -> None:
             c0 = {c.name: cpu_seconds(c) for c in (relay, stream, worker)}
             t0 = time.monotonic()
             with Publisher(s.amqp_url, s.exchange) as publisher:
-                for e in pipe:
-                    publisher.publish(e)
+                outcomes = publisher.publish_many(
+                    (e.to_json_bytes(), e.event_type, e.event_id) for e in pipe
+                )
+            if not all(ok for ok, _why in outcomes):
+                raise BenchError("publishing the pipeline batch failed")
             publish_s = time.monotonic() - t0
             target = base_stream + len(pipe)
             wait(
@@ -745,7 +784,7 @@ def run(env: BenchEnv, args: argparse.Namespace) -> None:
             pipe_sql = diff(sql_counts(sqldir), before_sql)
             facts["pipeline"] = {
                 "events": len(pipe),
-                "publish seconds (confirm per message)": publish_s,
+                "publish seconds (publish_many, pipelined confirms)": publish_s,
                 "settled seconds": pipe_s,
                 "events/s": len(pipe) / pipe_s,
                 "CPU s per component": pipe_cpu,

@@ -9,15 +9,35 @@ point: before Twilio took the message, or after it took it but before the answer
 Tests can also move a message's status (what a fetch by sid answers) and post signed, unsigned,
 forged or tampered status callbacks like Twilio's. Everything it records is guarded by one
 condition variable, so tests wait on it with a deadline instead of sleeping.
+
+``FakeTwilio(keep_alive=True)`` serves HTTP/1.1 persistent connections, as real Twilio does, so
+the client's requests session reuses one connection per thread (benchmarks). Scripted failures,
+delays, drops and holds answer as in the default mode: a dropped or hung-up request closes its
+connection, and a client that timed out closes its own.
+
+For benchmarks the fake also runs in a process of its own, so its HTTP parsing does not share
+the harness's GIL (:class:`FakeTwilioProcess`, or by hand)::
+
+    python -m tests.fakes.twilio_server [--port 0] [--keep-alive]
+
+prints one JSON line (``base_url``, ``account_sid``, ``auth_token``) and serves until stdin
+closes or SIGTERM/SIGINT. ``GET /_fake/stats`` answers ``{"messages": n, "attempts": n,
+"connections": n}``
+and ``POST /_fake/clear`` forgets everything (:meth:`FakeTwilio.clear`); neither needs auth.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime as dt
 import email.utils
+import json
 import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -26,16 +46,22 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
 
 from twilio.request_validator import RequestValidator
 
 from notifiers.sms.text import count_segments
 from tests.fakes.loopback import JsonHandler, LoopbackServer
 
-__all__ = ["FakeTwilio"]
+__all__ = ["FakeTwilio", "FakeTwilioProcess"]
 
 _API = "/2010-04-01"
+_REPO = Path(__file__).resolve().parents[2]
+#: The fake's own endpoints (no auth): counts of what it took, and a reset.
+STATS_PATH = "/_fake/stats"
+CLEAR_PATH = "/_fake/clear"
 
 # Messages Twilio gives for the codes tests script; any other code gets a generic text.
 _ERROR_MESSAGES = {
@@ -71,8 +97,10 @@ class FakeTwilio(LoopbackServer):
         account_sid: str = "AC" + "0" * 31 + "1",
         # Both shaped as Twilio's (AC + 32 hex, 32 hex): the settings refuse any other shape.
         auth_token: str = "f4ce7e570ca1ab1e0123456789abcdef",  # noqa: S107 - a fake, not a secret
+        *,
+        keep_alive: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(keep_alive=keep_alive)
         self.account_sid = account_sid
         self.auth_token = auth_token
         #: Every accepted message, oldest first: to, from, body, sid, status_callback, ….
@@ -167,6 +195,16 @@ class FakeTwilio(LoopbackServer):
             self._release.set()
 
     # ---- observing ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Messages taken, creates received, and (keep-alive mode) client connections accepted
+        since start (``GET /_fake/stats``; the request itself counts when it opened one)."""
+        with self._cond:
+            return {
+                "messages": len(self.messages),
+                "attempts": self.attempts,
+                "connections": self.connections_opened,
+            }
+
     def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """A copy of the messages once at least ``count`` arrived.
 
@@ -395,6 +433,10 @@ def _make_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             path = urllib.parse.urlsplit(self.path).path
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode("utf-8")
+            if path == CLEAR_PATH:
+                fake.clear()
+                self._reply(200, fake.stats())
+                return
             if path.endswith("/Messages.json"):
                 # Every create counts, refused ones included: tests assert "no request at all".
                 with fake._cond:
@@ -433,6 +475,9 @@ def _make_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             parts = urllib.parse.urlsplit(self.path)
+            if parts.path == STATS_PATH:
+                self._reply(200, fake.stats())
+                return
             if not self._check_auth():
                 return
             if parts.path == messages_path:
@@ -448,3 +493,124 @@ def _make_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             self._reply(404, _error(404, 20404))
 
     return Handler
+
+
+class FakeTwilioProcess:
+    """A :class:`FakeTwilio` served by ``python -m tests.fakes.twilio_server`` in a child process.
+
+    Has the attributes a notifier needs (``base_url``, ``account_sid``, ``auth_token``);
+    :meth:`stats` and :meth:`clear` go through the fake's own endpoints. The child exits when
+    its stdin closes, so it never outlives this process.
+    """
+
+    def __init__(self, *, keep_alive: bool = True, start_timeout: float = 30.0) -> None:
+        self.keep_alive = keep_alive
+        self.start_timeout = start_timeout
+        self._popen: subprocess.Popen[str] | None = None
+        self.base_url = self.account_sid = self.auth_token = ""
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._popen is None else self._popen.pid
+
+    def start(self) -> Self:
+        if self._popen is not None:
+            raise RuntimeError("FakeTwilioProcess already started")
+        cmd = [sys.executable, "-m", "tests.fakes.twilio_server", "--port", "0"]
+        if self.keep_alive:
+            cmd.append("--keep-alive")
+        self._popen = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_REPO
+        )
+        assert self._popen.stdout is not None
+        ready, _, _ = select.select([self._popen.stdout], [], [], self.start_timeout)
+        line = self._popen.stdout.readline() if ready else ""
+        if not line:
+            self.stop()
+            raise RuntimeError("the fake Twilio process did not say where it listens")
+        info = json.loads(line)
+        self.base_url = info["base_url"]
+        self.account_sid = info["account_sid"]
+        self.auth_token = info["auth_token"]
+        return self
+
+    def _call(self, method: str, path: str) -> dict[str, int]:
+        request = urllib.request.Request(  # noqa: S310 - our own loopback fake
+            self.base_url + path, data=b"" if method == "POST" else None, method=method
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return dict(json.load(response))
+
+    def stats(self) -> dict[str, int]:
+        """Counts so far, as :meth:`FakeTwilio.stats`."""
+        return self._call("GET", STATS_PATH)
+
+    def clear(self) -> None:
+        """Forget messages, attempts and scripts (:meth:`FakeTwilio.clear`)."""
+        self._call("POST", CLEAR_PATH)
+
+    def stop(self) -> None:
+        popen, self._popen = self._popen, None
+        if popen is None:
+            return
+        if popen.stdin is not None:
+            popen.stdin.close()  # the child's cue to stop
+        try:
+            popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            popen.terminate()
+            try:
+                popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        if popen.stdout is not None:
+            popen.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Serve a FakeTwilio until stdin closes or SIGTERM.")
+    p.add_argument("--port", type=int, default=0, help="loopback port; 0: a free one")
+    p.add_argument("--keep-alive", action="store_true", help="HTTP/1.1 persistent connections")
+    args = p.parse_args(argv)
+    fake = FakeTwilio(keep_alive=args.keep_alive)
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+
+    def watch_stdin() -> None:
+        # EOF: whoever started us has closed our stdin, or died.
+        while sys.stdin.buffer.read(4096):
+            pass
+        done.set()
+
+    fake.start(args.port)
+    try:
+        info = {
+            "base_url": fake.base_url,
+            "account_sid": fake.account_sid,
+            "auth_token": fake.auth_token,
+            "keep_alive": fake.keep_alive,
+        }
+        print(json.dumps(info), flush=True)
+        threading.Thread(target=watch_stdin, daemon=True).start()
+        while not done.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
