@@ -39,7 +39,7 @@ def _relay(_rows: list[Row]) -> list[Row]:
 
 
 #: ``make bench`` sizes (each module alone defaults to larger ones).
-WORKER_SMS, WORKER_TWILIO_SMS, SCALING_LICENSES = 2000, 1000, 3000
+WORKER_SMS, WORKER_TWILIO_SMS, SCALING_LICENSES = 3000, 3000, 3000
 
 
 def _worker(rows: list[Row]) -> list[Row]:
