@@ -297,6 +297,13 @@ def live(
         state = Live(settings, pipeline, prometheus, twilio, published=0)
         for k in range(1, WAVES + 1):
             _run_wave(state, k)
+        # The stream measures its lag every 5 s once its group has joined: the waves can be
+        # over before its first measure has been scraped (they take seconds now).
+        wait_until(
+            lambda: (prometheus.value("count(govnotify_kafka_consumer_lag_messages)") or 0) >= 1,
+            60,
+            message=lambda: "no consumer lag scraped:\n" + state.logs(),
+        )
         yield state
     # Every line every component wrote: no full phone number in any.
     leaks = unmasked_mobiles(root / "logs")
