@@ -255,7 +255,7 @@ PHASES = {
             "notifier.send → provider (HTTP / sandbox file)",
             r"Notifier\.send \(|RoutingNotifier\.send",
         ),
-        ("claim_for_send (lock, opt-out, suppression, claim)", r"claim_for_send \("),
+        ("claim_many_for_send (lock, opt-out, suppression, claim)", r"claim_many_for_send \("),
         ("stale checks (license_record reads)", r"_stale \(|_stale_after_claim"),
         (
             "create_from_template (INSERT + get_by_key)",

@@ -44,7 +44,6 @@ __all__ = [
     "advance_many",
     "as_utc",
     "claim",
-    "claim_for_send",
     "claim_many_for_send",
     "get_by_key",
     "insert_ignore",
@@ -261,28 +260,6 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value
-
-
-def claim_for_send(
-    session: Session,
-    row: Notification,
-    *,
-    now_local: dt.datetime,
-    quiet: Any,
-    daily_cap: int | None,
-    stale: Callable[[Session, Notification], str | None] | None = None,
-) -> Decision:
-    """:func:`claim_many_for_send` for one row, with the flow's check for one row."""
-    many = None if stale is None else (lambda s, rows: _each(s, rows, stale))
-    return claim_many_for_send(
-        session, [row], now_local=now_local, quiet=quiet, daily_cap=daily_cap, stale=many
-    )[row.id]
-
-
-def _each(
-    session: Session, rows: list[Notification], check: Callable[[Session, Notification], str | None]
-) -> dict[str, str]:
-    return {row.id: reason for row in rows if (reason := check(session, row))}
 
 
 #: The flow's check for a batch: why each message no longer applies, by notification id.
