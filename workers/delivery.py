@@ -59,6 +59,7 @@ __all__ = [
     "deliver_notification",
     "get_notifier",
     "register_stale_check",
+    "register_stale_checks",
     "rendered",
     "retry_delivery",
 ]
@@ -81,17 +82,18 @@ StaleCheck = Callable[[Session, Notification], "str | None"]
 _STALE_CHECKS: dict[str, ledger.StaleMany] = {}
 
 
-def register_stale_check(
-    flow: str, check: StaleCheck, *, many: ledger.StaleMany | None = None
-) -> None:
-    """Register the send-time check of a flow (faust-style explicit registry).
-
-    ``many`` checks a batch with a fixed number of statements; without it ``check`` runs for
-    each row of a batch.
-    """
-    _STALE_CHECKS[flow] = many or (
-        lambda s, rows: {row.id: reason for row in rows if (reason := check(s, row))}
+def register_stale_check(flow: str, check: StaleCheck) -> None:
+    """Register the send-time check of a flow, one row at a time (faust-style explicit
+    registry); a batch runs it for each of its rows."""
+    register_stale_checks(
+        flow, lambda s, rows: {row.id: reason for row in rows if (reason := check(s, row))}
     )
+
+
+def register_stale_checks(flow: str, check: ledger.StaleMany) -> None:
+    """Register the send-time check of a flow that checks a batch at once (a fixed number of
+    statements however many rows)."""
+    _STALE_CHECKS[flow] = check
 
 
 def _stale_many(s: Session, rows: list[Notification]) -> dict[str, str]:

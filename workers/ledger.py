@@ -99,7 +99,6 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[N
         # builds what it loads (SQLModel's __init__ would validate each again: 65 µs a row).
         configure_mappers()  # as a query would first (a no-op once done)
         manager = Notification._sa_class_manager
-        found = {}
         for key in session.scalars(_unnest_insert(columns), params):
             found[key] = row = manager.new_instance()
             row.__dict__.update(unique[key])
@@ -112,7 +111,7 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[N
         found = {row.idempotency_key: row for row in session.scalars(stmt, list(unique.values()))}
     else:  # SQLite before 3.35: insert, then read
         for values in unique.values():
-            _insert_ignore(session, Notification.__table__, values, "idempotency_key")
+            _insert_ignore(session, _TABLE, values, "idempotency_key")
     missing = [key for key in unique if key not in found]
     if missing:
         found.update(
@@ -134,7 +133,7 @@ def _unnest_insert(columns: tuple[str, ...]) -> TextClause:
     parsed again each time: a tenth of the worker's CPU). The types are the columns' own, the
     ``TZ`` columns' bind processing (aware, UTC) applied element by element.
     """
-    table = Notification.__table__
+    table = _TABLE
     pg = postgresql.dialect()
     arrays = ", ".join(f"CAST(:a_{c} AS {table.c[c].type.compile(dialect=pg)}[])" for c in columns)
     # Every name is one of the table's own columns (``table.c[c]`` above raises for any other);
@@ -207,17 +206,21 @@ def advance(
     **values: Any,
 ) -> bool:
     """Move a notification forward to ``status``; a move to an equal or lower rank is ignored."""
-    allowed_from = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
     now = utcnow()
     if status in (NotificationStatus.SENT, NotificationStatus.DELIVERED):
         values.setdefault("sent_at", now)
     result = session.execute(
         update(Notification)
-        .where(and_(Notification.id == notification_id, Notification.status.in_(allowed_from)))
+        .where(and_(Notification.id == notification_id, Notification.status.in_(_below(status))))
         .values(status=status, updated_at=now, **values)
     )
     session.commit()
     return result.rowcount == 1
+
+
+def _below(status: NotificationStatus) -> list[NotificationStatus]:
+    """The statuses a notification may move to ``status`` from: every lower rank."""
+    return [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
 
 
 def advance_many(
@@ -235,10 +238,9 @@ def advance_many(
             {"b_id": notification_id, **{f"b_{k}": v for k, v in values.items()}}
         )
     for (status, columns), params in groups.items():
-        allowed_from = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
         # Written into the statement: an executemany cannot expand a list parameter. The
         # values are the status enum's own, never input.
-        from_statuses = [literal_column(f"'{s.value}'") for s in allowed_from]
+        from_statuses = [literal_column(f"'{s.value}'") for s in _below(status)]
         stmt = (
             _TABLE.update()
             .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.status.in_(from_statuses))

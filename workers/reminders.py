@@ -35,7 +35,7 @@ from workers.delivery import (
     claim_many,
     create_many,
     deliver_claimed_many,
-    register_stale_check,
+    register_stale_checks,
     rendered,
 )
 from workers.jobs import dead_letter_job, parse_job
@@ -67,17 +67,17 @@ def _dialect() -> str:
     return get_engine(settings.resolved_database_url).dialect.name
 
 
-def _stale(
-    s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime, *, lock: bool = False
-) -> str | None:
-    """Why the job's license state is out of date (renewed or revoked since), or None.
+def _stale(s: Any, license_id: str, expires_on: dt.date, state_at: dt.datetime) -> str | None:
+    """Why the job's license state is out of date (renewed or revoked since), or None."""
+    return _outdated_since(s.get(LicenseRecord, license_id), expires_on.isoformat(), state_at)
 
-    ``lock``: read the record ``FOR SHARE`` (held to the end of the transaction).
-    """
-    record = s.get(LicenseRecord, license_id, with_for_update={"read": True} if lock else None)
+
+def _outdated_since(record: Any, expires_on: str, state_at: dt.datetime) -> str | None:
+    """:func:`_outdated`, for work made from the license's state at ``state_at``: only a record
+    written after that can have outdated it."""
     if record is None or ledger.as_utc(record.last_event_at) <= state_at:
         return None
-    return _outdated(record, expires_on.isoformat())
+    return _outdated(record, expires_on)
 
 
 #: Columns a newer live state sets; a revocation sets only the status.
@@ -397,11 +397,6 @@ def _send_reminders(jobs: list[Any], actor: str) -> None:
     deliver_claimed_many(claimed)
 
 
-def _stale_at_claim(s: Any, row: Notification) -> str | None:
-    """The license check of one row (:func:`_stale_many_at_claim`)."""
-    return _stale_many_at_claim(s, [row]).get(row.id)
-
-
 def _stale_many_at_claim(s: Any, rows: list[Notification]) -> dict[str, str]:
     """The license check, in the claim's transaction (``ledger.claim_many_for_send``): why each
     reminder no longer applies, by notification id.
@@ -430,17 +425,15 @@ def _stale_many_at_claim(s: Any, rows: list[Notification]) -> dict[str, str]:
     }
     reasons = {}
     for row in rows:
-        record = records.get(row.subject_id)
         state_at = ledger.as_utc(row.event_at)
         assert state_at is not None
-        if record is None or ledger.as_utc(record.last_event_at) <= state_at:
-            continue
-        if reason := _outdated(record, row.idempotency_key.rsplit(":", 2)[1]):
+        expires_on = row.idempotency_key.rsplit(":", 2)[1]
+        if reason := _outdated_since(records.get(row.subject_id), expires_on, state_at):
             reasons[row.id] = reason
     return reasons
 
 
-register_stale_check(FLOW, _stale_at_claim, many=_stale_many_at_claim)
+register_stale_checks(FLOW, _stale_many_at_claim)
 
 
 @dramatiq.actor(queue_name=current().settings.queue("reminders"), **RETRY_OPTIONS)
