@@ -144,19 +144,23 @@ def registry_rows(s: Settings, prefix: str) -> int:
 def ready_messages(s: Settings, queues: tuple[str, ...] = LOAD_QUEUES) -> int:
     """Messages ready on the namespace's ``queues`` and their delay queues (``.DQ``: retries
     waiting), 0 for a queue not declared yet."""
+    return ready_on(s, [q for name in queues for q in (s.queue(name), f"{s.queue(name)}.DQ")])
+
+
+def ready_on(s: Settings, queues: list[str]) -> int:
+    """Messages ready on these queues (full names), 0 for a queue not declared yet."""
     conn = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
     total = 0
     try:
-        for name in queues:
-            for queue in (s.queue(name), f"{s.queue(name)}.DQ"):
-                channel = conn.channel()
-                try:
-                    total += channel.queue_declare(queue, passive=True).method.message_count
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    if exc.reply_code != 404:
-                        raise
-                    continue
-                channel.close()
+        for queue in queues:
+            channel = conn.channel()
+            try:
+                total += channel.queue_declare(queue, passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                continue
+            channel.close()
     finally:
         if conn.is_open:
             conn.close()

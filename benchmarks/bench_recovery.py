@@ -45,8 +45,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +52,7 @@ import pika
 import psycopg
 from sqlalchemy import delete
 
+from benchmarks.bench_pipeline import is_ready, ready_on
 from benchmarks.common import (
     TODAY,
     BenchEnv,
@@ -556,34 +555,9 @@ def _check_alive(children: list[Child], what: str) -> None:
             raise BenchError(f"{child.name} exited while {what}:\n{child.log_tail()}")
 
 
-def _ready_200(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1.0) as r:
-            return r.status == 200
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
-def _ready_messages(s: Settings) -> int:
+def _ready_work_messages(s: Settings) -> int:
     """Messages ready on the work queues and their delay queues (dead letters not counted)."""
-    conn = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
-    total = 0
-    try:
-        for queue in s.work_queues:
-            if queue.endswith(".XQ"):
-                continue
-            channel = conn.channel()
-            try:
-                total += channel.queue_declare(queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise
-                continue
-            channel.close()
-    finally:
-        if conn.is_open:
-            conn.close()
-    return total
+    return ready_on(s, [q for q in s.work_queues if not q.endswith(".XQ")])
 
 
 def _scrape(port: int) -> dict[str, float] | None:
@@ -606,7 +580,7 @@ def _worker_done(s: Settings) -> float | None:
     for gauge in ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress"):
         if sample_sum(worker, gauge) > 0:
             return None
-    return processed if _ready_messages(s) == 0 else None
+    return processed if _ready_work_messages(s) == 0 else None
 
 
 def _stopping(children: list[Child]) -> list[threading.Thread]:
@@ -666,7 +640,7 @@ def finish_at_work(
         _check_alive([*work.children, stream], "at work on the registry")
         # Twice in a row with the same count: nothing was in flight between the two looks.
         done = _worker_done(s) if _scan_checkpoint(s) == today else None
-        if done is not None and done == last and _ready_200(work.api_metrics_port):
+        if done is not None and done == last and is_ready(work.api_metrics_port):
             break
         last = done
         if time.monotonic() > deadline:
