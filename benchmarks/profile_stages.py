@@ -232,7 +232,7 @@ PHASES = {
         ),
         ("basic_ack", r"basic_ack \("),
         ("epoch check (EpochKeeper, KafkaSink.read_last)", r"EpochKeeper\."),
-        ("other _flush work (entries, metrics)", r"Relay\._flush \("),
+        ("other batch work (entries, acks)", r"Relay\._(dispatch|validate|settle|write) \("),
         ("consume: waiting for / reading deliveries (pika)", r"consume \(.*pika"),
     ],
     "stream": [
