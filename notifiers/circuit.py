@@ -99,6 +99,9 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._outcomes: deque[tuple[float, bool]] = deque()
+        #: The failures among _outcomes, kept as they come and go: summing the window on every
+        #: outcome cost O(window) per SMS (a minute at 500/s is 30,000 entries).
+        self._errors = 0
         self._state = CircuitState.CLOSED
         self._generation = 0
         self._opened_at = 0.0
@@ -117,7 +120,7 @@ class CircuitBreaker:
         """(requests, errors) inside the current window."""
         with self._lock:
             self._prune()
-            return len(self._outcomes), sum(1 for _, ok in self._outcomes if not ok)
+            return len(self._outcomes), self._errors
 
     # ---- deciding ------------------------------------------------------------------------------
     def acquire(self) -> Permit | None:
@@ -145,9 +148,10 @@ class CircuitBreaker:
                     self._open(now)
                 return
             self._outcomes.append((now, ok))
+            self._errors += not ok
             self._prune()
             requests = len(self._outcomes)
-            errors = sum(1 for _, good in self._outcomes if not good)
+            errors = self._errors
             if requests >= self.config.min_requests and errors / requests >= self.config.error_rate:
                 self._open(now)
 
@@ -160,7 +164,8 @@ class CircuitBreaker:
     def _prune(self) -> None:
         horizon = self._clock() - self.config.window_s
         while self._outcomes and self._outcomes[0][0] <= horizon:
-            self._outcomes.popleft()
+            _at, ok = self._outcomes.popleft()
+            self._errors -= not ok
 
     def _advance(self) -> None:
         if (
@@ -176,12 +181,14 @@ class CircuitBreaker:
         self._generation += 1
         self._opened_at = now
         self._outcomes.clear()
+        self._errors = 0
         PROVIDER_CIRCUIT_OPEN.labels(provider=self.name).set(1)
 
     def _close(self) -> None:
         self._state = CircuitState.CLOSED
         self._generation += 1
         self._outcomes.clear()
+        self._errors = 0
         PROVIDER_CIRCUIT_OPEN.labels(provider=self.name).set(0)
 
 

@@ -88,6 +88,8 @@ CONFIG = CircuitConfig(window_s=60, min_requests=10, error_rate=0.5, cooldown_s=
         ("ok " * 5 + "err " * 4 + "err", CircuitState.OPEN),
         # errors that left the window do not count: 5 old errors, then 5 successes 61 s later
         ("err " * 5 + "+61 " + "ok " * 5, CircuitState.CLOSED),
+        # errors that left the window leave the count: 4 new errors of 10 do not open it
+        ("err " * 5 + "+61 " + "ok " * 6 + "err " * 4, CircuitState.CLOSED),
         # … and 59 s later they still do
         ("err " * 5 + "+59 " + "ok " * 5, CircuitState.OPEN),
         # open, and the cool-down not over: still open
