@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from notifiers.sms.text import GSM7_SEGMENT, UCS2_SEGMENT, contains_url, count_segments, is_gsm7
+from notifiers.sms.text import (
+    GSM7_SEGMENT,
+    UCS2_SEGMENT,
+    URL_PATTERN,
+    contains_url,
+    count_segments,
+    is_gsm7,
+)
 from notifiers.templates import load_templates
+from schemas.events import LINK_PATTERN
 
 RENEWAL_VALUES = {
     "category_name": "食品经营许可证",
@@ -116,3 +126,20 @@ def test_realistic_renewal_sms_is_two_segments() -> None:
 def test_contains_url(text: str, expected: bool) -> None:
     # Then
     assert contains_url(text) is expected
+
+
+def test_text_without_a_colon_dot_or_punycode_mark_matches_no_link_pattern() -> None:
+    # contains_url skips both searches on such text: neither pattern may match any of it.
+    # Given 3,000 seeded random texts of letters, digits, CJK, SMS punctuation, "/", "@", "-"
+    # and "xn-" (one hyphen short), and none of ":", ".", "。", "·", "・"
+    rng = random.Random(12)
+    alphabet = list("abcdefghijklmnopqrstuvwxyzWWW0123456789/@-_?#=&%，、（）【】 政务中国网址公司")
+    alphabet += ["xn-", "www", "http", "cn", "com", "t", "gov"]
+    texts = ["".join(rng.choices(alphabet, k=rng.randint(1, 40))) for _ in range(3000)]
+    texts = [text for text in texts if "xn--" not in text.lower()]  # "xn-" then "-": a hint
+
+    # When / Then
+    for text in texts:
+        assert URL_PATTERN.search(text) is None, text
+        assert LINK_PATTERN.search(text) is None, text
+        assert contains_url(text) is False
