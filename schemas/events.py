@@ -10,6 +10,7 @@ one of :data:`~schemas.errors.REJECT_REASONS` and a detail safe to log and send 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import unicodedata
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import pydantic_core
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -33,7 +35,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticSerializationError
 
 from schemas.categories import CATEGORY_CODES
 from schemas.errors import EventRejected
@@ -200,9 +202,16 @@ def contains_link(text: str) -> bool:
 
 def contains_phone(text: str) -> bool:
     """True when ``text`` (any normalisation) holds a number one could dial in China."""
-    for m in PHONE_RUN.finditer(unicodedata.normalize("NFKC", text)):
-        digits = re.sub(r"[^0-9]", "", m.group(0))
-        if _is_phone(m.group(1) is not None, digits):
+    return _has_phone(unicodedata.normalize("NFKC", text))
+
+
+_NOT_DIGIT = re.compile(r"[^0-9]")
+
+
+def _has_phone(text: str) -> bool:
+    # contains_phone on text that is NFKC already.
+    for m in PHONE_RUN.finditer(text):
+        if _is_phone(m.group(1) is not None, _NOT_DIGIT.sub("", m.group(0))):
             return True
     return False
 
@@ -238,9 +247,11 @@ _PLAIN_TEXT = re.compile(
 # Every match of LINK_PATTERN holds a ":" (a scheme), one of _DOTS (www., an address, a domain)
 # or "xn--"; _DOMAIN_DOT holds a ".". Text without any of them has no link to look for.
 _LINK_HINT = re.compile(rf"[:{_DOTS}]|xn--", re.IGNORECASE)
-# Every number _is_phone calls dialable has at least 5 digits, joined in a PHONE_RUN by at most
-# one space or hyphen between two digits. Text without such a run has no phone number.
-_PHONE_HINT = re.compile(r"[0-9](?:[ -]?[0-9]){4}")
+# Every number _is_phone calls dialable has at least 7 digits, or 5 after a "+", joined in a
+# PHONE_RUN by at most one space or hyphen between two digits (and one whitespace after the
+# "+"). Text without such a run has no phone number; an id with a 5 or 6 digit serial number
+# (LIC-PRAC-000005) is not searched for one.
+_PHONE_HINT = re.compile(r"[0-9](?:[ -]?[0-9]){6}|\+\s?[0-9](?:[ -]?[0-9]){4}")
 
 
 def sms_text_problem(text: str) -> str | None:
@@ -256,13 +267,17 @@ def sms_text_problem(text: str) -> str | None:
     character-by-character check of :func:`sms_text_problem_detailed`. Both give the same
     answer on every text (tests/unit/schemas/test_safe_text_fast.py).
     """
-    text = unicodedata.normalize("NFKC", text)
+    return _problem(unicodedata.normalize("NFKC", text))
+
+
+def _problem(text: str) -> str | None:
+    # sms_text_problem on text that is NFKC already.
     if _PLAIN_TEXT.fullmatch(text) is None:
         return _detailed(text)
     # The checks of _detailed that plain text can fail, in its order.
     if _LINK_HINT.search(text) and (LINK_PATTERN.search(text) or _DOMAIN_DOT.search(text)):
         return _LINK_PROBLEM
-    if _PHONE_HINT.search(text) and contains_phone(text):
+    if _PHONE_HINT.search(text) and _has_phone(text):
         return _PHONE_PROBLEM
     return None
 
@@ -280,7 +295,7 @@ def _detailed(text: str) -> str | None:
         return _BRACKETS_PROBLEM
     if LINK_PATTERN.search(text) or _DOMAIN_DOT.search(text):
         return _LINK_PROBLEM
-    if contains_phone(text):
+    if _has_phone(text):
         return _PHONE_PROBLEM
     for previous, ch in zip(" " + text, text, strict=False):
         if not _allowed_char(ch, previous):
@@ -289,9 +304,15 @@ def _detailed(text: str) -> str | None:
     return None
 
 
+# Most SMS text repeats from event to event (departments, service items, service points), so
+# the normalised form of a value that passed is remembered (lru_cache keeps no exceptions: a
+# refused value is checked again each time). The check is a pure function of the string, and
+# the cache is bounded: values are at most 100 characters (the length constraint runs first),
+# so even a sender flooding distinct values holds it to a few MB and only evicts older entries.
+@functools.lru_cache(maxsize=4096)
 def _sms_safe(value: str) -> str:
     normalised = unicodedata.normalize("NFKC", value)
-    problem = sms_text_problem(normalised)
+    problem = _problem(normalised)
     if problem is not None:
         raise PydanticCustomError(UNSAFE_TEXT, "unsafe text: {problem}", {"problem": problem})
     return normalised
@@ -669,6 +690,8 @@ class EventSpec:
 #: (event_type, schema_version) → payload model.
 EVENT_REGISTRY: dict[tuple[str, int], type[BaseModel]] = {}
 _SPECS: dict[tuple[str, int], EventSpec] = {}
+# The event types of _SPECS, kept by register: parse_event asks on every event.
+_KNOWN_TYPES: set[str] = set()
 
 
 def register(
@@ -691,6 +714,7 @@ def register(
         raise ValueError("version must be >= 1")
     EVENT_REGISTRY[key] = payload_model
     _SPECS[key] = EventSpec(event_type, version, payload_model, family, key_field)
+    _KNOWN_TYPES.add(event_type)
 
 
 def spec_for(event_type: str, version: int) -> EventSpec:
@@ -698,7 +722,7 @@ def spec_for(event_type: str, version: int) -> EventSpec:
     spec = _SPECS.get((event_type, version))
     if spec is not None:
         return spec
-    if event_type not in {t for t, _ in _SPECS}:
+    if event_type not in _KNOWN_TYPES:
         raise EventRejected(
             "unknown_type",
             f"event_type is not registered; known: {', '.join(event_types())}",
@@ -714,7 +738,7 @@ def spec_for(event_type: str, version: int) -> EventSpec:
 
 def event_types() -> list[str]:
     """Every registered event type, sorted."""
-    return sorted({t for t, _ in _SPECS})
+    return sorted(_KNOWN_TYPES)
 
 
 register("license.issued", 1, LicensePayload, family="licenses", key_field="license_id")
@@ -758,11 +782,105 @@ class Event:
         return str(getattr(self.payload, self.spec.key_field))
 
     def to_json_bytes(self) -> bytes:
-        """Canonical JSON (sorted keys, compact, UTF-8) of the envelope, payload normalised."""
-        data = self.envelope.model_dump(mode="json")
-        return json.dumps(
-            data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        """Canonical JSON (sorted keys, compact, UTF-8) of the envelope, payload normalised.
+
+        The format is ``json.dumps(envelope.model_dump(mode="json"), sort_keys=True,
+        separators=(",", ":"), ensure_ascii=False, allow_nan=False)`` in UTF-8, see
+        :func:`_canonical_json`. Written here by pydantic_core.to_json (several times faster
+        than the json module's encoder) from a copy of the data with sorted keys; that gives
+        the same bytes for JSON data of strings, integers, booleans, null, lists and objects
+        with string keys, which is what parse_event stores. Anything else goes the long way.
+        """
+        envelope = self.envelope
+        if _as_validated(envelope):
+            # The envelope's own fields as model_dump(mode="json") has them; the payload is JSON
+            # data already (parse_event stored it in JSON mode), not serialised a second time.
+            data = envelope.__pydantic_serializer__.to_python(
+                envelope, mode="json", exclude=_PAYLOAD_FIELD
+            )
+            data["payload"] = envelope.payload
+            try:
+                return pydantic_core.to_json(_sorted_json_data(data))
+            except (_NotJsonData, TypeError, RecursionError, PydanticSerializationError):
+                pass  # not plain JSON data (or a lone surrogate): the json module decides
+        return _canonical_json(envelope.model_dump(mode="json"))
+
+
+def _as_validated(envelope: Envelope) -> bool:
+    """Whether ``envelope`` holds the types validation gives its fields.
+
+    Then serialising its fields apart from the payload warns of nothing, as model_dump would
+    not; an Envelope made by ``model_construct`` may hold anything, and is left to model_dump.
+    """
+    return (
+        type(envelope) is Envelope
+        and type(envelope.payload) is dict
+        and type(envelope.event_id) is UUID
+        and type(envelope.occurred_at) is dt.datetime
+        and type(envelope.event_type) is str
+        and type(envelope.source) is str
+        and type(envelope.schema_version) is int
+    )
+
+
+_PAYLOAD_FIELD = {"payload": True}
+
+
+def _canonical_json(data: Any) -> bytes:
+    return _CANONICAL_JSON.encode(data).encode("utf-8")
+
+
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# uses, made once: json.dumps with options builds a new encoder on every call.
+_CANONICAL_JSON = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+class _NotJsonData(Exception):
+    """A value to_json would not write as _CANONICAL_JSON does (a float, a non-string key, …)."""
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _sorted_json_data(value: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``value`` with the keys of every object sorted, or :class:`_NotJsonData`.
+
+    Only exact str, int, bool, None, list and dict (with str keys) pass: for those,
+    pydantic_core.to_json and the json module write the same text (the same escapes, the same
+    integers, checked for every code point by tests/unit/schemas/test_events_fast.py).
+    """
+    out = {}
+    for key in sorted(value):
+        if type(key) is not str:
+            raise _NotJsonData
+        item = value[key]
+        kind = type(item)
+        if kind in _SCALARS:
+            out[key] = item
+        elif kind is dict:
+            out[key] = _sorted_json_data(item)
+        elif kind is list:
+            out[key] = _json_list(item)
+        else:
+            raise _NotJsonData
+    return out
+
+
+def _json_list(value: list[Any]) -> list[Any]:
+    out = []
+    for item in value:
+        kind = type(item)
+        if kind in _SCALARS:
+            out.append(item)
+        elif kind is dict:
+            out.append(_sorted_json_data(item))
+        elif kind is list:
+            out.append(_json_list(item))
+        else:
+            raise _NotJsonData
+    return out
 
 
 def _loc_text(loc: tuple[int | str, ...]) -> str:
@@ -791,16 +909,22 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of duplicate keys; two systems could then read different events.
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError("duplicate object key")
-        obj[key] = value
+    # dict() builds the object in C; it is shorter than the pairs exactly when a key repeats.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate object key")
     return obj
 
 
 def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# json.loads with options builds a decoder (and its scanner) on every call; this one is made
+# once. It keeps no state between calls but a memo of key strings, which it clears after each
+# call and which only ever maps a key to an equal string, so threads may share it (json.loads
+# without options shares its own default decoder the same way).
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
 
 
 def _readable_type(obj: Mapping[str, Any]) -> str | None:
@@ -852,7 +976,10 @@ def parse_event(
     except UnicodeDecodeError as exc:
         raise EventRejected("malformed_json", f"not UTF-8 (byte {exc.start})") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        if text.startswith("\ufeff"):
+            # What json.loads says before it decodes anything; _JSON_DECODER does not check.
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _JSON_DECODER.decode(text)
     except json.JSONDecodeError as exc:
         detail = f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise EventRejected("malformed_json", detail) from None
@@ -866,30 +993,38 @@ def parse_event(
         )
         raise EventRejected("malformed_json", f"top level must be a JSON object, not {kind}")
 
-    event_type, event_id = _readable_type(obj), _readable_id(obj)
+    # The event id a rejection names is read from obj only when there is one to raise.
+    event_type = _readable_type(obj)
     # Type and version are checked before the rest of the envelope: an unknown type is a
     # routing problem for the sender, not a field error.
     version = obj.get("schema_version")
     if event_type is not None and (
-        event_type not in {t for t, _ in _SPECS}
+        event_type not in _KNOWN_TYPES
         or (isinstance(version, int) and not isinstance(version, bool) and version >= 1)
     ):
         try:
             spec_for(event_type, version if isinstance(version, int) else 0)
         except EventRejected as exc:
             raise EventRejected(
-                exc.reason, exc.detail, event_type=event_type, event_id=event_id
+                exc.reason, exc.detail, event_type=event_type, event_id=_readable_id(obj)
             ) from None
+    # model_validate and model_dump below are called as what they wrap, the model's validator
+    # and serializer: the wrappers' keyword passing is a measurable share of an event.
     try:
-        envelope = Envelope.model_validate(obj)
+        envelope = Envelope.__pydantic_validator__.validate_python(obj)
     except ValidationError as exc:
         raise EventRejected(
-            "schema_violation", _describe(exc), event_type=event_type, event_id=event_id
+            "schema_violation", _describe(exc), event_type=event_type, event_id=_readable_id(obj)
         ) from None
     if now is not None:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware (infra.clock's utcnow)")
-        skew = max_skew if isinstance(max_skew, dt.timedelta) else dt.timedelta(seconds=max_skew)
+        if isinstance(max_skew, dt.timedelta):
+            skew = max_skew
+        elif type(max_skew) is int:
+            skew = _whole_seconds(max_skew)
+        else:
+            skew = dt.timedelta(seconds=max_skew)
         ahead = envelope.occurred_at - now
         if ahead > skew:
             raise EventRejected(
@@ -897,22 +1032,31 @@ def parse_event(
                 f"occurred_at is {int(ahead.total_seconds())} s ahead of the receiver's clock; "
                 f"at most {int(skew.total_seconds())} s is allowed",
                 event_type=event_type,
-                event_id=event_id,
+                event_id=_readable_id(obj),
             )
     spec = spec_for(envelope.event_type, envelope.schema_version)
     try:
-        payload = spec.payload_model.model_validate(envelope.payload)
+        payload = spec.payload_model.__pydantic_validator__.validate_python(envelope.payload)
     except ValidationError as exc:
         raise EventRejected(
             _reason(exc),
             _describe(exc, "payload"),
             event_type=event_type,
-            event_id=event_id,
+            event_id=_readable_id(obj),
         ) from None
     # Keep the normalised payload in the envelope too, so to_json_bytes re-parses to an equal
-    # Event and everything downstream sees only E.164 numbers.
-    envelope = envelope.model_copy(update={"payload": payload.model_dump(mode="json")})
-    return Event(envelope=envelope, payload=payload, spec=spec)
+    # Event and everything downstream sees only E.164 numbers. The envelope was made above and
+    # nothing else holds it yet, so its payload is replaced in place: what model_copy(update=)
+    # does to the copy it first makes of the whole model.
+    envelope.__dict__["payload"] = payload.__pydantic_serializer__.to_python(payload, mode="json")
+    return Event(envelope, payload, spec)
+
+
+# Callers pass the same setting (an int) with every event; making the timedelta again each time
+# cost more than looking it up.
+@functools.lru_cache(maxsize=16)
+def _whole_seconds(seconds: int) -> dt.timedelta:
+    return dt.timedelta(seconds=seconds)
 
 
 def _json_default(value: object) -> object:

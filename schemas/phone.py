@@ -24,6 +24,8 @@ _MOBILE_RE = re.compile(MOBILE_PATTERN, re.ASCII)
 # for nothing else, so oversize input is refused before the regex runs.
 _MAX_INPUT = 20
 _ERROR = "not a mainland mobile number"
+# What normalize_mobile drops from a number _MOBILE_RE accepted: all that is not a digit.
+_SEPARATORS = str.maketrans("", "", "+ -")
 
 
 def normalize_mobile(value: str) -> str:
@@ -36,8 +38,10 @@ def normalize_mobile(value: str) -> str:
     text = value.strip()
     if len(text) > _MAX_INPUT or not _MOBILE_RE.fullmatch(text):
         raise ValueError(_ERROR)
-    # The regex pins the shape, so the national number is always the last 11 digits.
-    digits = "".join(ch for ch in text if ch.isdigit())
+    # The regex pins the shape, so the national number is always the last 11 digits; and the
+    # only characters besides ASCII digits it lets through are "+", " " and "-", which one C
+    # call drops (a generator over the characters cost more than the regex).
+    digits = text.translate(_SEPARATORS)
     return "+86" + digits[-11:]
 
 
