@@ -2,7 +2,9 @@
 
 It takes messages in batches, validates each, journals the good ones in PostgreSQL
 (``ingest_event``, keyed by ``event_id``), writes them to Kafka keyed by entity id, and
-acknowledges RabbitMQ only after both. Bad messages become dead letters (a database row with
+acknowledges RabbitMQ only after both. One batch is written (journal, Kafka) on a writer thread
+while the next is validated; batches are acknowledged in order, and a failed one sends back
+everything delivered after it too. Bad messages become dead letters (a database row with
 reason and raw bytes, plus a copy on the RabbitMQ dead-letter queue) and are acknowledged:
 never dropped silently, never a crash, never redelivered forever. An event whose id the
 journal already holds is not written again (an upstream publishing it twice); the same id with
@@ -582,7 +584,8 @@ class Relay:
         return True
 
     def _requeue(self, flight: _Flight, pending: Batch[Delivery]) -> None:
-        """Hand back everything delivered and not acknowledged, in order, and slow down.
+        """Hand back everything delivered and not acknowledged, in order; the consumer starts
+        afresh after a pause (:meth:`_consume`), its client-held deliveries rejected too.
 
         Also the batch gathered after a failed one: relaying it first would put a later event
         of an entity ahead of an earlier one.
