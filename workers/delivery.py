@@ -367,18 +367,49 @@ def deliver_claimed_many(rows: list[Notification]) -> None:
     A failure is recorded for its message as it happens (see :func:`_send`); the messages the
     provider took are recorded together at the end, in one transaction, also when a send
     raised something unforeseen (that message stays ``sending`` for the sweep, which asks the
-    provider, and the exception goes on to dramatiq).
+    provider, and the exception goes on to dramatiq). No send starts after half the claim's
+    lease (``sweep_sending_after_s``): what is left then goes back to the queue.
     """
     notifier = get_notifier()
+    # A claim is a lease: the sweep takes a row still `sending` after sweep_sending_after_s
+    # and, when the provider has no such message, sends it again. A batch behind a slow
+    # provider (each send up to its timeout) could outlast that, and then send a row the sweep
+    # had already handed on: twice. So no send starts after half the lease; the rest go back.
+    # The claim committed just before this call: its lease is counted from here.
+    deadline = utcnow() + dt.timedelta(seconds=current().settings.sweep_sending_after_s) / 2
     sent: list[tuple[Notification, Receipt]] = []
     try:
-        for row in rows:
+        for i, row in enumerate(rows):
+            if i and utcnow() >= deadline:
+                _hand_back(rows[i:])
+                break
             receipt = _send(row, notifier)
             if receipt is not None:
                 sent.append((row, receipt))
     finally:
         if sent:
             _record_sent(sent)
+
+
+def _hand_back(rows: list[Notification]) -> None:
+    """Claimed rows not sent within half their lease: back to ``created`` (the message never
+    left) and to the delivery queue, before the sweep could take them."""
+    settings = current().settings
+    released = []
+    with session(settings) as s:
+        for row in rows:
+            if ledger.release_claim(
+                s, row.id, "not sent within half its claim's lease; queued again"
+            ):
+                released.append(row.id)
+    for notification_id in released:
+        deliver_notification.send(notification_id)
+    log.warning(
+        "%d claimed notification(s) handed back, not sent within half the claim's lease (%d s): %s",
+        len(released),
+        settings.sweep_sending_after_s // 2,
+        " ".join(released),
+    )
 
 
 def _send(row: Notification, notifier: RoutingNotifier) -> Receipt | None:

@@ -39,6 +39,7 @@ from schemas.models import (
 )
 from tests.support.stub_worker import actors_on_stub_broker
 from workers.context import WorkerContext
+from workers.delivery import deliver_notification
 from workers.reminders import record_licenses, send_renewal_reminders
 from workers.renewal_rules import due_renewal_jobs
 
@@ -225,3 +226,36 @@ def test_two_batches_sharing_citizens_in_opposite_orders_send_each_once_without_
             text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
         ).scalar_one()
     assert deadlocks_after == deadlocks_before
+
+
+def test_a_batch_behind_a_slow_provider_hands_back_what_it_did_not_send_within_half_its_lease(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a provider that takes 4 SMS a second, and a sweep that takes a row still
+    # `sending` after 2 s (its claim's lease) and, when the provider has no such message,
+    # sends it again
+    settings = load_settings(
+        namespace="tlease",
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        today=NOW.date(),
+        now=NOW,
+        renewal_settle_s=1,
+        send_rates={"sandbox": 4},
+        sweep_sending_after_s=2,
+    )
+    licenses = {f"LIC-SLOW-{i}": f"+86139000007{i:02d}" for i in range(10)}
+    with actors_on_stub_broker(WorkerContext(settings)) as stub:
+        _register(stub, licenses)
+
+        # When one batch claims all ten (2.5 s of sends at that pace)
+        send_renewal_reminders.send(_jobs(settings, list(licenses)))
+        stub.join(send_renewal_reminders.queue_name, fail_fast=True)
+        handed_back = [r for r in caplog.records if "handed back" in r.getMessage()]
+        stub.join(deliver_notification.queue_name, fail_fast=True)
+
+    # Then no send began after half the lease: the rest went back to the queue, and each
+    # citizen still got exactly one SMS
+    assert handed_back, "the batch sent past half its lease"
+    assert _sent(settings) == Counter(licenses.values())
+    assert {status for status, _why in _outcomes(settings).values()} == {"delivered"}
