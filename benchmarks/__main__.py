@@ -2,13 +2,15 @@
 
 Each benchmark gets its own Tansu, namespace and database (removed afterwards); the pipeline
 benchmark measures its raw-pika baseline itself and also sets its figure beside the relay
-benchmark's from this run; the worker benchmark runs a worker alone on a backlog (sandbox, then
-the real twilio client against the loopback fake), beside a no-op dramatiq and the fake alone;
-the scaling benchmark runs the pipeline's load with 1 then 2 worker processes, then 2 streams
-(a smaller load than the pipeline benchmark's, to keep ``make bench`` short); the green-channel
-benchmark runs two pipelines of its own (fast path on, then off); the callbacks benchmark runs
-``govnotify api`` against a trivial waitress app of its own; the recovery benchmark loads a
-registry of a million licenses.
+benchmark's from this run; the stream benchmark runs ``govnotify stream`` alone on license
+events the relay put in Kafka, beside a bare aiokafka consumer of them; the worker benchmark
+runs a worker alone on a backlog (sandbox, then the real twilio client against the loopback
+fake), beside a no-op dramatiq and the fake alone; the scaling benchmark runs the pipeline's
+load with 1 then 2 worker processes, then 2 streams (a smaller load than the pipeline
+benchmark's, to keep ``make bench`` short); the green-channel benchmark measures its own mix's
+capacity, then runs two pipelines of its own (fast path on, then off) at half of it; the
+callbacks benchmark runs ``govnotify api`` against a trivial waitress app of its own; the
+recovery benchmark loads a registry of a million licenses.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from benchmarks import (
     bench_recovery,
     bench_relay,
     bench_scaling,
+    bench_stream,
     bench_worker,
 )
 from benchmarks.common import Row, bench_env, run_main
@@ -39,7 +42,12 @@ def _relay(_rows: list[Row]) -> list[Row]:
 
 
 #: ``make bench`` sizes (each module alone defaults to larger ones).
-WORKER_SMS, WORKER_TWILIO_SMS, SCALING_LICENSES = 3000, 3000, 3000
+WORKER_SMS, WORKER_TWILIO_SMS, SCALING_LICENSES, STREAM_EVENTS = 3000, 3000, 3000, 10_000
+
+
+def _stream(_rows: list[Row]) -> list[Row]:
+    with bench_env("stream") as env:
+        return bench_stream.run(env, STREAM_EVENTS)
 
 
 def _worker(rows: list[Row]) -> list[Row]:
@@ -55,6 +63,7 @@ def main() -> int:
         [
             ("publish", _publish),
             ("relay", _relay),
+            ("stream", _stream),
             ("pipeline", bench_pipeline.bench),
             ("worker", _worker),
             ("scaling", _scaling),
