@@ -121,9 +121,6 @@ class Batch(Generic[T]):
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def add(self, item: T, now: float) -> None:
         if not self.items:
             self.started = now
@@ -156,7 +153,6 @@ class _Written(NamedTuple):
     """A batch handed to the writer thread, and what its acknowledgement needs."""
 
     deliveries: list[Delivery]
-    entries: list[tuple[JournalEntry, Event]]
     rejected: list[Rejected]
     future: concurrent.futures.Future[JournalVerdict]
 
@@ -440,7 +436,7 @@ class Relay:
         epoch = self.epochs.current
         oldest = min(message.published for message in deliveries)
         future = self._writer.submit(self._write, entries, epoch, oldest)
-        flight.batch = _Written(deliveries, entries, rejected, future)
+        flight.batch = _Written(deliveries, rejected, future)
 
     def _validate(
         self, deliveries: list[Delivery], registry: SourceRegistry
