@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_RATING_SOURCE",
     "EVENT_REGISTRY",
     "FAMILIES",
+    "LINK_HINT",
     "LINK_PATTERN",
     "MAX_CLOCK_SKEW_S",
     "MAX_EVENT_BYTES",
@@ -246,7 +247,7 @@ _PLAIN_TEXT = re.compile(
 )
 # Every match of LINK_PATTERN holds a ":" (a scheme), one of _DOTS (www., an address, a domain)
 # or "xn--"; _DOMAIN_DOT holds a ".". Text without any of them has no link to look for.
-_LINK_HINT = re.compile(rf"[:{_DOTS}]|xn--", re.IGNORECASE)
+LINK_HINT = re.compile(rf"[:{_DOTS}]|xn--", re.IGNORECASE)
 # Every number _is_phone calls dialable has at least 7 digits, or 5 after a "+", joined in a
 # PHONE_RUN by at most one space or hyphen between two digits (and one whitespace after the
 # "+"). Text without such a run has no phone number; an id with a 5 or 6 digit serial number
@@ -275,7 +276,7 @@ def _problem(text: str) -> str | None:
     if _PLAIN_TEXT.fullmatch(text) is None:
         return _detailed(text)
     # The checks of _detailed that plain text can fail, in its order.
-    if _LINK_HINT.search(text) and (LINK_PATTERN.search(text) or _DOMAIN_DOT.search(text)):
+    if LINK_HINT.search(text) and (LINK_PATTERN.search(text) or _DOMAIN_DOT.search(text)):
         return _LINK_PROBLEM
     if _PHONE_HINT.search(text) and _has_phone(text):
         return _PHONE_PROBLEM

@@ -11,7 +11,7 @@ import math
 import re
 import unicodedata
 
-from schemas.events import LINK_PATTERN
+from schemas.events import LINK_HINT, LINK_PATTERN
 
 __all__ = [
     "GSM7_SEGMENT",
@@ -100,12 +100,6 @@ URL_PATTERN = re.compile(
 )
 
 
-#: Every match of URL_PATTERN holds a ":" or a "."; every match of LINK_PATTERN a ":", one of
-#: ".。·・" or "xn--" (the same hint schemas.events checks before its own link search). Text
-#: with none of them holds no link: most SMS, which are then not searched twice per position.
-_LINK_HINT = re.compile(r"[:.。·・]|xn--", re.IGNORECASE)
-
-
 def contains_url(text: str) -> bool:
     """True when ``text`` holds a link; Twilio refuses URLs in SMS to mainland China.
 
@@ -115,6 +109,8 @@ def contains_url(text: str) -> bool:
     TLD ``evil.ru``, IPv4 ``10.1.2.3:8080/a``, punycode ``xn--``, IDN ``例子.中国``).
     """
     text = unicodedata.normalize("NFKC", text)
-    if _LINK_HINT.search(text) is None:
+    # Every match of URL_PATTERN holds a ":" or a ".", every match of LINK_PATTERN a hint of
+    # LINK_HINT (which has both): text without one holds no link (most SMS) and is not searched.
+    if LINK_HINT.search(text) is None:
         return False
     return URL_PATTERN.search(text) is not None or LINK_PATTERN.search(text) is not None
