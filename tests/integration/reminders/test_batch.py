@@ -229,20 +229,13 @@ def test_two_batches_sharing_citizens_in_opposite_orders_send_each_once_without_
 
 
 def test_a_batch_behind_a_slow_provider_hands_back_what_it_did_not_send_within_half_its_lease(
-    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    test_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a provider that takes 4 SMS a second, and a sweep that takes a row still
     # `sending` after 2 s (its claim's lease) and, when the provider has no such message,
     # sends it again
     settings = load_settings(
-        namespace="tlease",
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        today=NOW.date(),
-        now=NOW,
-        renewal_settle_s=1,
-        send_rates={"sandbox": 4},
-        sweep_sending_after_s=2,
+        **{**test_settings.model_dump(), "send_rates": {"sandbox": 4}, "sweep_sending_after_s": 2}
     )
     licenses = {f"LIC-SLOW-{i}": f"+86139000007{i:02d}" for i in range(10)}
     with actors_on_stub_broker(WorkerContext(settings)) as stub:
