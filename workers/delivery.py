@@ -247,20 +247,32 @@ def claim_many(s: Session, rows: list[Notification]) -> list[Notification]:
         quiet=current().quiet,
         daily_cap=settings.sms_daily_cap or None,
         stale=_stale_many,
+        commit=False,
     )
+    # A held row and its release job are committed together: no one (the sweep, an operator's
+    # query) sees a row held until 08:00 with nothing scheduled to send it then.
+    held: dict[str, dt.datetime] = {}
+    for row in rows:
+        decision = decisions[row.id]
+        if decision.action == "defer":
+            until = decision.not_before
+            job = f"deliver:{row.id}:{until.isoformat()}"
+            held[row.id] = run_at = _release_slot(s, row, job, until)
+            # The held delivery is part of what the event caused: its trace shows it.
+            schedule(
+                s, job, run_at, "deliver_notification", row.id, event_id=row.event_id, commit=False
+            )
+    s.commit()
     claimed = []
     for row in rows:
         decision = decisions[row.id]
         if decision.action == "send":
             claimed.append(row)
         elif decision.action == "defer":
-            until = decision.not_before
-            job = f"deliver:{row.id}:{until.isoformat()}"
-            run_at = _release_slot(s, row, job, until)
-            # The held delivery is part of what the event caused: its trace shows it.
-            schedule(s, job, run_at, "deliver_notification", row.id, event_id=row.event_id)
             DEFERRED.labels(flow=row.flow, reason=decision.reason).inc()
-            log.info("notification %s deferred until %s (%s)", row.id, run_at, decision.reason)
+            log.info(
+                "notification %s deferred until %s (%s)", row.id, held[row.id], decision.reason
+            )
         elif decision.action in ("suppress", "cancel"):
             status = "suppressed" if decision.action == "suppress" else "cancelled"
             NOTIFICATIONS.labels(row.flow, row.channel, "none", status).inc()
@@ -576,7 +588,8 @@ def _hold_until_tomorrow(row: Notification, reason: str) -> None:
     now = current().clock.now()
     tomorrow = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     with session(current().settings) as s:
-        if not ledger.release_claim(s, row.id, reason):
+        # One transaction: the released row is never `created` without its job for tomorrow.
+        if not ledger.release_claim(s, row.id, reason, commit=False):
             return
         s.execute(
             update(Notification)
@@ -584,7 +597,10 @@ def _hold_until_tomorrow(row: Notification, reason: str) -> None:
             .values(not_before=tomorrow.astimezone(dt.UTC))
         )
         job = f"deliver:{row.id}:{tomorrow.isoformat()}"
-        schedule(s, job, tomorrow, "deliver_notification", row.id, event_id=row.event_id)
+        schedule(
+            s, job, tomorrow, "deliver_notification", row.id, event_id=row.event_id, commit=False
+        )
+        s.commit()
     DEFERRED.labels(flow=row.flow, reason="recipient_daily_limit").inc()
     log.info("notification %s: recipient's daily limit reached; held until %s", row.id, tomorrow)
 

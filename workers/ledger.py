@@ -3,7 +3,8 @@
 Every function takes a SQLAlchemy session and commits its own small transaction, so no session
 is held open across a provider call (a slow provider must not hold database connections).
 One leaves the commit to its caller, so a message's row is committed with its claim:
-:func:`insert_notification`.
+:func:`insert_notification`. Some take ``commit=False``, so what one decision causes is
+committed with it (a held message and its release job).
 """
 
 from __future__ import annotations
@@ -57,14 +58,21 @@ _TABLE = Notification.__table__
 
 
 def insert_ignore(
-    session: Session, table: Table, values: dict[str, Any], key: str | tuple[str, ...]
+    session: Session,
+    table: Table,
+    values: dict[str, Any],
+    key: str | tuple[str, ...],
+    *,
+    commit: bool = True,
 ) -> bool:
     """``INSERT … ON CONFLICT (key) DO NOTHING``, committed; True when this call created the row.
 
-    ``key`` names the unique column, or the columns of a composite primary key.
+    ``key`` names the unique column, or the columns of a composite primary key. With
+    ``commit=False`` the row joins the caller's transaction, for the caller to commit.
     """
     created = _insert_ignore(session, table, values, key)
-    session.commit()
+    if commit:
+        session.commit()
     return created
 
 
@@ -179,11 +187,14 @@ def claim(session: Session, notification_id: str) -> bool:
     return result.rowcount == 1
 
 
-def release_claim(session: Session, notification_id: str, reason: str) -> bool:
+def release_claim(
+    session: Session, notification_id: str, reason: str, *, commit: bool = True
+) -> bool:
     """``sending → created`` after the provider said, for certain, that it did not take it.
 
     Not a backward status move: the message never left, so the claim (a lease) is returned for
-    the retry. An ambiguous failure (timeout) never releases; the sweep resolves it.
+    the retry. An ambiguous failure (timeout) never releases; the sweep resolves it. With
+    ``commit=False`` the caller commits (with what the release causes, e.g. the held job).
     """
     result = session.execute(
         update(Notification)
@@ -195,7 +206,8 @@ def release_claim(session: Session, notification_id: str, reason: str) -> bool:
         )
         .values(status=NotificationStatus.CREATED, status_reason=reason, updated_at=utcnow())
     )
-    session.commit()
+    if commit:
+        session.commit()
     return result.rowcount == 1
 
 
@@ -276,6 +288,7 @@ def claim_many_for_send(
     quiet: Any,
     daily_cap: int | None,
     stale: StaleMany | None = None,
+    commit: bool = True,
 ) -> dict[str, Decision]:
     """Check the flow, decide (opt-out, quiet hours, daily cap) and claim ``rows``, in one
     transaction, with a fixed number of statements however many rows there are.
@@ -294,9 +307,11 @@ def claim_many_for_send(
     ``created → cancelled`` in this transaction, whatever the policy would have said.
 
     Whatever happens, the transaction is committed here (with whatever the caller put in it
-    before, e.g. the new rows). Returns each row's :class:`workers.policy.Decision` by id; a
-    ``send`` decision means the row is now ``sending``; ``skip`` means another worker won (or
-    cancelled it) first.
+    before, e.g. the new rows); with ``commit=False`` the caller commits it, after adding what
+    the decisions cause (a held row's release job: row and job become visible together, and
+    the recipients' locks are held until then). Returns each row's
+    :class:`workers.policy.Decision` by id; a ``send`` decision means the row is now
+    ``sending``; ``skip`` means another worker won (or cancelled it) first.
     """
     now_utc = now_local.astimezone(dt.UTC)
     rows = list({row.id: row for row in rows}.values())  # a row given twice is claimed once
@@ -340,7 +355,8 @@ def claim_many_for_send(
         else:
             values = {"not_before": not_before, "status_reason": reason}
         won |= _move_created(session, ids, {**values, "updated_at": utcnow()})
-    session.commit()
+    if commit:
+        session.commit()
     return {
         row.id: decisions[row.id] if row.id in won else Decision("skip", reason="no longer created")
         for row in rows

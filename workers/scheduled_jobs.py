@@ -76,10 +76,12 @@ def schedule(
     payload: Any,
     *,
     event_id: str | None = None,
+    commit: bool = True,
 ) -> bool:
     """Schedule ``actor_name(payload)`` at ``run_at``, once per ``key``; True if new.
 
     ``event_id`` names the upstream event that caused it (default: the payload's, if any).
+    Committed, unless ``commit=False``: then in the caller's transaction, for it to commit.
     """
     return ledger.insert_ignore(
         s,
@@ -95,6 +97,7 @@ def schedule(
             "event_id": _event_of(payload, event_id),
         },
         "key",
+        commit=commit,
     )
 
 

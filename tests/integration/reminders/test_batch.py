@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import select, text, update
+from sqlalchemy import event, exists, select, text, update
+from sqlalchemy.orm import Session
 
 from infra.db import session
 from infra.settings import Settings, load_settings
@@ -252,3 +253,49 @@ def test_a_batch_behind_a_slow_provider_hands_back_what_it_did_not_send_within_h
     assert handed_back, "the batch sent past half its lease"
     assert _sent(settings) == Counter(licenses.values())
     assert {status for status, _why in _outcomes(settings).values()} == {"delivered"}
+
+
+def test_a_batch_held_by_the_quiet_hours_commits_each_message_with_its_release_job(
+    test_settings: Settings,
+) -> None:
+    # Given 22:30 (quiet hours until 08:00), ten reminders due, and a watcher that after every
+    # commit in this process reads, on a connection of its own, the held messages that have
+    # no job to release them
+    settings = load_settings(
+        **{**test_settings.model_dump(), "now": NOW.replace(hour=22, minute=30)}
+    )
+    licenses = {f"LIC-NIGHT-{i}": f"+86139000008{i:02d}" for i in range(10)}
+    unreleased = (
+        select(Notification.id)
+        .where(Notification.status == "created", Notification.not_before.is_not(None))
+        .where(
+            ~exists().where(
+                ScheduledJob.key.like("deliver:" + Notification.id + ":%"),
+                ScheduledJob.status == "pending",
+            )
+        )
+    )
+    seen: list[str] = []
+
+    def watch(_session: Session) -> None:
+        with session(settings) as other:
+            seen.extend(other.scalars(unreleased))
+
+    with actors_on_stub_broker(WorkerContext(settings)) as stub:
+        _register(stub, licenses)
+
+        # When one batch claims them all
+        event.listen(Session, "after_commit", watch)
+        try:
+            send_renewal_reminders.send(_jobs(settings, list(licenses)))
+            stub.join(send_renewal_reminders.queue_name, fail_fast=True)
+        finally:
+            event.remove(Session, "after_commit", watch)
+
+    # Then all ten are held for 08:00, and no commit ever showed one without its release job
+    assert {why for _status, why in _outcomes(settings).values()} == {"quiet hours"}
+    with session(settings) as s:
+        jobs = s.scalars(select(ScheduledJob.run_at).where(ScheduledJob.key.like("deliver:%")))
+        assert {run_at.astimezone(CST).hour for run_at in jobs} == {8}
+    assert seen == []
+    assert _sent(settings) == Counter()
