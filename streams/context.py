@@ -144,9 +144,12 @@ class StreamContext:
     async def send_jobs(self, jobs: list[tuple[str, Any]]) -> None:
         """Hand ``(actor, payload)`` jobs to RabbitMQ (confirmed), retrying until it works."""
         if jobs:
-            await self.blocking(f"handing {len(jobs)} jobs to RabbitMQ", self._send, jobs)
+            await self.blocking(f"handing {len(jobs)} jobs to RabbitMQ", self.send_now, jobs)
 
-    def _send(self, jobs: list[tuple[str, Any]]) -> None:
+    def send_now(self, jobs: list[tuple[str, Any]]) -> None:
+        """:meth:`send_jobs` once, on the calling thread (the blocking one)."""
+        if not jobs:
+            return
         self.jobs.send_many(jobs)
         for actor_name, _payload in jobs:
             JOBS_ENQUEUED.labels(kind=actor_name).inc()
@@ -155,7 +158,14 @@ class StreamContext:
         """Those of ``event_ids`` the journal says were applied (Kafka delivers again)."""
         if not event_ids:
             return set()
-        found = await self.blocking("reading the journal", self._applied, event_ids)
+        return await self.blocking("reading the journal", self.applied_now, topic, event_ids)
+
+    def applied_now(self, topic: str, event_ids: list[str]) -> set[str]:
+        """:meth:`already_applied` once, on the calling thread (the blocking one)."""
+        if not event_ids:
+            return set()
+        with session(self.settings) as s:
+            found = applied_ids(s, event_ids)
         if found:
             SKIPPED_APPLIED.labels(topic=topic).inc(len(found))
         return found
@@ -163,15 +173,34 @@ class StreamContext:
     async def mark_applied(self, event_ids: list[str]) -> None:
         """Record in the journal that these events' effects are handed on."""
         if event_ids:
-            await self.blocking("marking events applied", self._mark, event_ids)
+            await self.blocking("marking events applied", self.mark_now, event_ids)
 
-    def _applied(self, event_ids: list[str]) -> set[str]:
-        with session(self.settings) as s:
-            return applied_ids(s, event_ids)
+    def mark_now(self, event_ids: list[str]) -> None:
+        """:meth:`mark_applied` once, on the calling thread (the blocking one)."""
+        if event_ids:
+            with session(self.settings) as s:
+                mark_applied(s, event_ids)
 
-    def _mark(self, event_ids: list[str]) -> int:
-        with session(self.settings) as s:
-            return mark_applied(s, event_ids)
+    @staticmethod
+    def hold(records: list[faust.EventT]) -> list[faust.EventT]:
+        """Keep faust from acknowledging ``records`` until :meth:`release`.
+
+        ``take_events`` acknowledges a batch when the agent asks for the next one, and faust
+        commits acknowledged offsets: an agent that hands a batch over while it reads the next
+        holds it, so no offset is committed before the batch's effects are durable. (One more
+        reference on each message: faust's ack then leaves it unacknowledged.)
+        """
+        for record in records:
+            record.message.incref()
+        return records
+
+    @staticmethod
+    def release(records: list[faust.EventT]) -> None:
+        """Let faust commit ``records`` (held by :meth:`hold`), in the event loop's thread."""
+        for record in records:
+            if record.ack():  # the last reference: the offset may be committed now
+                message = record.message
+                record.app.sensors.on_message_out(message.tp, message.offset, message)
 
 
 def changelog_configs(settings: Settings) -> dict[str, str]:

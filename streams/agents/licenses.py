@@ -6,18 +6,23 @@ state: it validates each event, skips those the journal says were applied alread
 each batch to the workers' ``record_licenses`` as one job. That job records the licenses (a
 newer event wins, so order and replays do not matter) and plans the reminders they make due;
 the scheduler's daily scan sends what becomes due as days pass.
+
+A batch is handed over (journal read, job, journal mark) on the blocking thread while faust
+fetches and this agent parses the next one; the batch's records stay unacknowledged until its
+hand-over is done (``StreamContext.hold``), so no offset is committed before its effects are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
 
 from infra.metrics import STREAM_EVENTS
 from schemas.errors import EventRejected
-from schemas.events import parse_event
+from schemas.events import Event, parse_event
 from streams.rules import license_state_job
 
 if TYPE_CHECKING:
@@ -33,40 +38,62 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     topic = app.topic(settings.topic("licenses"), key_serializer="raw", value_serializer="raw")
     topic_name = settings.topic("licenses")
 
+    def hand_over(jobs: list[tuple[Event, dict[str, Any]]]) -> tuple[list[Event], list[Event]]:
+        """On the blocking thread: skip what the journal says was applied, send the rest as
+        one ``record_licenses`` job, mark them all applied. (applied, duplicates)."""
+        ids = [event.event_id for event, _job in jobs]
+        # Applied before, or twice in this batch (a re-driven copy beside its original).
+        seen = ctx.applied_now(topic_name, ids)
+        applied, duplicates, state_jobs = [], [], []
+        for event, job in jobs:
+            if event.event_id in seen:
+                duplicates.append(event)
+                continue
+            seen.add(event.event_id)
+            applied.append(event)
+            state_jobs.append(job)
+        if state_jobs:
+            # One job per batch: the registry records the whole batch in one transaction.
+            ctx.send_now([("record_licenses", state_jobs)])
+        ctx.mark_now(ids)
+        return applied, duplicates
+
+    async def settle(records: list[faust.EventT], jobs: list[tuple[Event, dict[str, Any]]]) -> None:
+        applied, duplicates = await ctx.blocking("handing over license events", hand_over, jobs)
+        for event in applied:
+            STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
+        for event in duplicates:
+            STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
+        ctx.release(records)
+
     @app.agent(topic, name=f"{settings.namespace}-licenses")
     async def process_licenses(stream: faust.StreamT) -> None:
         # Batches: one job, one journal read and one journal write per batch, not per event.
+        # A batch is handed over (journal read, job, journal mark: on the blocking thread) while
+        # the next one is fetched and parsed here. Hand-overs run one at a time and in order, so
+        # each reads the journal after the one before it marked its events.
+        handing: asyncio.Future[None] | None = None
         async for batch in stream.take_events(500, within=0.05):
             ctx.check_epochs(batch)
-            events = []
+            jobs = []
             for record in batch:
                 try:
-                    events.append(parse_event(record.value, max_bytes=settings.max_event_bytes))
+                    event = parse_event(record.value, max_bytes=settings.max_event_bytes)
                 except EventRejected as exc:
                     # The relay validated it; a bad record here means a foreign producer wrote
                     # to our topic. Count and skip: one bad record must not stop the partition.
                     STREAM_EVENTS.labels(event_type="unknown", outcome="invalid").inc()
                     log.error("invalid record on %s: %s", topic_name, exc.reason)
-            ids = [event.event_id for event in events]
-            applied = await ctx.already_applied(topic_name, ids)
-            state_jobs = []
-            # Applied before, or twice in this batch (a re-driven copy beside its original).
-            seen = set(applied)
-            for event in events:
-                if event.event_id in seen:
-                    STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
                     continue
-                seen.add(event.event_id)
                 job = license_state_job(
                     event.event_type,
-                    event.payload.model_dump(mode="json"),
+                    event.envelope.payload,  # the payload as JSON data already (parse_event)
                     event.envelope.occurred_at,
                     event_id=event.event_id,
                     source=event.envelope.source,
                 )
-                state_jobs.append(job.model_dump(mode="json"))
-                STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
-            if state_jobs:
-                # One job per batch: the registry records the whole batch in one transaction.
-                await ctx.send_jobs([("record_licenses", state_jobs)])
-            await ctx.mark_applied(ids)
+                jobs.append((event, job.model_dump(mode="json")))
+            records = ctx.hold(batch)
+            if handing is not None:
+                await handing
+            handing = asyncio.ensure_future(settle(records, jobs))
