@@ -11,6 +11,7 @@ import datetime as dt
 import enum
 import json
 import random
+import re
 import uuid
 import warnings
 from typing import Any
@@ -21,7 +22,9 @@ import pytest
 from producers.generator import generate_case_day, generate_registry
 from schemas.errors import EventRejected
 from schemas.events import (
+    _CJK,
     _PHONE_HINT,
+    LINK_PATTERN,
     Envelope,
     Event,
     _canonical_json,
@@ -260,3 +263,32 @@ def test_phone_hint_misses_no_phone_number() -> None:
         if _has_phone(text):
             assert _PHONE_HINT.search(text), text
         assert sms_text_problem(text) == sms_text_problem_detailed(text), text
+
+
+def test_link_pattern_guards_find_what_the_unguarded_pattern_finds() -> None:
+    # Given LINK_PATTERN without its two guards (the scheme list tried at every position, a
+    # Chinese run tried from every character: the slow way), and link-rich random text: Chinese
+    # runs, TLDs, every kind of dot, schemes, letters, digits, spaces
+    guards = ["(?=[a-z])", f"(?<![{_CJK}])"]
+    assert [LINK_PATTERN.pattern.count(guard) for guard in guards] == [1, 1]
+    unguarded = re.compile(
+        LINK_PATTERN.pattern.replace(guards[0], "").replace(guards[1], ""), LINK_PATTERN.flags
+    )
+    rng = random.Random(12)
+    alphabet = [
+        *"长安区政务中国公司网络", "中国", "中文网", "政务", ".", "。", "·", "・", ":", "/", " ",
+        "cn", "com", "ru", "www", "xn--", "http", "tel", "sms", "Tel", "a", "z", "-", "1", "10",
+        "，", "（", "LIC-", "2026", "@",
+    ]  # fmt: skip
+    texts = ["例子.中国", "政务。cn", "长安区政务服务中心。请登录政务服务网办理", "tel:12345"]
+    texts += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(30_000)
+    ]
+    found = 0
+    for text in texts:
+        # Then the guarded pattern finds a link exactly where the unguarded one does, at the
+        # same place
+        fast, slow = LINK_PATTERN.search(text), unguarded.search(text)
+        assert (fast and fast.span()) == (slow and slow.span()), text
+        found += slow is not None
+    assert 1_000 < found < len(texts) - 1_000  # the corpus has both kinds, plenty of each
