@@ -7,6 +7,7 @@ basic set or its extension table; one Chinese character makes the whole message 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -100,6 +101,9 @@ URL_PATTERN = re.compile(
 )
 
 
+# Remembered: every SMS is checked when its template is rendered and again by the notifier
+# before it is sent (the same text), ~30 µs each for a reminder. Verdicts only, bounded.
+@functools.lru_cache(maxsize=1024)
 def contains_url(text: str) -> bool:
     """True when ``text`` holds a link; Twilio refuses URLs in SMS to mainland China.
 
