@@ -23,12 +23,12 @@ import secrets
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import LargeBinary, String, any_, bindparam, delete, func, select, text, update
+from sqlalchemy import LargeBinary, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
-from infra.db import conflict_insert
+from infra.db import conflict_insert, one_of
 from schemas.models import TZ, Checkpoint, IngestEvent, KafkaEpoch, utcnow
 
 __all__ = [
@@ -92,23 +92,9 @@ def _postgresql(s: Session) -> bool:
 
 
 def _event_id_in(s: Session, event_ids: Collection[str]) -> ColumnElement[bool]:
-    """``event_id`` is one of ``event_ids``.
-
-    On PostgreSQL ``event_id = ANY(%(event_ids)s)``: one array parameter, so the statement text is
-    the same for any number of ids and psycopg parses it once (and prepares it after a few uses)
-    instead of parsing a new ``IN (…500 placeholders…)`` text each batch. SQLite has no arrays:
-    ``IN`` there.
-
-    An UPDATE with it runs with ``synchronize_session=False``: the ORM cannot evaluate ``= ANY``
-    in Python and would otherwise ask PostgreSQL to send every id back (``RETURNING``) to
-    refresh rows loaded in the session; no caller holds journal rows there (the relay and the
-    stream open a session per call).
-    """
-    if _postgresql(s):
-        return IngestEvent.event_id == any_(
-            bindparam("event_ids", list(event_ids), type_=postgresql.ARRAY(String))
-        )
-    return IngestEvent.event_id.in_(list(event_ids))
+    """``event_id`` is one of ``event_ids`` (:func:`infra.db.one_of`: one array parameter on
+    PostgreSQL, so the relay's and the stream's statements keep one text for any batch)."""
+    return one_of(s, IngestEvent.event_id, event_ids)  # type: ignore[no-any-return]
 
 
 #: The journal's INSERT on PostgreSQL: one row per element of the array parameters. Its text

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session
 
-from infra.db import conflict_insert
+from infra.db import conflict_insert, none_of, one_of
 from schemas.models import (
     STATUS_RANK,
     Notification,
@@ -365,7 +365,7 @@ def claim_many_for_send(
 
 def _move_created(session: Session, ids: list[str], values: dict[str, Any]) -> set[str]:
     """Set ``values`` on those of ``ids`` still ``created``; the ids it changed."""
-    where = and_(_TABLE.c.id.in_(ids), _TABLE.c.status == NotificationStatus.CREATED)
+    where = and_(one_of(session, _TABLE.c.id, ids), _TABLE.c.status == NotificationStatus.CREATED)
     if session.get_bind().dialect.update_returning:
         stmt = _TABLE.update().where(where).values(**values).returning(_TABLE.c.id)
         return set(session.scalars(stmt))
@@ -398,14 +398,17 @@ def _decide_many(
         opted_out = {
             (recipient, category)
             for recipient, category in session.execute(
-                select(OptOut.recipient, OptOut.category).where(OptOut.recipient.in_(recipients))
+                select(OptOut.recipient, OptOut.category).where(
+                    one_of(session, OptOut.recipient, recipients)
+                )
             )
         }
         suppressed = {
             (recipient, category): reason
             for recipient, category, reason in session.execute(
                 select(Suppression.recipient, Suppression.category, Suppression.reason).where(
-                    Suppression.recipient.in_(recipients), Suppression.status == "active"
+                    one_of(session, Suppression.recipient, recipients),
+                    Suppression.status == "active",
                 )
             )
         }
@@ -418,9 +421,9 @@ def _decide_many(
             for recipient, count in session.execute(
                 select(Notification.recipient, func.count())
                 .where(
-                    Notification.recipient.in_(capped),
+                    one_of(session, Notification.recipient, capped),
                     Notification.critical.is_(False),
-                    Notification.id.not_in([row.id for row in rows]),
+                    none_of(session, Notification.id, [row.id for row in rows]),
                     Notification.status.in_(
                         [
                             NotificationStatus.SENDING,

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.clock import Clock
-from infra.db import get_engine, session
+from infra.db import get_engine, one_of, session
 from infra.journal import get_checkpoint, set_checkpoint
 from infra.metrics import CALL_LIST_ENTRIES, NOTIFICATIONS
 from notifiers.errors import (
@@ -175,7 +175,7 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
         records = {
             r.license_id: r
             for r in s.execute(
-                select(*LicenseRecord.__table__.c).where(LicenseRecord.license_id.in_(ids))
+                select(*LicenseRecord.__table__.c).where(one_of(s, LicenseRecord.license_id, ids))
             )
         }
         due = [
@@ -203,7 +203,7 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
         pending = s.execute(
             select(Notification.id, Notification.idempotency_key, Notification.subject_id).where(
                 Notification.flow == FLOW,
-                Notification.subject_id.in_(ids),
+                one_of(s, Notification.subject_id, ids),
                 Notification.status == NotificationStatus.CREATED,
             )
         ).all()
@@ -215,7 +215,7 @@ def record_licenses(jobs: list[dict[str, Any]]) -> None:
         open_calls = (
             s.execute(
                 select(CallListEntry).where(
-                    CallListEntry.license_id.in_(ids), CallListEntry.status == "open"
+                    one_of(s, CallListEntry.license_id, ids), CallListEntry.status == "open"
                 )
             )
             .scalars()
@@ -418,7 +418,7 @@ def _stale_many_at_claim(s: Any, rows: list[Notification]) -> dict[str, str]:
                 LicenseRecord.expires_on,
                 LicenseRecord.last_event_at,
             )
-            .where(LicenseRecord.license_id.in_(ids))
+            .where(one_of(s, LicenseRecord.license_id, ids))
             .order_by(LicenseRecord.license_id)
             .with_for_update(read=True)
         )
