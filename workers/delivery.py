@@ -247,7 +247,6 @@ def claim_many(s: Session, rows: list[Notification]) -> list[Notification]:
         quiet=current().quiet,
         daily_cap=settings.sms_daily_cap or None,
         stale=_stale_many,
-        commit=False,
     )
     # A held row and its release job are committed together: no one (the sweep, an operator's
     # query) sees a row held until 08:00 with nothing scheduled to send it then.

@@ -2,9 +2,9 @@
 
 Every function takes a SQLAlchemy session and commits its own small transaction, so no session
 is held open across a provider call (a slow provider must not hold database connections).
-One leaves the commit to its caller, so a message's row is committed with its claim:
-:func:`insert_notification`. Some take ``commit=False``, so what one decision causes is
-committed with it (a held message and its release job).
+Two leave the commit to their caller: :func:`insert_notification`, so a message's row is
+committed with its claim, and :func:`claim_many_for_send`, so what a decision causes is
+committed with it (a held message and its release job). Some take ``commit=False`` for that.
 """
 
 from __future__ import annotations
@@ -288,7 +288,6 @@ def claim_many_for_send(
     quiet: Any,
     daily_cap: int | None,
     stale: StaleMany | None = None,
-    commit: bool = True,
 ) -> dict[str, Decision]:
     """Check the flow, decide (opt-out, quiet hours, daily cap) and claim ``rows``, in one
     transaction, with a fixed number of statements however many rows there are.
@@ -306,11 +305,10 @@ def claim_many_for_send(
     committed after this claim (see ``workers.reminders``). A stale message is moved
     ``created → cancelled`` in this transaction, whatever the policy would have said.
 
-    Whatever happens, the transaction is committed here (with whatever the caller put in it
-    before, e.g. the new rows); with ``commit=False`` the caller commits it, after adding what
-    the decisions cause (a held row's release job: row and job become visible together, and
-    the recipients' locks are held until then). Returns each row's
-    :class:`workers.policy.Decision` by id; a ``send`` decision means the row is now
+    Not committed: the caller commits the transaction (with whatever it put in it before, e.g.
+    the new rows), after adding what the decisions cause (a held row's release job: row and
+    job become visible together, and the recipients' locks are held until then). Returns each
+    row's :class:`workers.policy.Decision` by id; a ``send`` decision means the row is now
     ``sending``; ``skip`` means another worker won (or cancelled it) first.
     """
     now_utc = now_local.astimezone(dt.UTC)
@@ -355,8 +353,6 @@ def claim_many_for_send(
         else:
             values = {"not_before": not_before, "status_reason": reason}
         won |= _move_created(session, ids, {**values, "updated_at": utcnow()})
-    if commit:
-        session.commit()
     return {
         row.id: decisions[row.id] if row.id in won else Decision("skip", reason="no longer created")
         for row in rows
