@@ -406,13 +406,10 @@ def _hand_back(rows: list[Notification]) -> None:
     """Claimed rows not sent within half their lease: back to ``created`` (the message never
     left) and to the delivery queue, before the sweep could take them."""
     settings = current().settings
-    released = []
+    why = "not sent within half its claim's lease; queued again"
     with session(settings) as s:
-        for row in rows:
-            if ledger.release_claim(
-                s, row.id, "not sent within half its claim's lease; queued again"
-            ):
-                released.append(row.id)
+        released = [row.id for row in rows if ledger.release_claim(s, row.id, why, commit=False)]
+        s.commit()
     for notification_id in released:
         deliver_notification.send(notification_id)
     log.warning(
