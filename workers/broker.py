@@ -17,7 +17,7 @@ from infra.clock import install_clock
 from infra.jobs import QUEUE_TYPES, QueueTypeBroker, make_broker
 from infra.settings import get_settings
 from workers.context import WorkerContext, install
-from workers.middleware import DeadLetters
+from workers.middleware import DeadLetters, FrozenStartupHeap
 from workers.observability import WorkerPrometheus
 
 __all__ = ["QUEUE_TYPES", "QueueTypeBroker", "broker", "context", "make_broker"]
@@ -39,4 +39,5 @@ broker.add_middleware(DeadLetters(settings), before=Retries)
 # answers /healthz and /readyz. It serves every worker process's metrics, ours included
 # (PROMETHEUS_MULTIPROC_DIR is set by `govnotify worker` before anything imports prometheus_client).
 broker.add_middleware(WorkerPrometheus())
+broker.add_middleware(FrozenStartupHeap())
 dramatiq.set_broker(broker)

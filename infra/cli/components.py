@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from infra.cli.output import print_dict
 from infra.dbgauges import register_database_gauges
 from infra.health import component_checks
+from infra.heap import freeze_startup_heap
 from infra.logging import configure_logging, install_masking
 from infra.metrics import serve_metrics
 from infra.settings import Settings, SettingsError, get_settings, warn_sandboxes
@@ -96,7 +97,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, "relay")
     warn_sandboxes(s)
     _serve_metrics(s, "relay", component_checks(s, "relay"))
-    Relay(s).run(stop_on_signals())
+    relay = Relay(s)
+    freeze_startup_heap()
+    relay.run(stop_on_signals())
     return 0
 
 
@@ -112,6 +115,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
             super().on_setup_root_logger(logger, level)
             # faust installs its own handlers; mask personal data on every one of them.
             install_masking(logger)
+
+        async def on_startup_finished(self) -> None:
+            await super().on_startup_finished()
+            # Tables recovered, agents running: what is alive now lives as long as the process.
+            freeze_startup_heap()
 
     s = get_settings()
     app = create_app(s)
@@ -249,6 +257,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     register_database_gauges(s)
     register_workday_gauges(s)
     _serve_metrics(s, "scheduler", component_checks(s, "scheduler"))
+    freeze_startup_heap()
     run_scheduler(s, stop_on_signals())
     return 0
 
@@ -260,6 +269,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, "api")
     warn_sandboxes(s)
     _serve_metrics(s, "api", component_checks(s, "api"))
+    freeze_startup_heap()
     api.serve(s, status_handlers())
     return 0
 
