@@ -28,6 +28,8 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Engine, all_, any_, bindparam, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext
@@ -40,6 +42,8 @@ __all__ = [
     "HIDDEN",
     "PRIVATE_DIR_MODE",
     "PRIVATE_FILE_MODE",
+    "BinaryArray",
+    "binary_array",
     "conflict_insert",
     "connected_session",
     "engine_for",
@@ -213,6 +217,27 @@ def none_of(s: Session, column: Any, values: Collection[Any]) -> Any:
     if _on_postgresql(s):
         return column != all_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
     return column.not_in(list(values))
+
+
+class BinaryArray(list[Any]):
+    """A batch's column that psycopg sends to PostgreSQL as a binary array parameter.
+
+    psycopg sends a list as a text array, quoting and escaping every element in Python: the
+    journal's 500 event bodies (JSON, ~400 bytes each, as ``bytea``) took 40 ms a batch to dump
+    that way, 0.1 ms in binary. Bind it without a SQLAlchemy type and give the array's type in
+    the SQL (``CAST(:bodies AS bytea[])``): a type's bind processor would copy it into a plain
+    list. Use :func:`binary_array`, which leaves an empty batch a plain list.
+    """
+
+
+# psycopg picks the last dumper registered for a class in "%s" (AUTO) placeholders.
+psycopg.adapters.register_dumper(BinaryArray, ListBinaryDumper)
+
+
+def binary_array(values: Collection[Any]) -> list[Any]:
+    """``values`` as a :class:`BinaryArray`; an empty list stays a plain one (a binary array
+    needs an element to take its type from)."""
+    return BinaryArray(values) if values else []
 
 
 @contextlib.contextmanager

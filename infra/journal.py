@@ -23,12 +23,12 @@ import secrets
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import LargeBinary, bindparam, delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
-from infra.db import conflict_insert, one_of
+from infra.db import binary_array, conflict_insert, one_of
 from schemas.models import TZ, Checkpoint, IngestEvent, KafkaEpoch, utcnow
 
 __all__ = [
@@ -121,7 +121,6 @@ _JOURNAL_UNNEST = text(
     # TZ refuses a naive time and stores UTC, element by element, as the ORM column does.
     bindparam("received_at", type_=TZ),
     bindparam("occurred_ats", type_=postgresql.ARRAY(TZ)),
-    bindparam("bodies", type_=postgresql.ARRAY(LargeBinary)),
 )
 
 
@@ -135,7 +134,7 @@ def _insert_new(s: Session, entries: Collection[JournalEntry], now: dt.datetime)
             "families": [e.family for e in entries],
             "entity_keys": [e.entity_key for e in entries],
             "occurred_ats": [e.occurred_at for e in entries],
-            "bodies": [e.body for e in entries],
+            "bodies": binary_array([e.body for e in entries]),
             "fingerprints": [fingerprint(e.body) for e in entries],
         }
         return set(s.scalars(_JOURNAL_UNNEST, params).all())

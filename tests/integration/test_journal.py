@@ -113,6 +113,28 @@ def test_a_batch_is_journaled_marked_relayed_and_applied_once(journal_settings: 
     assert rows["E-7"].fingerprint == rows["E-7"].fingerprint.lower() and rows["E-7"].redriven == 0
 
 
+def test_bodies_are_stored_byte_for_byte(journal_settings: Settings) -> None:
+    # Given bodies with every byte value, quotes, backslashes, braces and Chinese text: what a
+    # text array would have to escape (on PostgreSQL they travel as a binary array)
+    bodies = [
+        bytes(range(256)),
+        b'{"holder_name":"\xe6\x9e\x97","q":"\\\"{}"}',
+        b"",
+        b"NULL",
+        b"\\x00",
+    ]
+    batch = [entry(f"E-{i}", body) for i, body in enumerate(bodies)]
+
+    # When they are journaled in one batch
+    with session(journal_settings) as s:
+        verdict = journal(s, batch)
+        stored = {r.event_id: r.body for r in s.scalars(select(IngestEvent))}
+
+    # Then each is stored exactly as given, and judged new
+    assert len(verdict.forward) == len(bodies)
+    assert stored == {f"E-{i}": body for i, body in enumerate(bodies)}
+
+
 def test_a_naive_time_is_refused_as_by_the_column(journal_settings: Settings) -> None:
     # When / Then: the array parameter keeps the column type's rule
     with (
