@@ -7,6 +7,8 @@ to the work queues (:mod:`infra.jobs`) both use it: a confirm per message limits
 to about a thousand messages a second, pipelined confirms to what the broker can write.
 :func:`publish_confirmed` is the all-or-nothing form, for a process that publishes an event of
 its own onto the ingest exchange (the surveys worker's default rating) without the producers.
+A pipeline opens a connection of its own, unless it is given a :class:`KeptConnection`, which
+a frequent publisher (the job hand-over) keeps open between its calls.
 
 Every message carries the AMQP ``user_id`` property: the user of the connection's URL
 (:func:`amqp_user`). RabbitMQ refuses a message whose ``user_id`` is not the connection's login
@@ -36,6 +38,7 @@ __all__ = [
     "REASON_NACK",
     "SEQ_HEADER",
     "ConfirmPipeline",
+    "KeptConnection",
     "Message",
     "Outcome",
     "PublishError",
@@ -186,6 +189,12 @@ class ConfirmPipeline:
     reported failed when its ack arrives. A watchdog timer enforces ``confirm_timeout`` and
     keeps the caller's blocking connection alive; the ioloop stops when the connection is
     closed, after success or failure.
+
+    On a :class:`KeptConnection` the run takes a channel of its own on the kept connection and
+    closes only that channel when every message is settled; its ioloop stops then, and the
+    connection waits, open, for the next run. A failure closes the connection as before (the
+    next run opens a new one). A kept connection found closed before anything was published
+    sets :attr:`stale_connection`: running the same messages again is safe.
     """
 
     #: Seconds between watchdog runs.
@@ -205,8 +214,15 @@ class ConfirmPipeline:
         confirm_timeout: float,
         keepalive: Callable[[], None] = lambda: None,
         headers: Mapping[str, str] | None = None,
+        kept: KeptConnection | None = None,
     ) -> None:
         self._parameters = parameters
+        #: The connection to run on and leave open; None: one of its own, closed at the end.
+        self._kept = kept
+        #: Timers this run set on the ioloop: cancelled at its end when the loop lives on.
+        self._timers: list[object] = []
+        #: A kept connection that turned out closed before anything was published on it.
+        self.stale_connection = False
         #: Every message says who publishes it; RabbitMQ refuses one that lies.
         self._user_id = amqp_user(parameters)
         self._headers = dict(headers or {})
@@ -238,6 +254,9 @@ class ConfirmPipeline:
         if first is None:
             return []  # nothing to send: no connection needed
         self._messages = _prepend(first, self._messages)
+        if self._kept is not None:
+            self._run_kept(self._kept)
+            return self._outcomes()
         connection = pika.SelectConnection(
             self._parameters,
             on_open_callback=self._on_connection_open,
@@ -258,6 +277,30 @@ class ConfirmPipeline:
                 connection.ioloop.call_later(self.close_grace_s, connection.ioloop.stop)
                 self._run_ioloop(connection)
             connection.ioloop.close()
+        return self._outcomes()
+
+    def _run_kept(self, kept: KeptConnection) -> None:
+        connection, fresh = kept.attach(self)
+        self._connection = connection
+        try:
+            if not fresh:
+                # Open already: its open callback will not come again.
+                self._call_later(0, lambda: self._on_connection_open(connection))
+            self._call_later(self.tick_s, self._watchdog)
+            self._run_ioloop(connection)
+        finally:
+            for timer in self._timers:
+                connection.ioloop.remove_timeout(timer)
+            if not connection.is_closed and not self._done():
+                # Interrupted (a BaseException, or pika raised out of the loop): drop it.
+                self._fail("publishing interrupted")
+                self._abort_stream()
+                connection.ioloop.call_later(self.close_grace_s, connection.ioloop.stop)
+                self._run_ioloop(connection)
+            kept.detach(self)
+        self.stale_connection = not fresh and not self._results and self._failure is not None
+
+    def _outcomes(self) -> list[Outcome]:
         if self._error is not None:
             raise self._error
         reason = self._failure or reason_connection("closed before every message was confirmed")
@@ -313,6 +356,10 @@ class ConfirmPipeline:
         self._pump()
 
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
+        if self._kept is not None and self._done():
+            # Closed by us, every message settled: the connection stays for the next run.
+            self._stop_ioloop()
+            return
         # E.g. 404 when the exchange is gone: every unconfirmed message is lost with it.
         if not self._done():
             self._fail(reason_connection(reason))
@@ -366,7 +413,10 @@ class ConfirmPipeline:
                 return
         if self._exhausted and self._unconfirmed == 0:
             self._stopping = True
-            self._close_connection()
+            if self._kept is not None:
+                self._close_channel()
+            else:
+                self._close_connection()
 
     def _on_return(
         self,
@@ -475,13 +525,125 @@ class ConfirmPipeline:
         elif not connection.is_closing:
             connection.close()
 
+    def _close_channel(self) -> None:
+        """Close this run's channel on a kept connection (the watchdog bounds the wait)."""
+        channel = self._channel
+        if self._closing_since is None:
+            self._closing_since = time.monotonic()
+        if channel is None or channel.is_closing or channel.is_closed:
+            self._stop_ioloop()
+            return
+        try:
+            channel.close()
+        except AMQPError as exc:
+            self._fail(reason_connection(exc))
+            self._close_connection()
+
     def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
         if self._connection is not None:
-            self._connection.ioloop.call_later(delay, callback)
+            self._timers.append(self._connection.ioloop.call_later(delay, callback))
 
     def _stop_ioloop(self) -> None:
         if self._connection is not None:
             self._connection.ioloop.stop()
+
+
+class KeptConnection:
+    """A ``SelectConnection`` kept open between :class:`ConfirmPipeline` runs.
+
+    Opening a connection is ~10 round trips to RabbitMQ (TCP, the AMQP handshake, a channel)
+    and RabbitMQ starts processes for it: a stream handing a batch over every ~100 ms spent
+    half of its hand-over thread opening and closing connections, up to 65 ms each when the
+    broker was busy. Each run takes a channel of its own on the kept connection (two round
+    trips) and closes only that channel.
+
+    Between runs nobody reads the socket, so pika's heartbeats stand still: a connection idle
+    for longer than ``idle_limit_s`` (below any heartbeat timeout RabbitMQ would enforce) is
+    closed and replaced rather than trusted. One run at a time: the caller serialises them.
+    """
+
+    #: Longest a closing connection is waited for before its socket is dropped.
+    close_grace_s = 2.0
+
+    def __init__(self, parameters: pika.connection.Parameters, *, idle_limit_s: float = 15.0):
+        self._parameters = parameters
+        self.idle_limit_s = idle_limit_s
+        #: The open (or opening) connection; None until the first run, and after a failure.
+        self.connection: SelectConnection | None = None
+        self._pipeline: ConfirmPipeline | None = None
+        self._last_used = 0.0
+
+    def attach(self, pipeline: ConfirmPipeline) -> tuple[SelectConnection, bool]:
+        """The connection ``pipeline`` runs on, and whether it is new (not yet open)."""
+        connection = self.connection
+        if connection is not None and (
+            not connection.is_open or time.monotonic() - self._last_used > self.idle_limit_s
+        ):
+            self._drop(connection)
+            connection = None
+        self._pipeline = pipeline
+        if connection is not None:
+            return connection, False
+        connection = pika.SelectConnection(
+            self._parameters,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_close,
+        )
+        self.connection = connection
+        return connection, True
+
+    def detach(self, pipeline: ConfirmPipeline) -> None:
+        """``pipeline``'s run is over; a connection it left closed is let go."""
+        if self._pipeline is pipeline:
+            self._pipeline = None
+        self._last_used = time.monotonic()
+        connection = self.connection
+        if connection is not None and connection.is_closed:
+            self.connection = None
+            connection.ioloop.close()
+
+    def close(self) -> None:
+        """Close the kept connection, if any (it is opened again by the next run)."""
+        if self.connection is not None:
+            self._drop(self.connection)
+
+    # ---- the connection's callbacks, for the run on it --------------------------------------
+    def _on_open(self, connection: SelectConnection) -> None:
+        if self._pipeline is not None:
+            self._pipeline._on_connection_open(connection)
+
+    def _on_open_error(self, connection: SelectConnection, error: BaseException | str) -> None:
+        if self._pipeline is not None:
+            self._pipeline._on_connection_open_error(connection, error)
+        else:
+            connection.ioloop.stop()
+
+    def _on_close(self, connection: SelectConnection, reason: BaseException) -> None:
+        if self._pipeline is not None:
+            self._pipeline._on_connection_closed(connection, reason)
+        else:
+            connection.ioloop.stop()  # closed by _drop
+
+    def _drop(self, connection: SelectConnection) -> None:
+        """Close ``connection`` with the AMQP handshake, its socket dropped after a grace."""
+        self.connection = None
+        if not connection.is_closed:
+            ioloop = connection.ioloop
+            guard = ioloop.call_later(self.close_grace_s, ioloop.stop)
+            try:
+                if not connection.is_closing:
+                    connection.close()
+                ioloop.start()
+            except Exception:
+                log.debug("closing a kept RabbitMQ connection failed", exc_info=True)
+            finally:
+                ioloop.remove_timeout(guard)
+            if not connection.is_closed:
+                terminate = getattr(connection, "_terminate_stream", None)
+                if terminate is not None:
+                    terminate(pika.exceptions.AMQPConnectionError("closed by govnotify"))
+        connection.ioloop.close()
 
 
 def _prepend(first: Message, rest: Iterator[Message]) -> Iterator[Message]:

@@ -46,7 +46,14 @@ from dramatiq.common import q_name, xq_name
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 
-from infra.amqp import DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_WINDOW, QUEUE_TYPES, ConfirmPipeline
+from infra.amqp import (
+    DEFAULT_CONFIRM_TIMEOUT_S,
+    DEFAULT_WINDOW,
+    QUEUE_TYPES,
+    ConfirmPipeline,
+    KeptConnection,
+    Outcome,
+)
 from infra.deadletters import DeadLetterError, register_replayer
 from schemas.commands import BATCH_ACTORS, JOB_QUEUES
 from schemas.models import DeadLetter
@@ -164,9 +171,10 @@ def batched(jobs: Iterable[tuple[str, Any]], size: int) -> list[tuple[str, Any]]
 class JobSender:
     """Sends jobs by actor name to ``settings``' work queues; safe to share between threads.
 
-    Each :meth:`send_many` runs one :class:`~infra.amqp.ConfirmPipeline` on a connection of its
-    own (in the calling thread); the queues are declared once per process, as the workers
-    declare them.
+    Each :meth:`send_many` runs one :class:`~infra.amqp.ConfirmPipeline` (in the calling thread,
+    one call at a time) on a connection the sender keeps open between calls
+    (:class:`~infra.amqp.KeptConnection`); the queues are declared once per process, as the
+    workers declare them.
     """
 
     def __init__(self, settings: Settings, *, confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S):
@@ -175,6 +183,9 @@ class JobSender:
         self._parameters = pika.URLParameters(settings.amqp_url)
         self._declared: set[str] = set()
         self._lock = threading.Lock()
+        #: Serialises the pipelines on the kept connection (pika's are not thread-safe).
+        self._sending = threading.Lock()
+        self._kept = KeptConnection(self._parameters)
         self._broker: QueueTypeBroker | None = None
 
     def queue_of(self, actor_name: str) -> str:
@@ -208,13 +219,8 @@ class JobSender:
         if not messages:
             return 0
         self._declare({queue for _body, queue, _id in messages})
-        outcomes = ConfirmPipeline(
-            self._parameters,
-            "",
-            messages,
-            window=DEFAULT_WINDOW,
-            confirm_timeout=self.confirm_timeout,
-        ).run()
+        with self._sending:
+            outcomes = self._publish(messages)
         failed = [reason for ok, reason in outcomes if not ok]
         if failed:
             # A queue deleted behind our back is unroutable: declare again next time.
@@ -222,6 +228,24 @@ class JobSender:
                 self._declared.clear()
             raise JobSendError(f"{len(failed)} of {len(messages)} jobs not confirmed: {failed[0]}")
         return len(messages)
+
+    def _publish(self, messages: list[tuple[bytes, str, str]]) -> list[Outcome]:
+        for _attempt in range(2):
+            pipeline = ConfirmPipeline(
+                self._parameters,
+                "",
+                messages,
+                window=DEFAULT_WINDOW,
+                confirm_timeout=self.confirm_timeout,
+                kept=self._kept,
+            )
+            outcomes = pipeline.run()
+            if not pipeline.stale_connection:
+                break
+            # The kept connection had been closed (a broker restart while we were idle) and
+            # nothing was published on it: the same messages on a new one.
+            log.info("the kept RabbitMQ connection was closed; sending on a new one")
+        return outcomes
 
     def _declare(self, queues: set[str]) -> None:
         with self._lock:
@@ -241,6 +265,8 @@ class JobSender:
             if self._broker is not None:
                 self._broker.close()
                 self._broker = None
+        with self._sending:
+            self._kept.close()
 
 
 # ---- dead letters of stage ``job`` ---------------------------------------------------------------
