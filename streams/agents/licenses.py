@@ -7,14 +7,14 @@ each batch to the workers' ``record_licenses`` as one job. That job records the 
 newer event wins, so order and replays do not matter) and plans the reminders they make due;
 the scheduler's daily scan sends what becomes due as days pass.
 
-A batch is handed over (journal read, job, journal mark) on the blocking thread while faust
-fetches and this agent parses the next one; the batch's records stay unacknowledged until its
-hand-over is done (``StreamContext.hold``), so no offset is committed before its effects are.
+Batches are handed over (journal read, job, journal mark) on the blocking thread while faust
+fetches and this agent parses the next ones, each hand-over taking every batch waiting
+(:mod:`streams.handover`); a batch's records stay unacknowledged until its hand-over is done
+(``StreamContext.hold``), so no offset is committed before its effects are.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import faust
 from infra.metrics import STREAM_EVENTS
 from schemas.errors import EventRejected
 from schemas.events import Event, parse_event
+from streams.handover import HandOver
 from streams.rules import license_state_job
 
 if TYPE_CHECKING:
@@ -32,13 +33,20 @@ __all__ = ["attach"]
 
 log = logging.getLogger("govnotify.streams.licenses")
 
+#: Events the agent takes at a time, and the most a ``record_licenses`` job carries.
+BATCH_SIZE = 500
+#: Parsed batches that may wait for the hand-over before the agent stops reading ahead.
+MAX_WAITING_BATCHES = 4
+
 
 def attach(app: faust.App, ctx: StreamContext) -> None:
     settings = ctx.settings
     topic = app.topic(settings.topic("licenses"), key_serializer="raw", value_serializer="raw")
     topic_name = settings.topic("licenses")
 
-    def hand_over(jobs: list[tuple[Event, dict[str, Any]]]) -> tuple[list[Event], list[Event]]:
+    def hand_over_now(
+        jobs: list[tuple[Event, dict[str, Any]]],
+    ) -> tuple[list[Event], list[Event]]:
         """On the blocking thread: skip what the journal says was applied, send the rest as
         one ``record_licenses`` job, mark them all applied. (applied, duplicates)."""
         ids = [event.event_id for event, _job in jobs]
@@ -53,13 +61,19 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
             applied.append(event)
             state_jobs.append(job)
         if state_jobs:
-            # One job per batch: the registry records the whole batch in one transaction.
-            ctx.send_now([("record_licenses", state_jobs)])
+            # A job per batch: the registry records each in one transaction. (A hand-over may
+            # take several batches; the job stays the size of one.)
+            ctx.send_now(
+                [
+                    ("record_licenses", state_jobs[i : i + BATCH_SIZE])
+                    for i in range(0, len(state_jobs), BATCH_SIZE)
+                ]
+            )
         ctx.mark_now(ids)
         return applied, duplicates
 
     async def settle(records: list[faust.EventT], jobs: list[tuple[Event, dict[str, Any]]]) -> None:
-        applied, duplicates = await ctx.blocking("handing over license events", hand_over, jobs)
+        applied, duplicates = await ctx.blocking("handing over license events", hand_over_now, jobs)
         for event in applied:
             STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
         for event in duplicates:
@@ -68,12 +82,12 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
 
     @app.agent(topic, name=f"{settings.namespace}-licenses")
     async def process_licenses(stream: faust.StreamT) -> None:
-        # Batches: one job, one journal read and one journal write per batch, not per event.
-        # A batch is handed over (journal read, job, journal mark: on the blocking thread) while
-        # the next one is fetched and parsed here. Hand-overs run one at a time and in order, so
-        # each reads the journal after the one before it marked its events.
-        handing: asyncio.Future[None] | None = None
-        async for batch in stream.take_events(500, within=0.05):
+        # One job, one journal read and one journal write per hand-over, not per event. The
+        # hand-over (journal read, job, journal mark: on the blocking thread) takes every batch
+        # parsed while the one before it ran; they run one at a time and in order, so each
+        # reads the journal after the one before it marked its events (streams.handover).
+        hand_over = HandOver(settle, max_waiting=MAX_WAITING_BATCHES)
+        async for batch in stream.take_events(BATCH_SIZE, within=0.05):
             ctx.check_epochs(batch)
             jobs = []
             for record in batch:
@@ -93,7 +107,4 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     source=event.envelope.source,
                 )
                 jobs.append((event, job.model_dump(mode="json")))
-            records = ctx.hold(batch)
-            if handing is not None:
-                await handing
-            handing = asyncio.ensure_future(settle(records, jobs))
+            await hand_over.put(ctx.hold(batch), jobs)
