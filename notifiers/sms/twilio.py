@@ -21,16 +21,19 @@ coverage, 30008 unknown, no code) a temporary one.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import certifi
 import requests
+import urllib3
 from twilio.base.exceptions import TwilioException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import HttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
@@ -164,28 +167,66 @@ def _matches(pattern: re.Pattern[str], value: object) -> bool:
     return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
-class _RoutingHttpClient(TwilioHttpClient):
-    """Twilio's own HTTP client, with every ``https://*.twilio.com`` URL sent to ``api_base``.
+class _RoutingHttpClient(HttpClient):
+    """Twilio's HTTP client interface over one urllib3 pool, with every ``https://*.twilio.com``
+    URL sent to ``api_base``.
 
     Rewriting here, below the client, covers every domain (api, messaging, lookups …) and
     follow-up page URLs alike, where ``client.api.base_url`` covers only the api domain.
+
+    twilio's own ``TwilioHttpClient`` sends through ``requests``, which prepared each request
+    the long way (hooks, merged settings, cookies, typing-protocol checks): with ``urllib3``
+    under it, ~30% of a sending worker's time, for the same request on the same keep-alive
+    connection. This client sends what ``TwilioHttpClient`` sends (form body, basic auth,
+    twilio's headers; no redirects unless asked) and raises the ``requests`` exceptions
+    ``requests`` would raise for each failure, so :func:`notifiers.http.transport_error`
+    reads them the same way (connect timeout: nothing sent; read timeout or a connection
+    dropped after the request was written: perhaps sent).
     """
 
+    #: Connections kept per host (one client per worker thread: one in use at a time).
+    pool_size = 2
+
     def __init__(self, api_base: str | None, timeout: float) -> None:
-        super().__init__(timeout=timeout)
+        super().__init__(logger=logging.getLogger("twilio.http_client"), is_async=False)
+        self.timeout = timeout
         self._api_base = api_base.rstrip("/") if api_base else None
-        # requests reads the proxy and CA-bundle variables of the environment on every request
-        # (the whole of os.environ, twice): 28% of a worker's time at a few hundred SMS a
-        # second. They are read once, here, for the host we send to, and honoured as before.
-        session = self.session  # pool_connections, the default: one session, kept
-        if session is not None:
-            env = session.merge_environment_settings(
-                self._api_base or "https://api.twilio.com", {}, None, None, None
-            )
-            self.proxy = env["proxies"]
-            session.verify = env["verify"]
-            session.cert = env["cert"]
-            session.trust_env = False
+        # The proxy and CA-bundle variables of the environment, read once for the host we
+        # send to, by requests' own rules (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE …).
+        target = self._api_base or "https://api.twilio.com"
+        with requests.Session() as reader:
+            env = reader.merge_environment_settings(target, {}, None, None, None)
+        #: Proxy URL by scheme, as requests reads them (empty: straight to the host).
+        self.proxy: dict[str, str] = env["proxies"]
+        verify, cert = env["verify"], env["cert"]
+        #: The CA bundle trusted (a path; requests' own, certifi's, by default), or None: no
+        #: verification (REQUESTS_CA_BUNDLE cannot say that; kept for parity with requests).
+        self.ca_bundle: str | None = (
+            verify if isinstance(verify, str) else (certifi.where() if verify else None)
+        )
+        pool_kw: dict[str, Any] = {
+            "maxsize": self.pool_size,
+            "cert_reqs": "CERT_REQUIRED" if self.ca_bundle else "CERT_NONE",
+            "ca_certs": self.ca_bundle,
+        }
+        if isinstance(cert, str):
+            pool_kw["cert_file"] = cert
+        elif isinstance(cert, tuple):
+            pool_kw["cert_file"], pool_kw["key_file"] = cert
+        self._pool_kw = pool_kw
+        self._managers: dict[str | None, urllib3.PoolManager] = {}
+
+    def manager_for(self, url: str) -> urllib3.PoolManager:
+        """The pool ``url`` is sent through: a proxy's when the environment names one for it."""
+        proxy = requests.utils.select_proxy(url, self.proxy)
+        manager = self._managers.get(proxy)
+        if manager is None:
+            if proxy:
+                manager = urllib3.ProxyManager(proxy, **self._pool_kw)
+            else:
+                manager = urllib3.PoolManager(**self._pool_kw)
+            self._managers[proxy] = manager
+        return manager
 
     def _route(self, url: str) -> str:
         if self._api_base is None:
@@ -199,17 +240,108 @@ class _RoutingHttpClient(TwilioHttpClient):
         return urlunsplit((base.scheme, base.netloc, path, parts.query, parts.fragment))
 
     def request(  # type: ignore[override]
-        self, method: str, url: str, *args: Any, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, object] | None = None,
+        data: Mapping[str, object] | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
     ) -> TwilioResponse:
-        return super().request(method, self._route(url), *args, **kwargs)
+        if timeout is None:
+            timeout = self.timeout
+        elif timeout <= 0:
+            raise ValueError(timeout)
+        method = method.upper()
+        url = self._route(url)
+        query = _form(params)
+        if query:
+            url += ("&" if urlsplit(url).query else "?") + query
+        sent = dict(headers or {})
+        body: bytes | None = None
+        if data is not None:
+            if sent.get("Content-Type") in ("application/json", "application/scim+json"):
+                body = json.dumps(data).encode()
+            else:
+                body = _form(data).encode()
+                sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if auth is not None:
+            sent.update(urllib3.make_headers(basic_auth=f"{auth[0]}:{auth[1]}"))
+        self.log_request({"method": method, "url": url})
+        self._test_only_last_response = None
+        try:
+            answer = self.manager_for(url).request(
+                method,
+                url,
+                body=body,
+                headers=sent,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                retries=False,
+                redirect=allow_redirects,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _as_requests_error(exc) from exc
+        response = TwilioResponse(answer.status, _text(answer), answer.headers)
+        self.log_response(answer.status, response)
+        self._test_only_last_response = response
+        return response
 
     def log_request(self, kwargs: dict[str, Any]) -> None:
         # The base class logs query parameters at INFO, and a list() query carries To=<number>.
         self.logger.debug("%s %s", kwargs["method"], urlsplit(kwargs["url"]).path)
 
     def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
+        for manager in self._managers.values():
+            manager.clear()
+
+
+def _form(values: Mapping[str, object] | None) -> str:
+    """``values`` form-encoded as requests encodes a dict: lists repeat their key, None is
+    left out, text is UTF-8."""
+    if not values:
+        return ""
+    pairs: list[tuple[str, object]] = []
+    for key, value in values.items():
+        items = value if isinstance(value, list | tuple) else [value]
+        pairs.extend((key, item) for item in items if item is not None)
+    return urlencode(pairs)
+
+
+def _text(answer: urllib3.BaseHTTPResponse) -> str:
+    """The body as text, in the charset the answer declares (UTF-8 without one: Twilio's)."""
+    charset = "utf-8"
+    for part in answer.headers.get("Content-Type", "").split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "charset" and value:
+            charset = value.strip('"')
+    try:
+        return answer.data.decode(charset, errors="replace")
+    except LookupError:
+        return answer.data.decode("utf-8", errors="replace")
+
+
+def _as_requests_error(exc: BaseException) -> requests.exceptions.RequestException:
+    """The exception requests' HTTPAdapter raises for ``exc`` (no retries), which is what
+    :func:`notifiers.http.transport_error` classifies."""
+    errors = requests.exceptions
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return errors.ConnectionError(exc)  # refused or unreachable (it is a connect timeout too)
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return errors.ConnectTimeout(exc)
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return errors.ReadTimeout(exc)
+    if isinstance(exc, urllib3.exceptions.ProxyError):
+        return errors.ProxyError(exc)
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return errors.SSLError(exc)
+    if isinstance(exc, urllib3.exceptions.DecodeError):
+        return errors.ContentDecodingError(exc)
+    if isinstance(exc, urllib3.exceptions.ProtocolError | OSError):
+        # As requests: args[0] is the ProtocolError ("Connection aborted": perhaps sent).
+        return errors.ConnectionError(exc)
+    return errors.RequestException(exc)
 
 
 class TwilioSMSNotifier(SMSNotifier):
@@ -300,8 +432,8 @@ class TwilioSMSNotifier(SMSNotifier):
         self.api_base = api_base or None
         self.timeout = float(timeout)
         self.status_callback_url = status_callback_url or None
-        # requests.Session is not documented as thread-safe and workers run many threads:
-        # one client (and connection pool) per thread.
+        # Workers run many threads: one client (and connection pool) per thread, so a thread
+        # never waits for another's connection.
         self._local = threading.local()
         self._http_clients: list[_RoutingHttpClient] = []
         self._clients_lock = threading.Lock()

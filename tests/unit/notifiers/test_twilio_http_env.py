@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import certifi
 import pytest
+import urllib3
 
 from notifiers.sms.twilio import _RoutingHttpClient
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+API = "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json"
 
 
 @pytest.fixture(autouse=True)
@@ -26,11 +29,20 @@ def test_the_proxy_and_ca_bundle_of_the_environment_are_used(
     client = _RoutingHttpClient(None, 5.0)
 
     # Then every request goes through that proxy and trusts that bundle
-    settings = client.session.merge_environment_settings(
-        "https://api.twilio.com/2010-04-01/Accounts", client.proxy, None, None, None
-    )
-    assert settings["proxies"]["https"] == "http://proxy.centre.example:3128"
-    assert settings["verify"] == "/etc/ssl/centre-ca.pem"
+    manager = client.manager_for(API)
+    assert isinstance(manager, urllib3.ProxyManager)
+    assert manager.proxy is not None and manager.proxy.host == "proxy.centre.example"
+    assert manager.proxy.port == 3128
+    assert client.ca_bundle == "/etc/ssl/centre-ca.pem"
+    assert manager.connection_pool_kw["ca_certs"] == "/etc/ssl/centre-ca.pem"
+
+
+def test_without_variables_twilio_is_reached_directly_trusting_certifi() -> None:
+    client = _RoutingHttpClient(None, 5.0)
+    manager = client.manager_for(API)
+    assert not isinstance(manager, urllib3.ProxyManager)
+    assert manager.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
+    assert manager.connection_pool_kw["ca_certs"] == certifi.where()
 
 
 def test_the_environment_is_not_read_again_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,10 +53,7 @@ def test_the_environment_is_not_read_again_per_request(monkeypatch: pytest.Monke
     monkeypatch.setenv("HTTP_PROXY", "http://elsewhere.example:8080")
 
     # Then its requests are not affected: it read the environment once (a restart re-reads)
-    settings = client.session.merge_environment_settings(
-        "http://127.0.0.1:9/2010-04-01/Accounts", client.proxy, None, None, None
-    )
-    assert not settings["proxies"].get("http")
+    assert not isinstance(client.manager_for("http://127.0.0.1:9/x"), urllib3.ProxyManager)
 
 
 def test_no_proxy_exempts_the_loopback_fake(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,3 +64,4 @@ def test_no_proxy_exempts_the_loopback_fake(monkeypatch: pytest.MonkeyPatch) -> 
     # When / Then the client talks to the fake directly
     client = _RoutingHttpClient("http://127.0.0.1:9", 5.0)
     assert not client.proxy.get("http")
+    assert not isinstance(client.manager_for("http://127.0.0.1:9/x"), urllib3.ProxyManager)
