@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session
 
-from infra.db import conflict_insert, none_of, one_of
+from infra.db import binary_array, conflict_insert, none_of, one_of
 from schemas.models import (
     STATUS_RANK,
     Notification,
@@ -103,6 +103,8 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[N
     if session.get_bind().dialect.name == "postgresql":
         columns = tuple(next(iter(unique.values())))
         params = {f"a_{c}": [values[c] for values in unique.values()] for c in columns}
+        for c in _binary_columns(columns):
+            params[f"a_{c}"] = binary_array(params[f"a_{c}"])
         # The rows made now are the values sent: built here, not read back, and as the ORM
         # builds what it loads (SQLModel's __init__ would validate each again: 65 µs a row).
         configure_mappers()  # as a query would first (a no-op once done)
@@ -146,10 +148,30 @@ def _unnest_insert(columns: tuple[str, ...]) -> TextClause:
     arrays = ", ".join(f"CAST(:a_{c} AS {table.c[c].type.compile(dialect=pg)}[])" for c in columns)
     # Every name is one of the table's own columns (``table.c[c]`` above raises for any other);
     # every value is a bound parameter.
+    plain = _binary_columns(columns)
     return text(
         f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
         " ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
-    ).bindparams(*(bindparam(f"a_{c}", type_=postgresql.ARRAY(table.c[c].type)) for c in columns))
+    ).bindparams(
+        *(
+            bindparam(f"a_{c}")
+            if c in plain
+            else bindparam(f"a_{c}", type_=postgresql.ARRAY(table.c[c].type))
+            for c in columns
+        )
+    )
+
+
+@functools.cache
+def _binary_columns(columns: tuple[str, ...]) -> frozenset[str]:
+    """Those of ``columns`` whose type binds values as they are: sent as binary arrays
+    (:class:`infra.db.BinaryArray`: psycopg's text arrays quote and escape every element in
+    Python, the SMS bodies most), untyped (the statement casts them). The others (``TZ``'s
+    checks, JSON) keep their type's bind processing, element by element."""
+    pg = postgresql.dialect()
+    return frozenset(
+        c for c in columns if _TABLE.c[c].type.dialect_impl(pg).bind_processor(pg) is None
+    )
 
 
 def _insert_ignore(
