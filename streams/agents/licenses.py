@@ -24,7 +24,7 @@ from infra.metrics import STREAM_EVENTS
 from schemas.errors import EventRejected
 from schemas.events import Event, parse_event
 from streams.handover import HandOver
-from streams.rules import license_state_job
+from streams.rules import license_state_data
 
 if TYPE_CHECKING:
     from streams.context import StreamContext
@@ -99,12 +99,12 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     STREAM_EVENTS.labels(event_type="unknown", outcome="invalid").inc()
                     log.error("invalid record on %s: %s", topic_name, exc.reason)
                     continue
-                job = license_state_job(
+                job = license_state_data(
                     event.event_type,
                     event.envelope.payload,  # the payload as JSON data already (parse_event)
                     event.envelope.occurred_at,
                     event_id=event.event_id,
                     source=event.envelope.source,
                 )
-                jobs.append((event, job.model_dump(mode="json")))
+                jobs.append((event, job))
             await hand_over.put(ctx.hold(batch), jobs)

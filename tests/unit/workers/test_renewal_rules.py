@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from producers.generator import generate_registry
 from schemas.commands import LicenseStateJob, renewal_key
+from schemas.events import parse_event
 from schemas.models import LicenseRecord
-from streams.rules import license_state_job
+from streams.rules import license_state_data, license_state_job
 from workers.renewal_rules import due_renewal_jobs, scan_windows
 
 TODAY = dt.date(2026, 6, 1)
@@ -296,3 +298,33 @@ def test_every_license_with_a_reminder_date_in_the_span_is_in_a_window(days_back
         )
         inside = any(lo <= expires_on <= hi for lo, hi in windows)
         assert inside == dated, days_left
+
+
+# ---- license_state_data: the stream's JSON of the same job, built without the model ----------
+def test_license_state_data_is_the_jobs_json_key_for_key() -> None:
+    # Given every event of a generated registry (issued, renewed, revoked) as the stream parses
+    # it, at times with and without microseconds, in UTC and in Shanghai time
+    events = [parse_event(e.to_json_bytes()) for e in generate_registry(400, TODAY).events]
+    kinds = {e.event_type for e in events}
+    assert {"license.issued", "license.revoked"} <= kinds
+    times = [T0, T0.replace(microsecond=123456), dt.datetime(2026, 5, 1, 17, 0, 0, 5, SHANGHAI)]
+    for event, at in itertools.product(events, times):
+        env = event.envelope
+        args = (event.event_type, env.payload, at)
+        ids = {"event_id": event.event_id, "source": env.source}
+
+        # When the stream builds the job's data directly
+        data = license_state_data(*args, **ids)
+
+        # Then it is what the validated model dumps, in the same key order
+        dumped = license_state_job(*args, **ids).model_dump(mode="json")
+        assert data == dumped and list(data) == list(dumped)
+        # and the worker takes it as that job
+        assert LicenseStateJob.model_validate(data) == license_state_job(*args, **ids)
+
+
+def test_license_state_data_refuses_what_the_model_refuses() -> None:
+    with pytest.raises(ValueError, match="not a license event"):
+        license_state_data("case.completed", _payload(), T0)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        license_state_data("license.issued", _payload(), dt.datetime(2026, 5, 1, 9))
