@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.types.array import ListBinaryDumper
-from sqlalchemy import Engine, all_, any_, bindparam, event
+from sqlalchemy import Engine, Table, TextClause, all_, any_, bindparam, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext
 from sqlmodel import Session, create_engine
@@ -51,6 +51,8 @@ __all__ = [
     "scrub_db_message",
     "session",
     "skip_locked",
+    "unnest_insert",
+    "unnest_params",
     "upgrade",
 ]
 
@@ -238,6 +240,58 @@ def binary_array(values: Collection[Any]) -> list[Any]:
     """``values`` as a :class:`BinaryArray`; an empty list stays a plain one (a binary array
     needs an element to take its type from)."""
     return BinaryArray(values) if values else []
+
+
+@functools.cache
+def unnest_insert(table: Table, columns: tuple[str, ...], conflict: str) -> TextClause:
+    """PostgreSQL's insert of a batch into ``table``: one row per element of the array
+    parameters ``a_<column>`` (:func:`unnest_params`), then ``conflict`` (the statement's
+    ``ON CONFLICT …`` clause and anything after it, written by the caller).
+
+    Its text never changes with the number of rows, so psycopg parses it once (the multi-row
+    ``VALUES`` SQLAlchemy renders otherwise is a new text of thousands of placeholders for each
+    batch size, parsed again each time). Columns whose type binds values as they are travel as
+    :class:`BinaryArray` (untyped: the statement casts them); the others (``TZ``'s checks,
+    booleans) keep their type's bind processing, element by element.
+    """
+    pg = postgresql.dialect()
+    arrays = ", ".join(f"CAST(:a_{c} AS {table.c[c].type.compile(dialect=pg)}[])" for c in columns)
+    plain = _binds_as_is(table, columns)
+    # Every name is one of the table's own columns (``table.c[c]`` above raises for any other);
+    # every value is a bound parameter.
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "  # noqa: S608
+        + conflict
+    ).bindparams(
+        *(
+            bindparam(f"a_{c}")
+            if c in plain
+            else bindparam(f"a_{c}", type_=postgresql.ARRAY(table.c[c].type))
+            for c in columns
+        )
+    )
+
+
+def unnest_params(
+    table: Table, columns: tuple[str, ...], rows: Collection[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """The parameters of :func:`unnest_insert` for ``rows`` (each with every one of
+    ``columns``): psycopg's text arrays quote and escape every element in Python (100 SMS bodies:
+    451 µs as text, 26 µs in binary)."""
+    plain = _binds_as_is(table, columns)
+    params: dict[str, list[Any]] = {}
+    for c in columns:
+        values = [row[c] for row in rows]
+        params[f"a_{c}"] = binary_array(values) if c in plain else values
+    return params
+
+
+@functools.cache
+def _binds_as_is(table: Table, columns: tuple[str, ...]) -> frozenset[str]:
+    pg = postgresql.dialect()
+    return frozenset(
+        c for c in columns if table.c[c].type.dialect_impl(pg).bind_processor(pg) is None
+    )
 
 
 @contextlib.contextmanager

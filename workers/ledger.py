@@ -10,13 +10,11 @@ committed with it (a held message and its release job). Some take ``commit=False
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
     Table,
-    TextClause,
     and_,
     bindparam,
     func,
@@ -25,11 +23,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session
 
-from infra.db import binary_array, conflict_insert, none_of, one_of
+from infra.db import conflict_insert, none_of, one_of, unnest_insert, unnest_params
 from schemas.models import (
     STATUS_RANK,
     Notification,
@@ -102,14 +99,15 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[N
     found: dict[str, Notification] = {}
     if session.get_bind().dialect.name == "postgresql":
         columns = tuple(next(iter(unique.values())))
-        params = {f"a_{c}": [values[c] for values in unique.values()] for c in columns}
-        for c in _binary_columns(columns):
-            params[f"a_{c}"] = binary_array(params[f"a_{c}"])
+        params = unnest_params(_TABLE, columns, unique.values())
         # The rows made now are the values sent: built here, not read back, and as the ORM
         # builds what it loads (SQLModel's __init__ would validate each again: 65 µs a row).
         configure_mappers()  # as a query would first (a no-op once done)
         manager = Notification._sa_class_manager
-        for key in session.scalars(_unnest_insert(columns), params):
+        inserted = unnest_insert(
+            _TABLE, columns, "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
+        )
+        for key in session.scalars(inserted, params):
             found[key] = row = manager.new_instance()
             row.__dict__.update(unique[key])
     elif session.get_bind().dialect.insert_returning:
@@ -131,47 +129,6 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[N
             )
         )
     return [found[values["idempotency_key"]] for values in rows]
-
-
-@functools.cache
-def _unnest_insert(columns: tuple[str, ...]) -> TextClause:
-    """PostgreSQL's insert of many notifications: one row per element of the array parameters
-    ``a_<column>``, a key already there left alone, the keys inserted returned.
-
-    Its text never changes with the number of rows, so psycopg parses it once (the multi-row
-    ``VALUES`` SQLAlchemy renders otherwise is a new text of ~2,000 placeholders for a batch,
-    parsed again each time: a tenth of the worker's CPU). The types are the columns' own, the
-    ``TZ`` columns' bind processing (aware, UTC) applied element by element.
-    """
-    table = _TABLE
-    pg = postgresql.dialect()
-    arrays = ", ".join(f"CAST(:a_{c} AS {table.c[c].type.compile(dialect=pg)}[])" for c in columns)
-    # Every name is one of the table's own columns (``table.c[c]`` above raises for any other);
-    # every value is a bound parameter.
-    plain = _binary_columns(columns)
-    return text(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
-        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
-    ).bindparams(
-        *(
-            bindparam(f"a_{c}")
-            if c in plain
-            else bindparam(f"a_{c}", type_=postgresql.ARRAY(table.c[c].type))
-            for c in columns
-        )
-    )
-
-
-@functools.cache
-def _binary_columns(columns: tuple[str, ...]) -> frozenset[str]:
-    """Those of ``columns`` whose type binds values as they are: sent as binary arrays
-    (:class:`infra.db.BinaryArray`: psycopg's text arrays quote and escape every element in
-    Python, the SMS bodies most), untyped (the statement casts them). The others (``TZ``'s
-    checks, JSON) keep their type's bind processing, element by element."""
-    pg = postgresql.dialect()
-    return frozenset(
-        c for c in columns if _TABLE.c[c].type.dialect_impl(pg).bind_processor(pg) is None
-    )
 
 
 def _insert_ignore(

@@ -14,11 +14,11 @@ from typing import Any
 
 import dramatiq
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 import workers.broker  # noqa: F401  (declares the broker the actors below are bound to)
 from infra.clock import Clock
-from infra.db import get_engine, one_of, session
+from infra.db import get_engine, one_of, session, unnest_insert, unnest_params
 from infra.journal import get_checkpoint, set_checkpoint
 from infra.metrics import CALL_LIST_ENTRIES, NOTIFICATIONS
 from notifiers.errors import (
@@ -94,6 +94,21 @@ _LIVE_COLUMNS = (
     "last_event_source",
     "updated_at",
 )
+#: What an upsert inserts (a revoked license never seen is recorded revoked, its fields empty).
+_INSERT_COLUMNS = (
+    "license_id",
+    "status",
+    "category",
+    "holder_name",
+    "holder_mobile",
+    "issuing_department",
+    "issued_on",
+    "expires_on",
+    "last_event_at",
+    "last_event_id",
+    "last_event_source",
+    "updated_at",
+)
 _REVOKED_COLUMNS = ("status", "last_event_at", "last_event_id", "last_event_source", "updated_at")
 
 
@@ -102,35 +117,43 @@ def _upsert(s: Any, states: list[LicenseStateJob], columns: tuple[str, ...]) -> 
     if not states:
         return
     table = LicenseRecord.__table__
-    insert = postgresql.insert if _dialect() == "postgresql" else sqlite.insert
-    stmt = insert(table)
+    now = utcnow()
+    rows = [
+        {
+            "license_id": st.license_id,
+            "status": st.status,
+            "category": st.category,
+            "holder_name": st.holder_name,
+            "holder_mobile": st.holder_mobile,
+            "issuing_department": st.issuing_department,
+            "issued_on": st.issued_on,
+            "expires_on": st.expires_on,
+            "last_event_at": st.state_at,
+            "last_event_id": st.event_id,
+            "last_event_source": st.event_source,
+            "updated_at": now,
+        }
+        for st in states
+    ]
+    # Only a newer state wins; a late or replayed older event changes nothing.
+    if _dialect() == "postgresql":
+        # One statement text whatever the batch's size, its values as binary arrays.
+        upsert = unnest_insert(
+            table,
+            _INSERT_COLUMNS,
+            "ON CONFLICT (license_id) DO UPDATE SET "
+            + ", ".join(f"{k} = EXCLUDED.{k}" for k in columns)
+            + f" WHERE {table.name}.last_event_at < EXCLUDED.last_event_at",
+        )
+        s.execute(upsert, unnest_params(table, _INSERT_COLUMNS, rows))
+        return
+    stmt = sqlite.insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["license_id"],
         set_={k: stmt.excluded[k] for k in columns},
-        # Only a newer state wins; a late or replayed older event changes nothing.
         where=table.c.last_event_at < stmt.excluded.last_event_at,
     )
-    now = utcnow()
-    s.execute(
-        stmt,
-        [
-            {
-                "license_id": st.license_id,
-                "status": st.status,
-                "category": st.category,
-                "holder_name": st.holder_name,
-                "holder_mobile": st.holder_mobile,
-                "issuing_department": st.issuing_department,
-                "issued_on": st.issued_on,
-                "expires_on": st.expires_on,
-                "last_event_at": st.state_at,
-                "last_event_id": st.event_id,
-                "last_event_source": st.event_source,
-                "updated_at": now,
-            }
-            for st in states
-        ],
-    )
+    s.execute(stmt, rows)
 
 
 def reminder_actor(job: RenewalJob) -> str:
