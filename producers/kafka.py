@@ -11,12 +11,16 @@ import threading
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 __all__ = ["KafkaSink"]
 
 Record = tuple[str, bytes, bytes]  # topic, key, value
 #: Kafka record headers: (name, value) pairs.
 Headers = list[tuple[str, bytes]]
+#: How AIOKafkaProducer.send picks a keyed record's partition.
+_PARTITIONER = DefaultPartitioner()
 
 
 class KafkaSink:
@@ -48,10 +52,31 @@ class KafkaSink:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout_s + 5)
 
     async def _send(self, records: Sequence[Record], headers: Headers | None) -> None:
-        futures = [
-            await self._producer.send(topic, value=value, key=key, headers=headers)
-            for topic, key, value in records
-        ]
+        # Whole batches per partition (create_batch/send_batch), not one send() per record:
+        # each send() is a coroutine, a future and a trip through the accumulator, ~15% of the
+        # relay's time. The partition is the one send() would pick (DefaultPartitioner on the
+        # key, partitions sorted by id), so a key's records keep their partition and order.
+        producer = self._producer
+        partitions: dict[str, list[int]] = {}
+        open_batches: dict[tuple[str, int], BatchBuilder] = {}
+        futures: list[asyncio.Future[object]] = []
+        extra = headers or []
+        for topic, key, value in records:
+            ids = partitions.get(topic)
+            if ids is None:
+                ids = partitions[topic] = sorted(await producer.partitions_for(topic))
+            partition = _PARTITIONER(key, ids, ids)
+            batch = open_batches.get((topic, partition))
+            if batch is None:
+                batch = open_batches[topic, partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=extra) is None:
+                # Full: it goes now, before the next one of its partition.
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = open_batches[topic, partition] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=extra) is None:
+                    raise ValueError(f"a record of {len(value)} bytes is larger than a batch")
+        for (topic, partition), batch in open_batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
     def send_batch(self, records: Sequence[Record], *, headers: Headers | None = None) -> None:
