@@ -269,13 +269,7 @@ class ConfirmPipeline:
             self._run_ioloop(connection)
         finally:
             if not connection.is_closed:
-                # A BaseException escaped the ioloop (e.g. KeyboardInterrupt), pika raised out
-                # of it, or the connection would not close: drop it, and run the loop briefly
-                # so the socket is released.
-                self._fail("publishing interrupted")
-                self._abort_stream()
-                connection.ioloop.call_later(self.close_grace_s, connection.ioloop.stop)
-                self._run_ioloop(connection)
+                self._drop_interrupted(connection)
             connection.ioloop.close()
         return self._outcomes()
 
@@ -292,13 +286,18 @@ class ConfirmPipeline:
             for timer in self._timers:
                 connection.ioloop.remove_timeout(timer)
             if not connection.is_closed and not self._done():
-                # Interrupted (a BaseException, or pika raised out of the loop): drop it.
-                self._fail("publishing interrupted")
-                self._abort_stream()
-                connection.ioloop.call_later(self.close_grace_s, connection.ioloop.stop)
-                self._run_ioloop(connection)
+                self._drop_interrupted(connection)
             kept.detach(self)
         self.stale_connection = not fresh and not self._results and self._failure is not None
+
+    def _drop_interrupted(self, connection: SelectConnection) -> None:
+        """A BaseException escaped the ioloop (e.g. KeyboardInterrupt), pika raised out of it,
+        or the connection would not close: drop it, and run the loop briefly so the socket is
+        released."""
+        self._fail("publishing interrupted")
+        self._abort_stream()
+        connection.ioloop.call_later(self.close_grace_s, connection.ioloop.stop)
+        self._run_ioloop(connection)
 
     def _outcomes(self) -> list[Outcome]:
         if self._error is not None:

@@ -95,20 +95,7 @@ _LIVE_COLUMNS = (
     "updated_at",
 )
 #: What an upsert inserts (a revoked license never seen is recorded revoked, its fields empty).
-_INSERT_COLUMNS = (
-    "license_id",
-    "status",
-    "category",
-    "holder_name",
-    "holder_mobile",
-    "issuing_department",
-    "issued_on",
-    "expires_on",
-    "last_event_at",
-    "last_event_id",
-    "last_event_source",
-    "updated_at",
-)
+_INSERT_COLUMNS = ("license_id", *_LIVE_COLUMNS)
 _REVOKED_COLUMNS = ("status", "last_event_at", "last_event_id", "last_event_source", "updated_at")
 
 
