@@ -79,8 +79,8 @@ def use_event(event: faust.EventT) -> None:
 
 
 class StreamContext:
-    """What the agents share: settings, clock, the Kafka epoch, and one thread for blocking
-    calls (job sends, the journal)."""
+    """What the agents share: settings, clock, the Kafka epoch, and the threads for blocking
+    calls: one for job sends and the journal, one for the license agent's journal marks."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -88,6 +88,9 @@ class StreamContext:
         # pika, dramatiq's send() and the database block; run them off the event loop, in
         # order, on one thread.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-sender")
+        # The license agent marks a hand-over applied here while its next one is read and sent
+        # on the thread above (streams.agents.licenses).
+        self.journal_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         #: Jobs go to the work queues by actor name: the stream never imports the workers.
         self.jobs = JobSender(settings)
         #: The epoch this process started in (1 before the relay first wrote one).
@@ -124,8 +127,10 @@ class StreamContext:
             handler.flush()
         self.exit(EXIT_NEW_EPOCH)
 
-    async def blocking(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the blocking thread, retried until it works.
+    async def blocking(
+        self, what: str, fn: Callable[..., T], *args: Any, journal_thread: bool = False
+    ) -> T:
+        """``fn(*args)`` on the blocking thread (or the journal's), retried until it works.
 
         faust acknowledges a batch once the agent moves on, so giving up here would lose its
         effects. Stalling the partition while RabbitMQ or PostgreSQL is down is the correct
@@ -135,7 +140,8 @@ class StreamContext:
         delay = 0.5
         while True:
             try:
-                return await loop.run_in_executor(self.executor, fn, *args)
+                executor = self.journal_executor if journal_thread else self.executor
+                return await loop.run_in_executor(executor, fn, *args)
             except Exception:
                 log.exception("%s failed; retrying in %.1fs", what, delay)
                 await asyncio.sleep(delay)

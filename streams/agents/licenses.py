@@ -7,14 +7,18 @@ each batch to the workers' ``record_licenses`` as one job. That job records the 
 newer event wins, so order and replays do not matter) and plans the reminders they make due;
 the scheduler's daily scan sends what becomes due as days pass.
 
-Batches are handed over (journal read, job, journal mark) on the blocking thread while faust
-fetches and this agent parses the next ones, each hand-over taking every batch waiting
-(:mod:`streams.handover`); a batch's records stay unacknowledged until its hand-over is done
-(``StreamContext.hold``), so no offset is committed before its effects are.
+Batches are handed over while faust fetches and this agent parses the next ones, each
+hand-over taking every batch waiting (:mod:`streams.handover`): the journal read and the
+confirmed job on the blocking thread, then the journal mark on the journal thread while the
+next hand-over is read and sent. That next read also skips what was sent and is still being
+marked, so a re-driven copy is applied once however the two fall. A batch's records stay
+unacknowledged until its mark is done (``StreamContext.hold``), so no offset is committed
+before its effects are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +48,15 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     topic = app.topic(settings.topic("licenses"), key_serializer="raw", value_serializer="raw")
     topic_name = settings.topic("licenses")
 
-    def hand_over_now(
-        jobs: list[tuple[Event, dict[str, Any]]],
+    def send_now(
+        jobs: list[tuple[Event, dict[str, Any]]], marking: frozenset[str]
     ) -> tuple[list[Event], list[Event]]:
-        """On the blocking thread: skip what the journal says was applied, send the rest as
-        one ``record_licenses`` job, mark them all applied. (applied, duplicates)."""
+        """On the blocking thread: skip what the journal says was applied (or what a hand-over
+        before this one sent and is still marking), send the rest as ``record_licenses`` jobs.
+        (applied, duplicates)."""
         ids = [event.event_id for event, _job in jobs]
         # Applied before, or twice in this batch (a re-driven copy beside its original).
-        seen = ctx.applied_now(topic_name, ids)
+        seen = ctx.applied_now(topic_name, ids) | (marking.intersection(ids))
         applied, duplicates, state_jobs = [], [], []
         for event, job in jobs:
             if event.event_id in seen:
@@ -69,23 +74,45 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     for i in range(0, len(state_jobs), BATCH_SIZE)
                 ]
             )
-        ctx.mark_now(ids)
         return applied, duplicates
 
-    async def settle(records: list[faust.EventT], jobs: list[tuple[Event, dict[str, Any]]]) -> None:
-        applied, duplicates = await ctx.blocking("handing over license events", hand_over_now, jobs)
+    # Ids sent and not yet marked in the journal: the next hand-over's read must see them.
+    marking: set[str] = set()
+    #: The journal mark under way (at most one, behind the send that follows it).
+    mark_running: list[asyncio.Future[None]] = []
+
+    async def mark_then_release(
+        records: list[faust.EventT], ids: list[str], applied: list[Event], duplicates: list[Event]
+    ) -> None:
+        await ctx.blocking("marking events applied", ctx.mark_now, ids, journal_thread=True)
+        marking.difference_update(ids)
         for event in applied:
             STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
         for event in duplicates:
             STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
         ctx.release(records)
 
+    async def settle(records: list[faust.EventT], jobs: list[tuple[Event, dict[str, Any]]]) -> None:
+        """Send a hand-over's jobs while the one before it is marked in the journal; its own
+        mark (then its records' release) runs while the next hand-over is read and sent."""
+        applied, duplicates = await ctx.blocking(
+            "handing over license events", send_now, jobs, frozenset(marking)
+        )
+        ids = [event.event_id for event, _job in jobs]
+        marking.update(ids)
+        if mark_running:
+            await mark_running.pop()  # marks one at a time, in order
+        mark_running.append(
+            asyncio.ensure_future(mark_then_release(records, ids, applied, duplicates))
+        )
+
     @app.agent(topic, name=f"{settings.namespace}-licenses")
     async def process_licenses(stream: faust.StreamT) -> None:
         # One job, one journal read and one journal write per hand-over, not per event. The
-        # hand-over (journal read, job, journal mark: on the blocking thread) takes every batch
-        # parsed while the one before it ran; they run one at a time and in order, so each
-        # reads the journal after the one before it marked its events (streams.handover).
+        # hand-over (journal read and job on the blocking thread, then the journal mark on the
+        # journal thread) takes every batch parsed while the one before it ran; they run one at
+        # a time and in order (streams.handover), and each reads the journal knowing what the
+        # one before it sent, marked or still being marked.
         hand_over = HandOver(settle, max_waiting=MAX_WAITING_BATCHES)
         async for batch in stream.take_events(BATCH_SIZE, within=0.05):
             ctx.check_epochs(batch)
