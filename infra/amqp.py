@@ -219,7 +219,7 @@ class ConfirmPipeline:
         self._parameters = parameters
         #: The connection to run on and leave open; None: one of its own, closed at the end.
         self._kept = kept
-        #: Timers this run set on the ioloop: cancelled at its end when the loop lives on.
+        #: Timers this run set on a kept connection's ioloop: cancelled at the run's end.
         self._timers: list[object] = []
         #: A kept connection that turned out closed before anything was published on it.
         self.stale_connection = False
@@ -540,7 +540,9 @@ class ConfirmPipeline:
 
     def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
         if self._connection is not None:
-            self._timers.append(self._connection.ioloop.call_later(delay, callback))
+            timer = self._connection.ioloop.call_later(delay, callback)
+            if self._kept is not None:  # only a kept connection's loop outlives the run
+                self._timers.append(timer)
 
     def _stop_ioloop(self) -> None:
         if self._connection is not None:

@@ -49,14 +49,13 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     topic_name = settings.topic("licenses")
 
     def send_now(
-        jobs: list[tuple[Event, dict[str, Any]]], marking: frozenset[str]
+        jobs: list[tuple[Event, dict[str, Any]]], ids: list[str], marking: frozenset[str]
     ) -> tuple[list[Event], list[Event]]:
         """On the blocking thread: skip what the journal says was applied (or what a hand-over
         before this one sent and is still marking), send the rest as ``record_licenses`` jobs.
         (applied, duplicates)."""
-        ids = [event.event_id for event, _job in jobs]
         # Applied before, or twice in this batch (a re-driven copy beside its original).
-        seen = ctx.applied_now(topic_name, ids) | (marking.intersection(ids))
+        seen = ctx.applied_now(topic_name, ids) | marking.intersection(ids)
         applied, duplicates, state_jobs = [], [], []
         for event, job in jobs:
             if event.event_id in seen:
@@ -95,10 +94,10 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     async def settle(records: list[faust.EventT], jobs: list[tuple[Event, dict[str, Any]]]) -> None:
         """Send a hand-over's jobs while the one before it is marked in the journal; its own
         mark (then its records' release) runs while the next hand-over is read and sent."""
-        applied, duplicates = await ctx.blocking(
-            "handing over license events", send_now, jobs, frozenset(marking)
-        )
         ids = [event.event_id for event, _job in jobs]
+        applied, duplicates = await ctx.blocking(
+            "handing over license events", send_now, jobs, ids, frozenset(marking)
+        )
         marking.update(ids)
         if mark_running:
             await mark_running.pop()  # marks one at a time, in order
