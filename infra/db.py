@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.types.array import ListBinaryDumper
-from sqlalchemy import Engine, Table, TextClause, all_, any_, bindparam, event, text
+from sqlalchemy import Engine, Table, TextClause, all_, any_, bindparam, cast, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.types import NullType
 from sqlmodel import Session, create_engine
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ def one_of(s: Session, column: Any, values: Collection[Any]) -> Any:
     ``= ANY`` in Python.
     """
     if _on_postgresql(s):
-        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+        return column == any_(_array_parameter(column, values))
     return column.in_(list(values))
 
 
@@ -217,8 +218,21 @@ def none_of(s: Session, column: Any, values: Collection[Any]) -> Any:
     """``column NOT IN values`` (a column without NULLs), as :func:`one_of`: ``<> ALL(:array)``
     on PostgreSQL."""
     if _on_postgresql(s):
-        return column != all_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+        return column != all_(_array_parameter(column, values))
     return column.not_in(list(values))
+
+
+def _array_parameter(column: Any, values: Collection[Any]) -> Any:
+    """``values`` as one array parameter of ``column``'s type: binary when that type binds its
+    values as they are (text ids: psycopg would quote and escape every element of a text array
+    in Python, ~2 µs an id), else through the type's own bind processing."""
+    array = postgresql.ARRAY(column.type)
+    pg = postgresql.dialect()
+    if column.type.dialect_impl(pg).bind_processor(pg) is None:
+        # Untyped, so that no bind processor copies the BinaryArray into a plain list; the
+        # statement casts it.
+        return cast(bindparam(None, binary_array(values), type_=NullType()), array)
+    return bindparam(None, list(values), type_=array)
 
 
 class BinaryArray(list[Any]):
