@@ -127,15 +127,16 @@ _JOURNAL_UNNEST = text(
 def _insert_new(s: Session, entries: Collection[JournalEntry], now: dt.datetime) -> set[str]:
     """Insert each of ``entries`` (distinct ids) unless its id is journaled; the ids inserted."""
     if _postgresql(s):
+        # Binary arrays: as text arrays psycopg would quote and escape every element in Python.
         params = {
             "received_at": now,
-            "event_ids": [e.event_id for e in entries],
-            "event_types": [e.event_type for e in entries],
-            "families": [e.family for e in entries],
-            "entity_keys": [e.entity_key for e in entries],
+            "event_ids": binary_array([e.event_id for e in entries]),
+            "event_types": binary_array([e.event_type for e in entries]),
+            "families": binary_array([e.family for e in entries]),
+            "entity_keys": binary_array([e.entity_key for e in entries]),
             "occurred_ats": [e.occurred_at for e in entries],
             "bodies": binary_array([e.body for e in entries]),
-            "fingerprints": [fingerprint(e.body) for e in entries],
+            "fingerprints": binary_array([fingerprint(e.body) for e in entries]),
         }
         return set(s.scalars(_JOURNAL_UNNEST, params).all())
     table = IngestEvent.__table__
