@@ -35,6 +35,7 @@ __all__ = [
     "Epoch",
     "JournalEntry",
     "JournalVerdict",
+    "Journaled",
     "applied_ids",
     "begin_epoch",
     "current_epoch",
@@ -42,6 +43,7 @@ __all__ = [
     "get_checkpoint",
     "history",
     "journal",
+    "journaled",
     "lock_epochs",
     "mark_applied",
     "mark_relayed",
@@ -245,6 +247,32 @@ def applied_ids(s: Session, event_ids: Collection[str]) -> set[str]:
             )
         ).all()
     )
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """What the journal holds of one event, for the stream that reads it back from Kafka."""
+
+    #: sha256 of the bytes the relay validated and wrote to Kafka (:func:`fingerprint`).
+    fingerprint: str
+    #: The stream has handed its effects on.
+    applied: bool
+
+
+def journaled(s: Session, event_ids: Collection[str]) -> dict[str, Journaled]:
+    """Those of ``event_ids`` the journal holds: their fingerprints and whether applied.
+
+    A record whose bytes have the fingerprint of its id is what the relay validated: the
+    stream may take it as it is (:mod:`streams.relayed`). Anything else is read the long way.
+    """
+    if not event_ids:
+        return {}
+    rows = s.execute(
+        select(
+            IngestEvent.event_id, IngestEvent.fingerprint, IngestEvent.applied_at.is_not(None)
+        ).where(_event_id_in(s, event_ids))
+    )
+    return {event_id: Journaled(digest, bool(applied)) for event_id, digest, applied in rows}
 
 
 def mark_applied(s: Session, event_ids: Collection[str]) -> int:

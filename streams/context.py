@@ -22,7 +22,14 @@ from prometheus_client import Counter
 from infra.clock import Clock
 from infra.db import session
 from infra.jobs import JobSender
-from infra.journal import EPOCH_HEADER, applied_ids, current_epoch, mark_applied
+from infra.journal import (
+    EPOCH_HEADER,
+    Journaled,
+    applied_ids,
+    current_epoch,
+    journaled,
+    mark_applied,
+)
 from infra.metrics import JOBS_ENQUEUED
 
 if TYPE_CHECKING:
@@ -174,6 +181,18 @@ class StreamContext:
             found = applied_ids(s, event_ids)
         if found:
             SKIPPED_APPLIED.labels(topic=topic).inc(len(found))
+        return found
+
+    def journaled_now(self, topic: str, event_ids: list[str]) -> dict[str, Journaled]:
+        """What the journal holds of ``event_ids`` (fingerprint, applied), on the calling thread
+        (the blocking one); :meth:`applied_now` with the fingerprints besides."""
+        if not event_ids:
+            return {}
+        with session(self.settings) as s:
+            found = journaled(s, event_ids)
+        applied = sum(entry.applied for entry in found.values())
+        if applied:
+            SKIPPED_APPLIED.labels(topic=topic).inc(applied)
         return found
 
     async def mark_applied(self, event_ids: list[str]) -> None:

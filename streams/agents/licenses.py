@@ -2,10 +2,11 @@
 
 The registry is in PostgreSQL (``license_record``): a license issued today is reminded in one
 to five years, far longer than any stream state should be trusted to live. This agent keeps no
-state: it validates each event, skips those the journal says were applied already, and hands
-each batch to the workers' ``record_licenses`` as one job. That job records the licenses (a
-newer event wins, so order and replays do not matter) and plans the reminders they make due;
-the scheduler's daily scan sends what becomes due as days pass.
+state: it reads each event (as the relay wrote it when the journal vouches for its bytes,
+:mod:`streams.relayed`; validated again otherwise), skips those the journal says were applied
+already, and hands each batch to the workers' ``record_licenses`` as one job. That job records
+the licenses (a newer event wins, so order and replays do not matter) and plans the reminders
+they make due; the scheduler's daily scan sends what becomes due as days pass.
 
 Batches are handed over while faust fetches and this agent parses the next ones, each
 hand-over taking every batch waiting (:mod:`streams.handover`): the journal read and the
@@ -26,7 +27,7 @@ import faust
 
 from infra.metrics import STREAM_EVENTS
 from schemas.errors import EventRejected
-from schemas.events import Event, parse_event
+from streams import relayed
 from streams.handover import HandOver
 from streams.rules import license_state_data
 
@@ -42,6 +43,9 @@ BATCH_SIZE = 500
 #: Parsed batches that may wait for the hand-over before the agent stops reading ahead.
 MAX_WAITING_BATCHES = 4
 
+#: A record peeked at, and the job it makes if the journal vouches for it.
+Item = tuple[relayed.Peeked, dict[str, Any] | None]
+
 
 def attach(app: faust.App, ctx: StreamContext) -> None:
     settings = ctx.settings
@@ -49,21 +53,36 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     topic_name = settings.topic("licenses")
 
     def send_now(
-        jobs: list[tuple[Event, dict[str, Any]]], ids: list[str], marking: frozenset[str]
-    ) -> tuple[list[Event], list[Event]]:
-        """On the blocking thread: skip what the journal says was applied (or what a hand-over
-        before this one sent and is still marking), send the rest as ``record_licenses`` jobs.
-        (applied, duplicates)."""
+        items: list[Item], marking: frozenset[str]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """On the blocking thread: read the records (those the journal vouches for as the relay
+        wrote them, the rest validated), skip what the journal says was applied (or what a
+        hand-over before this one sent and is still marking), send the rest as
+        ``record_licenses`` jobs. (ids read, event types applied, event types skipped)."""
+        peeked = [item for item, _job in items]
+        asked = [record.event_id for record in peeked if record.event_id is not None]
+        journal = ctx.journaled_now(topic_name, asked)
+        read_back = relayed.read(topic_name, peeked, journal, max_bytes=settings.max_event_bytes)
+        ids = [fields.event_id for fields in read_back if isinstance(fields, relayed.Fields)]
         # Applied before, or twice in this batch (a re-driven copy beside its original).
-        seen = ctx.applied_now(topic_name, ids) | marking.intersection(ids)
+        seen = {event_id for event_id, entry in journal.items() if entry.applied}
+        seen |= ctx.applied_now(topic_name, relayed.unasked(read_back, set(asked)))
+        seen |= marking.intersection(ids)
         applied, duplicates, state_jobs = [], [], []
-        for event, job in jobs:
-            if event.event_id in seen:
-                duplicates.append(event)
+        for (item, job), fields in zip(items, read_back, strict=True):
+            if isinstance(fields, EventRejected):
+                # The journal does not vouch for it and it is not valid: a foreign producer
+                # wrote to our topic. Count and skip: one bad record must not stop the partition.
+                STREAM_EVENTS.labels(event_type="unknown", outcome="invalid").inc()
+                log.error("invalid record on %s: %s", topic_name, fields.reason)
                 continue
-            seen.add(event.event_id)
-            applied.append(event)
-            state_jobs.append(job)
+            if fields.event_id in seen:
+                duplicates.append(fields.event_type)
+                continue
+            seen.add(fields.event_id)
+            applied.append(fields.event_type)
+            # The job built when the record was peeked, if these are the fields peeked then.
+            state_jobs.append(job if job is not None and fields is item.fields else _job(fields))
         if state_jobs:
             # A job per batch: the registry records each in one transaction. (A hand-over may
             # take several batches; the job stays the size of one.)
@@ -73,7 +92,7 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     for i in range(0, len(state_jobs), BATCH_SIZE)
                 ]
             )
-        return applied, duplicates
+        return ids, applied, duplicates
 
     # Ids sent and not yet marked in the journal: the next hand-over's read must see them.
     marking: set[str] = set()
@@ -81,22 +100,21 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     mark_running: list[asyncio.Future[None]] = []
 
     async def mark_then_release(
-        records: list[faust.EventT], ids: list[str], applied: list[Event], duplicates: list[Event]
+        records: list[faust.EventT], ids: list[str], applied: list[str], duplicates: list[str]
     ) -> None:
         await ctx.blocking("marking events applied", ctx.mark_now, ids, journal_thread=True)
         marking.difference_update(ids)
-        for event in applied:
-            STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
-        for event in duplicates:
-            STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
+        for event_type in applied:
+            STREAM_EVENTS.labels(event_type=event_type, outcome="applied").inc()
+        for event_type in duplicates:
+            STREAM_EVENTS.labels(event_type=event_type, outcome="duplicate").inc()
         ctx.release(records)
 
-    async def settle(records: list[faust.EventT], jobs: list[tuple[Event, dict[str, Any]]]) -> None:
+    async def settle(records: list[faust.EventT], items: list[Item]) -> None:
         """Send a hand-over's jobs while the one before it is marked in the journal; its own
         mark (then its records' release) runs while the next hand-over is read and sent."""
-        ids = [event.event_id for event, _job in jobs]
-        applied, duplicates = await ctx.blocking(
-            "handing over license events", send_now, jobs, ids, frozenset(marking)
+        ids, applied, duplicates = await ctx.blocking(
+            "handing over license events", send_now, items, frozenset(marking)
         )
         marking.update(ids)
         if mark_running:
@@ -109,28 +127,38 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     async def process_licenses(stream: faust.StreamT) -> None:
         # One job, one journal read and one journal write per hand-over, not per event. The
         # hand-over (journal read and job on the blocking thread, then the journal mark on the
-        # journal thread) takes every batch parsed while the one before it ran; they run one at
-        # a time and in order (streams.handover), and each reads the journal knowing what the
-        # one before it sent, marked or still being marked.
+        # journal thread) takes every batch peeked at while the one before it ran; they run one
+        # at a time and in order (streams.handover), and each reads the journal knowing what
+        # the one before it sent, marked or still being marked.
         hand_over = HandOver(settle, max_waiting=MAX_WAITING_BATCHES)
         async for batch in stream.take_events(BATCH_SIZE, within=0.05):
             ctx.check_epochs(batch)
-            jobs = []
+            # Each record read as the relay would have written it, and its job built, here
+            # beside the hand-over; whether that is used or the record validated again is
+            # decided on the blocking thread, once the journal has said what it holds.
+            items: list[Item] = []
             for record in batch:
-                try:
-                    event = parse_event(record.value, max_bytes=settings.max_event_bytes)
-                except EventRejected as exc:
-                    # The relay validated it; a bad record here means a foreign producer wrote
-                    # to our topic. Count and skip: one bad record must not stop the partition.
-                    STREAM_EVENTS.labels(event_type="unknown", outcome="invalid").inc()
-                    log.error("invalid record on %s: %s", topic_name, exc.reason)
-                    continue
-                job = license_state_data(
-                    event.event_type,
-                    event.envelope.payload,  # the payload as JSON data already (parse_event)
-                    event.envelope.occurred_at,
-                    event_id=event.event_id,
-                    source=event.envelope.source,
-                )
-                jobs.append((event, job))
-            await hand_over.put(ctx.hold(batch), jobs)
+                peeked = relayed.peek(record.value, settings.max_event_bytes)
+                items.append((peeked, _tentative_job(peeked.fields)))
+            await hand_over.put(ctx.hold(batch), items)
+
+
+def _job(fields: relayed.Fields) -> dict[str, Any]:
+    return license_state_data(
+        fields.event_type,
+        fields.payload,
+        fields.occurred_at,
+        event_id=fields.event_id,
+        source=fields.source,
+    )
+
+
+def _tentative_job(fields: relayed.Fields | None) -> dict[str, Any] | None:
+    """The job of fields not checked yet, or None where they make none (they are then
+    validated, and what the validated event makes is used)."""
+    if fields is None:
+        return None
+    try:
+        return _job(fields)
+    except (KeyError, TypeError, ValueError):
+        return None
