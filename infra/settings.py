@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     #: write is acknowledged only once this many replicas have it, so one broker lost loses
     #: nothing.
     kafka_min_insync_replicas: int = Field(2, ge=1, le=7)
+    #: Longest a stream's fetch waits for records, in ms (Faust fixes 1,500). On a real Kafka it
+    #: is only how often an idle consumer asks again; Tansu holds a fetch over several
+    #: partitions this long even when a record arrives, so there it is the stream's idle
+    #: latency.
+    kafka_fetch_max_wait_ms: int = Field(100, ge=10, le=30_000)
     #: How often the relay checks that Kafka still holds its epoch marker (a broker that came
     #: back empty lost every event not yet applied; the relay re-drives them from the journal).
     kafka_epoch_check_s: float = Field(5.0, gt=0)

@@ -33,6 +33,7 @@ from infra.journal import current_epoch
 from streams import lag
 from streams.agents import cases, licenses, ratings
 from streams.context import StreamContext
+from streams.transport import Transport
 
 if TYPE_CHECKING:
     from infra.health import ReadyCheck
@@ -86,6 +87,10 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir),
         web_enabled=False,
         topic_allow_declare=True,
+    )
+    # Before any topic or agent: they reach the consumer through app.transport.
+    app.transport = Transport(
+        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms
     )
     licenses.attach(app, ctx)
     cases.attach(app, ctx)
