@@ -511,7 +511,7 @@ class Relay:
     def _write(
         self, entries: list[tuple[JournalEntry, Event]], epoch: Epoch | None, oldest: float
     ) -> JournalVerdict:
-        """On the writer thread: journal, Kafka, relayed marks, then the green fast path.
+        """On the writer thread: journal, the green fast path, Kafka, relayed marks.
 
         ``oldest``: when the batch's oldest message was published (or received), for the lag.
         """
@@ -519,6 +519,19 @@ class Relay:
         # broker that loses it can be given it again.
         with session(self.settings) as s:
             verdict = journal(s, [entry for entry, _event in entries])
+        if self.settings.green_fast_path:
+            # Once journaled, not after Kafka's acks=all and the relayed marks (a busy
+            # pipeline's tens of ms). Should Kafka fail, the batch comes back and the alert is
+            # sent again: the worker's idempotency key makes that one alert.
+            forwarded = {e.event_id for e in verdict.forward}
+            alerts = [
+                fast
+                for entry, event in entries
+                if entry.event_id in forwarded
+                and (fast := green_channel_job(event, self.settings.elderly_age)) is not None
+            ]
+            if alerts:
+                self._fast_path(alerts)
         records = [
             (self.settings.topic(e.family), e.entity_key.encode(), e.body) for e in verdict.forward
         ]
@@ -529,16 +542,6 @@ class Relay:
             EVENTS_RELAYED.labels(topic=topic).inc()
         with session(self.settings) as s:
             mark_relayed(s, [e.event_id for e in verdict.forward], epoch.generation if epoch else 0)
-        if self.settings.green_fast_path:
-            forwarded = {e.event_id for e in verdict.forward}
-            alerts = [
-                fast
-                for entry, event in entries
-                if entry.event_id in forwarded
-                and (fast := green_channel_job(event, self.settings.elderly_age)) is not None
-            ]
-            if alerts:
-                self._fast_path(alerts)
         return verdict
 
     def _settle(self, flight: _Flight, pending: Batch[Delivery], *, wait: bool) -> bool:
