@@ -34,7 +34,7 @@ from streams.rules import license_state_data
 if TYPE_CHECKING:
     from streams.context import StreamContext
 
-__all__ = ["attach"]
+__all__ = ["attach", "license_job"]
 
 log = logging.getLogger("govnotify.streams.licenses")
 
@@ -82,7 +82,9 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
             seen.add(fields.event_id)
             applied.append(fields.event_type)
             # The job built when the record was peeked, if these are the fields peeked then.
-            state_jobs.append(job if job is not None and fields is item.fields else _job(fields))
+            if job is None or fields is not item.fields:
+                job = license_job(fields)
+            state_jobs.append(job)
         if state_jobs:
             # A job per batch: the registry records each in one transaction. (A hand-over may
             # take several batches; the job stays the size of one.)
@@ -143,7 +145,8 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
             await hand_over.put(ctx.hold(batch), items)
 
 
-def _job(fields: relayed.Fields) -> dict[str, Any]:
+def license_job(fields: relayed.Fields) -> dict[str, Any]:
+    """The ``record_licenses`` job data of one license event's fields."""
     return license_state_data(
         fields.event_type,
         fields.payload,
@@ -159,6 +162,6 @@ def _tentative_job(fields: relayed.Fields | None) -> dict[str, Any] | None:
     if fields is None:
         return None
     try:
-        return _job(fields)
+        return license_job(fields)
     except (KeyError, TypeError, ValueError):
         return None

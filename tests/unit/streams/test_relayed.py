@@ -15,7 +15,7 @@ from producers.generator import generate_registry, license_event
 from schemas.errors import EventRejected
 from schemas.events import parse_event
 from streams import relayed
-from streams.rules import license_state_data
+from streams.agents.licenses import license_job
 
 TOPIC = "t.licenses"
 MAX_BYTES = 65_536
@@ -29,16 +29,6 @@ def _validated() -> float:
 def _read(raws: list[bytes], journal: dict[str, Journaled]) -> list[relayed.Fields | EventRejected]:
     peeked = [relayed.peek(raw, MAX_BYTES) for raw in raws]
     return relayed.read(TOPIC, peeked, journal, max_bytes=MAX_BYTES)
-
-
-def _job(fields: relayed.Fields) -> dict:
-    return license_state_data(
-        fields.event_type,
-        fields.payload,
-        fields.occurred_at,
-        event_id=fields.event_id,
-        source=fields.source,
-    )
 
 
 def _relay_bytes(raw: bytes) -> bytes:
@@ -76,8 +66,8 @@ def test_a_journaled_record_gives_the_job_that_validating_it_gives() -> None:
         assert fields.event_id == expected.event_id
         assert fields.event_type == expected.event_type
         assert fields.occurred_at == expected.occurred_at
-        assert _job(fields) == _job(expected)
-        assert list(_job(fields)) == list(_job(expected))
+        assert license_job(fields) == license_job(expected)
+        assert list(license_job(fields)) == list(license_job(expected))
 
 
 def _good() -> bytes:
@@ -124,7 +114,7 @@ def test_a_record_the_journal_does_not_vouch_for_is_validated_again(
     assert _validated() == before + 1, case
     if outcome == "fields":
         assert isinstance(fields, relayed.Fields), case
-        assert _job(fields) == _job(relayed.Fields.of_event(parse_event(raw)))
+        assert license_job(fields) == license_job(relayed.Fields.of_event(parse_event(raw)))
     else:
         assert isinstance(fields, EventRejected), case
 
