@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from infra.journal import Journaled, fingerprint
 from schemas.errors import EventRejected
-from schemas.events import Event, parse_event
+from schemas.events import Event, parse_event, spec_for
 
 __all__ = ["VALIDATED", "Fields", "Peeked", "peek", "read"]
 
@@ -46,6 +46,8 @@ class Fields(NamedTuple):
     source: str
     #: The payload as JSON data (parse_event keeps it so; the relay wrote it so).
     payload: dict[str, Any]
+    #: The entity the event is about: its Kafka key (a license or case id).
+    key: str
 
     @classmethod
     def of_event(cls, event: Event) -> Fields:
@@ -56,17 +58,21 @@ class Fields(NamedTuple):
             envelope.occurred_at,
             envelope.source,
             envelope.payload,
+            event.key,
         )
 
     @classmethod
     def of_relayed(cls, data: dict[str, Any]) -> Fields:
         # The relay's canonical JSON: event_id a UUID's text, occurred_at ISO 8601 with an offset.
+        payload = data["payload"]
+        spec = spec_for(data["event_type"], data["schema_version"])
         return cls(
             data["event_id"],
             data["event_type"],
             dt.datetime.fromisoformat(data["occurred_at"]),
             data["source"],
-            data["payload"],
+            payload,
+            str(payload[spec.key_field]),
         )
 
 
@@ -106,27 +112,28 @@ def peek(raw: bytes, max_bytes: int) -> Peeked:
         return Peeked(raw, *_NOTHING)
     try:
         fields = Fields.of_relayed(data)
-    except (KeyError, TypeError, ValueError):  # not what the relay writes: validated later
+    except (KeyError, TypeError, ValueError, EventRejected):  # not the relay's: validated later
         return Peeked(raw, event_id, None, None)
     return Peeked(raw, event_id, fields, fingerprint(raw))
 
 
 def read(
-    topic: str,
+    topic: str | Sequence[str],
     records: Sequence[Peeked],
     journal: Mapping[str, Journaled],
     *,
     max_bytes: int,
 ) -> list[Fields | EventRejected]:
     """Each record's fields, in order: as peeked (``record.fields`` itself) when the journal
-    vouches for its bytes, else from ``parse_event`` (or the rejection it raised)."""
+    vouches for its bytes, else from ``parse_event`` (or the rejection it raised). ``topic``:
+    the records' topic, or each record's."""
     out: list[Fields | EventRejected] = []
-    for record in records:
+    for i, record in enumerate(records):
         entry = journal.get(record.event_id) if record.event_id is not None else None
         if entry is not None and record.fields is not None and record.digest == entry.fingerprint:
             out.append(record.fields)
             continue
-        VALIDATED.labels(topic=topic).inc()
+        VALIDATED.labels(topic=topic if isinstance(topic, str) else topic[i]).inc()
         try:
             out.append(Fields.of_event(parse_event(record.raw, max_bytes=max_bytes)))
         except EventRejected as exc:

@@ -9,7 +9,9 @@ changelog with it, and a case older than ``stream_state_keep_days`` was pruned. 
 met without state is rebuilt from its applied events in the journal (the same pure rules,
 their jobs discarded: they were handed on when those events were applied), one query per
 batch for all such cases. Events the journal says were applied already are skipped, so a
-rating Kafka delivers twice is forwarded to the satisfaction windows once.
+rating Kafka delivers twice is forwarded to the satisfaction windows once. Records whose bytes
+the journal vouches for are read as the relay wrote them (:mod:`streams.relayed`); the rest are
+validated again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from infra.db import session
 from infra.journal import history
 from infra.metrics import STREAM_EVENTS
 from schemas.errors import EventRejected
-from schemas.events import Event, parse_event
+from schemas.events import parse_event
+from streams import relayed
 from streams.case_rules import Job, apply_case_event
 from streams.context import changelog_configs, use_event
 from streams.pruning import owned_partitions, prunable_case, prune, record_entries, stamp
@@ -110,12 +113,12 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
         with session(settings) as s:
             return history(s, CASE_FAMILIES, keys)
 
-    async def restore(batch: list[tuple[faust.EventT, Event]]) -> None:
+    async def restore(batch: list[tuple[faust.EventT, relayed.Fields]]) -> None:
         """Rebuild, from the journal, the state of cases this batch meets without one."""
         missing: dict[str, faust.EventT] = {}
-        for record, event in batch:
-            if event.key not in missing and cases.get(event.key) is None:
-                missing[event.key] = record
+        for record, fields in batch:
+            if fields.key not in missing and cases.get(fields.key) is None:
+                missing[fields.key] = record
         if not missing:
             return
         found = await ctx.blocking("reading case history", load_history, list(missing))
@@ -132,48 +135,58 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
     async def process_cases(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(200, within=0.02):
             ctx.check_epochs(batch)
-            parsed: list[tuple[faust.EventT, Event]] = []
-            for record in batch:
-                try:
-                    event = parse_event(record.value, max_bytes=settings.max_event_bytes)
-                except EventRejected as exc:
+            # Records the journal vouches for are read as the relay wrote them (streams.relayed);
+            # the rest are validated again, and the invalid ones skipped.
+            peeked = [relayed.peek(record.value, settings.max_event_bytes) for record in batch]
+            asked = [item.event_id for item in peeked if item.event_id is not None]
+            journal = await ctx.blocking("reading the journal", ctx.journaled_now, "cases", asked)
+            read_back = relayed.read(
+                [record.message.topic for record in batch],
+                peeked,
+                journal,
+                max_bytes=settings.max_event_bytes,
+            )
+            parsed: list[tuple[faust.EventT, relayed.Fields]] = []
+            for record, fields in zip(batch, read_back, strict=True):
+                if isinstance(fields, EventRejected):
                     STREAM_EVENTS.labels(event_type="unknown", outcome="invalid").inc()
-                    log.error("invalid record on the case topics: %s", exc.reason)
+                    log.error("invalid record on the case topics: %s", fields.reason)
                     continue
-                parsed.append((record, event))
-            ids = [event.event_id for _record, event in parsed]
-            applied = await ctx.already_applied("cases", ids)
+                parsed.append((record, fields))
+            ids = [fields.event_id for _record, fields in parsed]
             # Applied before, or twice in this batch (a re-driven copy beside its original).
-            fresh, seen = [], set(applied)
-            for record, event in parsed:
-                if event.event_id in seen:
-                    STREAM_EVENTS.labels(event_type=event.event_type, outcome="duplicate").inc()
+            seen = {event_id for event_id, entry in journal.items() if entry.applied}
+            seen |= await ctx.already_applied("cases", relayed.unasked(read_back, set(asked)))
+            fresh = []
+            for record, fields in parsed:
+                if fields.event_id in seen:
+                    STREAM_EVENTS.labels(event_type=fields.event_type, outcome="duplicate").inc()
                     continue
-                fresh.append((record, event))
-                seen.add(event.event_id)
+                fresh.append((record, fields))
+                seen.add(fields.event_id)
             await restore(fresh)
             jobs: list[Job] = []
-            for record, event in fresh:
+            for record, fields in fresh:
                 use_event(record)  # table writes go to this record's partition
-                payload: dict[str, Any] = event.payload.model_dump(mode="json")
-                previous = cases.get(event.key)
+                payload: dict[str, Any] = fields.payload
+                previous = cases.get(fields.key)
                 state, new_jobs = apply_case_event(
                     previous,
-                    event.event_type,
+                    fields.event_type,
                     payload,
                     elderly_age=settings.elderly_age,
-                    source=event.envelope.source,
-                    event_id=event.event_id,
+                    source=fields.source,
+                    event_id=fields.event_id,
                 )
-                cases[event.key] = stamp(
-                    {**state, "last_event_at": _latest(previous, event.envelope.occurred_at)},
+                cases[fields.key] = stamp(
+                    {**state, "last_event_at": _latest(previous, fields.occurred_at)},
                     record.message.partition,
                 )
-                if event.event_type == "evaluation.submitted" and payload["evaluation_id"] not in (
+                if fields.event_type == "evaluation.submitted" and payload["evaluation_id"] not in (
                     (previous or {}).get("evaluation_ids") or []
                 ):
                     await _forward_rating(ratings, payload)
-                STREAM_EVENTS.labels(event_type=event.event_type, outcome="applied").inc()
+                STREAM_EVENTS.labels(event_type=fields.event_type, outcome="applied").inc()
                 jobs.extend(new_jobs)
             await ctx.send_jobs(jobs)
             await ctx.mark_applied(ids)

@@ -16,6 +16,7 @@ from infra.settings import Settings
 from producers.generator import license_event
 from schemas.models import IngestEvent, LicenseRecord
 from tests.support import Pipeline, count_rows, metric, publish, scrape, wait_until
+from tests.support.cases import case_event
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,10 @@ def _license(license_id: str, mobile: str = "13800138000"):  # type: ignore[no-u
     )
 
 
-def _write_to_kafka(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
-    """What a foreign producer with access to our Kafka could do: write to the license topic."""
+def _write_to_kafka(
+    settings: Settings, records: list[tuple[bytes, bytes]], family: str = "licenses"
+) -> None:
+    """What a foreign producer with access to our Kafka could do: write to our topic."""
 
     async def produce() -> None:
         producer = AIOKafkaProducer(
@@ -44,7 +47,7 @@ def _write_to_kafka(settings: Settings, records: list[tuple[bytes, bytes]]) -> N
         await producer.start()
         try:
             for key, value in records:
-                await producer.send_and_wait(settings.topic("licenses"), value, key=key)
+                await producer.send_and_wait(settings.topic(family), value, key=key)
         finally:
             await producer.stop()
 
@@ -116,3 +119,57 @@ def test_relayed_records_are_read_as_written_and_foreign_ones_are_validated(
         foreign_row = s.get(LicenseRecord, "FOREIGN-1")
     assert rel0 is not None and rel0.holder_mobile == "+8613800138000"
     assert foreign_row is not None and foreign_row.holder_mobile == "+8613700137000"
+
+
+def test_case_records_are_read_as_written_and_foreign_ones_are_validated(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    # Given relay and stream, and a completed case published the normal way
+    pipeline.set_env(GOVNOTIFY_NOW=NOW.isoformat())
+    pipeline.relay()
+    pipeline.stream()
+    completed = case_event("case.completed", "REL-C-1", NOW - dt.timedelta(minutes=5))
+    publish(settings, [completed])
+    wait_until(lambda: _applied(settings, completed.event_id), 60)
+    cases_topic = settings.topic("cases")
+    validated = "govnotify_stream_records_validated_total"
+    assert _stream_metric(settings, validated, topic=cases_topic) == 0
+
+    # When a foreign producer writes garbage and a forged copy of that case to the case topic
+    forged = json.loads(completed.to_json_bytes())
+    forged["payload"]["applicant"]["mobile"] = "+8613912345678"
+    _write_to_kafka(
+        settings,
+        [
+            (b"REL-C-1", json.dumps(forged, ensure_ascii=False).encode()),
+            (b"REL-C-2", b"[]"),
+        ],
+        family="cases",
+    )
+
+    # Then both were validated the long way: the copy is a duplicate, the garbage invalid
+    wait_until(lambda: _stream_metric(settings, validated, topic=cases_topic) == 2, 60)
+    wait_until(
+        lambda: (
+            _stream_metric(
+                settings,
+                "govnotify_stream_events_total",
+                event_type="case.completed",
+                outcome="duplicate",
+            )
+            == 1
+        ),
+        60,
+    )
+    assert (
+        _stream_metric(
+            settings, "govnotify_stream_events_total", event_type="unknown", outcome="invalid"
+        )
+        == 1
+    )
+
+
+def _applied(settings: Settings, event_id: str) -> bool:
+    with session(settings) as s:
+        row = s.get(IngestEvent, event_id)
+        return row is not None and row.applied_at is not None

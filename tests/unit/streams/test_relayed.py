@@ -11,7 +11,7 @@ import json
 import pytest
 
 from infra.journal import Journaled, fingerprint
-from producers.generator import generate_registry, license_event
+from producers.generator import generate_case_day, generate_registry, license_event
 from schemas.errors import EventRejected
 from schemas.events import parse_event
 from streams import relayed
@@ -68,6 +68,29 @@ def test_a_journaled_record_gives_the_job_that_validating_it_gives() -> None:
         assert fields.occurred_at == expected.occurred_at
         assert license_job(fields) == license_job(expected)
         assert list(license_job(fields)) == list(license_job(expected))
+
+
+def test_journaled_case_and_evaluation_records_read_as_their_validated_events() -> None:
+    # Given a day of cases (submitted, completed, special groups, key projects, ratings) as the
+    # relay writes them, each journaled with its fingerprint
+    day = generate_case_day(200, dt.datetime(2026, 11, 26, 10, 0, tzinfo=SHANGHAI))
+    raws = [_relay_bytes(e.to_json_bytes()) for e in day.events]
+    assert {"case.submitted", "case.completed", "evaluation.submitted"} <= {
+        json.loads(raw)["event_type"] for raw in raws
+    }
+    journal = {
+        json.loads(raw)["event_id"]: Journaled(fingerprint(raw), applied=False) for raw in raws
+    }
+    before = _validated()
+
+    # When the stream reads them
+    read_back = _read(raws, journal)
+
+    # Then none was validated again, and each has the fields (key and payload included) that
+    # validating it gives
+    assert _validated() == before
+    for raw, fields in zip(raws, read_back, strict=True):
+        assert fields == relayed.Fields.of_event(parse_event(raw))
 
 
 def _good() -> bytes:
