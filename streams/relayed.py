@@ -27,7 +27,7 @@ from infra.journal import Journaled, fingerprint
 from schemas.errors import EventRejected
 from schemas.events import Event, parse_event, spec_for
 
-__all__ = ["VALIDATED", "Fields", "Peeked", "peek", "read"]
+__all__ = ["VALIDATED", "Fields", "Peeked", "peek", "read", "unasked"]
 
 VALIDATED = Counter(
     "govnotify_stream_records_validated_total",
