@@ -31,6 +31,11 @@ def _read(raws: list[bytes], journal: dict[str, Journaled]) -> list[relayed.Fiel
     return relayed.read(TOPIC, peeked, journal, max_bytes=MAX_BYTES)
 
 
+def _journaled(raws: list[bytes]) -> dict[str, Journaled]:
+    """The journal's entries for records the relay wrote (none applied yet)."""
+    return {json.loads(raw)["event_id"]: Journaled(fingerprint(raw), applied=False) for raw in raws}
+
+
 def _relay_bytes(raw: bytes) -> bytes:
     """What the relay writes to Kafka (and journals) for an upstream's ``raw``."""
     return parse_event(raw).to_json_bytes()
@@ -50,22 +55,18 @@ def test_a_journaled_record_gives_the_job_that_validating_it_gives() -> None:
         occurred_at=dt.datetime(2026, 5, 1, 17, 0, 0, 123456, SHANGHAI),
     )
     raws = [_relay_bytes(e.to_json_bytes()) for e in [*events, shanghai]]
-    journal = {
-        json.loads(raw)["event_id"]: Journaled(fingerprint(raw), applied=False) for raw in raws
-    }
+    journal = _journaled(raws)
     before = _validated()
 
     # When the stream reads them
     read_back = _read(raws, journal)
 
-    # Then none was validated again, and each gives the job its validated event gives
+    # Then none was validated again; each has the fields validating it gives, and so the job
     assert _validated() == before
     for raw, fields in zip(raws, read_back, strict=True):
         assert isinstance(fields, relayed.Fields)
         expected = relayed.Fields.of_event(parse_event(raw))
-        assert fields.event_id == expected.event_id
-        assert fields.event_type == expected.event_type
-        assert fields.occurred_at == expected.occurred_at
+        assert fields == expected
         assert license_job(fields) == license_job(expected)
         assert list(license_job(fields)) == list(license_job(expected))
 
@@ -78,9 +79,7 @@ def test_journaled_case_and_evaluation_records_read_as_their_validated_events() 
     assert {"case.submitted", "case.completed", "evaluation.submitted"} <= {
         json.loads(raw)["event_type"] for raw in raws
     }
-    journal = {
-        json.loads(raw)["event_id"]: Journaled(fingerprint(raw), applied=False) for raw in raws
-    }
+    journal = _journaled(raws)
     before = _validated()
 
     # When the stream reads them
