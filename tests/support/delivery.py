@@ -17,7 +17,7 @@ from sqlalchemy import select
 from infra.db import session
 from infra.settings import Settings, load_settings
 from notifiers.sms.text import count_segments
-from schemas.models import FINAL_STATUSES, Notification, NotificationStatus, Suppression, utcnow
+from schemas.models import FINAL_STATUSES, Notification, NotificationStatus, Suppression
 from tests.fakes.sms_gateway import FakeSmsGateway
 from tests.fakes.twilio_server import FakeTwilio
 from workers.scheduled_jobs import schedule
@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 TWILIO_FROM = "+15017122661"
+
+#: Before any instant a test pins the pipeline's clock to: a job due then is due on every clock.
+LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 #: Approved texts at the fake gateway, and our template names mapped onto them.
 GATEWAY_TEMPLATES = {
     "SMS_RECT_01": "您对${department}「${service_item}」的评价已处理：${outcome}",
@@ -84,7 +87,12 @@ def queue_sms(
     template: str | None = None,
     params: dict[str, str] | None = None,
 ) -> str:
-    """Persist a ``created`` notification and schedule its delivery now; its id."""
+    """Persist a ``created`` notification and schedule its delivery now; its id.
+
+    "Now" on whatever clock the pipeline reads: the job is due since :data:`LONG_AGO`, not since
+    this process's wall clock, which a pipeline pinned to an earlier instant (``GOVNOTIFY_NOW``)
+    would see as the future and never run.
+    """
     notification_id = uuid.uuid4().hex
     with session(settings) as s:
         s.add(
@@ -107,7 +115,7 @@ def queue_sms(
         schedule(
             s,
             f"deliver:{notification_id}",
-            utcnow() - dt.timedelta(seconds=1),
+            LONG_AGO,
             "deliver_notification",
             notification_id,
         )
