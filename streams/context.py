@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,6 +31,8 @@ from infra.journal import (
     mark_applied,
 )
 from infra.metrics import JOBS_ENQUEUED
+from schemas.errors import EventRejected
+from streams import relayed
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -167,14 +169,9 @@ class StreamContext:
         for actor_name, _payload in jobs:
             JOBS_ENQUEUED.labels(kind=actor_name).inc()
 
-    async def already_applied(self, topic: str, event_ids: list[str]) -> set[str]:
-        """Those of ``event_ids`` the journal says were applied (Kafka delivers again)."""
-        if not event_ids:
-            return set()
-        return await self.blocking("reading the journal", self.applied_now, topic, event_ids)
-
     def applied_now(self, topic: str, event_ids: list[str]) -> set[str]:
-        """:meth:`already_applied` once, on the calling thread (the blocking one)."""
+        """Those of ``event_ids`` the journal says were applied (Kafka delivers again), on the
+        calling thread (the blocking one)."""
         if not event_ids:
             return set()
         with session(self.settings) as s:
@@ -194,6 +191,22 @@ class StreamContext:
         if applied:
             SKIPPED_APPLIED.labels(topic=topic).inc(applied)
         return found
+
+    def read_relayed_now(
+        self, label: str, topics: str | Sequence[str], peeked: Sequence[relayed.Peeked]
+    ) -> tuple[list[relayed.Fields | EventRejected], set[str]]:
+        """On the calling thread (the blocking one): each peeked record's fields, in order
+        (:func:`streams.relayed.read`: as the relay wrote them where the journal vouches for
+        their bytes, else validated again, or the rejection), and the ids among them the journal
+        says were applied. ``topics``: the records' topic, or each record's; ``label``: the topic
+        the skip counter names."""
+        asked = [record.event_id for record in peeked if record.event_id is not None]
+        journal = self.journaled_now(label, asked)
+        read_back = relayed.read(topics, peeked, journal, max_bytes=self.settings.max_event_bytes)
+        seen = {event_id for event_id, entry in journal.items() if entry.applied}
+        # A validated record whose id the peek did not see was not asked about yet.
+        seen |= self.applied_now(label, relayed.unasked(read_back, set(asked)))
+        return read_back, seen
 
     async def mark_applied(self, event_ids: list[str]) -> None:
         """Record in the journal that these events' effects are handed on."""

@@ -138,13 +138,12 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
             # Records the journal vouches for are read as the relay wrote them (streams.relayed);
             # the rest are validated again, and the invalid ones skipped.
             peeked = [relayed.peek(record.value, settings.max_event_bytes) for record in batch]
-            asked = [item.event_id for item in peeked if item.event_id is not None]
-            journal = await ctx.blocking("reading the journal", ctx.journaled_now, "cases", asked)
-            read_back = relayed.read(
+            read_back, seen = await ctx.blocking(
+                "reading the journal",
+                ctx.read_relayed_now,
+                "cases",
                 [record.message.topic for record in batch],
                 peeked,
-                journal,
-                max_bytes=settings.max_event_bytes,
             )
             parsed: list[tuple[faust.EventT, relayed.Fields]] = []
             for record, fields in zip(batch, read_back, strict=True):
@@ -154,9 +153,8 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
                     continue
                 parsed.append((record, fields))
             ids = [fields.event_id for _record, fields in parsed]
-            # Applied before, or twice in this batch (a re-driven copy beside its original).
-            seen = {event_id for event_id, entry in journal.items() if entry.applied}
-            seen |= await ctx.already_applied("cases", relayed.unasked(read_back, set(asked)))
+            # Applied before (``seen``), or twice in this batch (a re-driven copy beside its
+            # original).
             fresh = []
             for record, fields in parsed:
                 if fields.event_id in seen:

@@ -59,14 +59,11 @@ def attach(app: faust.App, ctx: StreamContext) -> None:
         wrote them, the rest validated), skip what the journal says was applied (or what a
         hand-over before this one sent and is still marking), send the rest as
         ``record_licenses`` jobs. (ids read, event types applied, event types skipped)."""
-        peeked = [item for item, _job in items]
-        asked = [record.event_id for record in peeked if record.event_id is not None]
-        journal = ctx.journaled_now(topic_name, asked)
-        read_back = relayed.read(topic_name, peeked, journal, max_bytes=settings.max_event_bytes)
+        read_back, seen = ctx.read_relayed_now(
+            topic_name, topic_name, [item for item, _job in items]
+        )
         ids = [fields.event_id for fields in read_back if isinstance(fields, relayed.Fields)]
         # Applied before, or twice in this batch (a re-driven copy beside its original).
-        seen = {event_id for event_id, entry in journal.items() if entry.applied}
-        seen |= ctx.applied_now(topic_name, relayed.unasked(read_back, set(asked)))
         seen |= marking.intersection(ids)
         applied, duplicates, state_jobs = [], [], []
         for (item, job), fields in zip(items, read_back, strict=True):
