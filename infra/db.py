@@ -226,13 +226,27 @@ def _array_parameter(column: Any, values: Collection[Any]) -> Any:
     """``values`` as one array parameter of ``column``'s type: binary when that type binds its
     values as they are (text ids: psycopg would quote and escape every element of a text array
     in Python, ~2 µs an id), else through the type's own bind processing."""
-    array = postgresql.ARRAY(column.type)
-    pg = postgresql.dialect()
-    if column.type.dialect_impl(pg).bind_processor(pg) is None:
+    array, as_is = _array_of(column.type)
+    if as_is:
         # Untyped, so that no bind processor copies the BinaryArray into a plain list; the
         # statement casts it.
         return cast(bindparam(None, binary_array(values), type_=NullType()), array)
     return bindparam(None, list(values), type_=array)
+
+
+#: The dialect whose bind processing says whether a type binds its values as they are.
+_PG = postgresql.dialect()
+
+
+@functools.lru_cache(maxsize=256)
+def _array_of(type_: Any) -> tuple[postgresql.ARRAY, bool]:
+    """An array of ``type_``, and whether ``type_`` binds its values as they are: once per
+    column type, not on every :func:`one_of` (a hot path: every batch's ids)."""
+    return postgresql.ARRAY(type_), _binds_as_is_type(type_)
+
+
+def _binds_as_is_type(type_: Any) -> bool:
+    return type_.dialect_impl(_PG).bind_processor(_PG) is None
 
 
 class BinaryArray(list[Any]):
@@ -302,10 +316,7 @@ def unnest_params(
 
 @functools.cache
 def _binds_as_is(table: Table, columns: tuple[str, ...]) -> frozenset[str]:
-    pg = postgresql.dialect()
-    return frozenset(
-        c for c in columns if table.c[c].type.dialect_impl(pg).bind_processor(pg) is None
-    )
+    return frozenset(c for c in columns if _binds_as_is_type(table.c[c].type))
 
 
 @contextlib.contextmanager
