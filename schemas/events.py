@@ -249,9 +249,12 @@ _PLAIN_TEXT = re.compile(
     + "".join(re.escape(ch) for ch in sorted(SMS_PUNCTUATION))
     + "]*"
 )
-# Every match of LINK_PATTERN holds a ":" (a scheme), one of _DOTS (www., an address, a domain)
-# or "xn--"; _DOMAIN_DOT holds a ".". Text without any of them has no link to look for.
-LINK_HINT = re.compile(rf"[:{_DOTS}]|xn--", re.IGNORECASE)
+# Every match of LINK_PATTERN holds a ":" (a scheme), "www", "xn--", one of _DOTS followed by a
+# letter or a digit (an address's "1.2", a domain's ".ru" or "。cn") or a "." followed by an
+# ideograph ("例子.中国"); so does every match of _DOMAIN_DOT and of
+# notifiers.sms.text.URL_PATTERN. Text without any of them has no link to look for: the "。"
+# between a Chinese SMS's sentences is no hint.
+LINK_HINT = re.compile(rf":|www|xn--|[{_DOTS}][a-z0-9]|\.[{_CJK}]", re.IGNORECASE)
 # Every number _is_phone calls dialable has at least 7 digits, or 5 after a "+", joined in a
 # PHONE_RUN by at most one space or hyphen between two digits (and one whitespace after the
 # "+"). Text without such a run has no phone number; an id with a 5 or 6 digit serial number

@@ -113,8 +113,8 @@ def contains_url(text: str) -> bool:
     TLD ``evil.ru``, IPv4 ``10.1.2.3:8080/a``, punycode ``xn--``, IDN ``例子.中国``).
     """
     text = unicodedata.normalize("NFKC", text)
-    # Every match of URL_PATTERN holds a ":" or a ".", every match of LINK_PATTERN a hint of
-    # LINK_HINT (which has both): text without one holds no link (most SMS) and is not searched.
+    # Every match of URL_PATTERN or LINK_PATTERN holds a hint of LINK_HINT: text without one
+    # holds no link (most SMS) and is not searched.
     if LINK_HINT.search(text) is None:
         return False
     return URL_PATTERN.search(text) is not None or LINK_PATTERN.search(text) is not None

@@ -15,7 +15,7 @@ from notifiers.sms.text import (
     is_gsm7,
 )
 from notifiers.templates import load_templates
-from schemas.events import LINK_PATTERN
+from schemas.events import _CJK_TLDS, _DOMAIN_DOT, LINK_HINT, LINK_PATTERN
 
 RENEWAL_VALUES = {
     "category_name": "食品经营许可证",
@@ -128,18 +128,45 @@ def test_contains_url(text: str, expected: bool) -> None:
     assert contains_url(text) is expected
 
 
-def test_text_without_a_colon_dot_or_punycode_mark_matches_no_link_pattern() -> None:
-    # contains_url skips both searches on such text: neither pattern may match any of it.
-    # Given 3,000 seeded random texts of letters, digits, CJK, SMS punctuation, "/", "@", "-"
-    # and "xn-" (one hyphen short), and none of ":", ".", "。", "·", "・"
+def test_text_without_a_link_hint_matches_no_link_pattern() -> None:
+    # contains_url and the ingest rule skip the searches on text without a LINK_HINT: no
+    # pattern may match any of it.
+    # Given 20,000 seeded random texts of letters, digits, CJK (TLD words among them), SMS
+    # punctuation, "/", "@", "-", "xn-", and every dot and the colon, short and long
     rng = random.Random(12)
     alphabet = list("abcdefghijklmnopqrstuvwxyzWWW0123456789/@-_?#=&%，、（）【】 政务中国网址公司")
-    alphabet += ["xn-", "www", "http", "cn", "com", "t", "gov"]
-    texts = ["".join(rng.choices(alphabet, k=rng.randint(1, 40))) for _ in range(3000)]
-    texts = [text for text in texts if "xn--" not in text.lower()]  # "xn-" then "-": a hint
+    alphabet += [*".。·・:", "xn-", "ww", "http", "cn", "com", "t", "gov", "。", "."]
+    alphabet += _CJK_TLDS.split("|")
+    texts = ["".join(rng.choices(alphabet, k=rng.randint(1, 40))) for _ in range(20000)]
+    unhinted = [text for text in texts if LINK_HINT.search(text) is None]
+    assert len(unhinted) > 2000  # the property is tried on many texts, dots among them
+    assert sum(any(dot in text for dot in ".。·・") for text in unhinted) > 1000
 
     # When / Then
-    for text in texts:
+    for text in unhinted:
         assert URL_PATTERN.search(text) is None, text
         assert LINK_PATTERN.search(text) is None, text
+        assert _DOMAIN_DOT.search(text) is None, text
         assert contains_url(text) is False
+
+
+@pytest.mark.parametrize("tld", _CJK_TLDS.split("|"))
+def test_a_dot_before_any_ideographic_tld_is_a_hint(tld: str) -> None:
+    # Given an ideographic domain ("例子.中国")
+    text = f"请访问例子.{tld}办理"
+
+    # Then the hint sees it, and the link is found
+    assert LINK_HINT.search(text) is not None
+    assert contains_url(text) is True
+
+
+def test_a_chinese_sms_s_sentence_stops_are_no_hint() -> None:
+    # Given the renewal reminder as rendered ("。" between sentences, full-width punctuation)
+    body = load_templates()["renewal_reminder"].render(
+        RENEWAL_VALUES, signature="【长安政务】", opt_out_hint="回T退订"
+    )
+
+    # Then no link search is needed, and none would find one
+    assert "。" in body
+    assert LINK_HINT.search(body) is None
+    assert LINK_PATTERN.search(body) is None and URL_PATTERN.search(body) is None
