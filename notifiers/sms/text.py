@@ -44,8 +44,9 @@ def is_gsm7(text: str) -> bool:
 
 
 def _utf16_units(text: str) -> int:
-    # Characters outside the BMP (emoji, rare CJK) are a surrogate pair: two UCS-2 units.
-    return sum(2 if ord(ch) > 0xFFFF else 1 for ch in text)
+    # Characters outside the BMP (emoji, rare CJK) are a surrogate pair: two UCS-2 units. The
+    # codec counts them in C (a Python loop over the characters was ~3% of a worker's CPU).
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def count_segments(text: str) -> int:
