@@ -45,6 +45,7 @@ __all__ = [
     "PRIVATE_FILE_MODE",
     "BinaryArray",
     "binary_array",
+    "bound_array",
     "conflict_insert",
     "connected_session",
     "engine_for",
@@ -246,7 +247,7 @@ def _array_of(type_: Any) -> tuple[postgresql.ARRAY, bool]:
 
 
 def _binds_as_is_type(type_: Any) -> bool:
-    return type_.dialect_impl(_PG).bind_processor(_PG) is None
+    return _bind_processor(type_) is None
 
 
 class BinaryArray(list[Any]):
@@ -299,20 +300,20 @@ def unnest_params(
     bodies: 451 µs as text, 26 µs in binary; a notification's six timestamps were ~5% of a
     worker's CPU as text). Values go through their type's bind processing here (``TZ``'s
     checks, booleans), as SQLAlchemy would have done element by element."""
-    processors = _bind_processors(table, columns)
-    params: dict[str, list[Any]] = {}
-    for c in columns:
-        values = [row[c] for row in rows]
-        process = processors[c]
-        if process is not None:
-            values = [process(value) for value in values]
-        params[f"a_{c}"] = binary_array(values)
-    return params
+    return {f"a_{c}": bound_array(table.c[c].type, [row[c] for row in rows]) for c in columns}
 
 
-@functools.cache
-def _bind_processors(table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
-    return {c: table.c[c].type.dialect_impl(_PG).bind_processor(_PG) for c in columns}
+def bound_array(type_: Any, values: list[Any]) -> list[Any]:
+    """``values`` through ``type_``'s bind processing (``TZ``'s check and UTC, booleans), as
+    SQLAlchemy would apply it element by element, as a :func:`binary_array`: for an untyped
+    parameter the statement casts to ``type_``'s array."""
+    process = _bind_processor(type_)
+    return binary_array(values if process is None else [process(value) for value in values])
+
+
+@functools.lru_cache(maxsize=256)
+def _bind_processor(type_: Any) -> Any:
+    return type_.dialect_impl(_PG).bind_processor(_PG)
 
 
 @contextlib.contextmanager

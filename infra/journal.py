@@ -24,11 +24,11 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
-from infra.db import binary_array, conflict_insert, one_of
+from infra.db import binary_array, bound_array, conflict_insert, one_of
 from schemas.models import TZ, Checkpoint, IngestEvent, KafkaEpoch, utcnow
 
 __all__ = [
@@ -120,9 +120,9 @@ _JOURNAL_UNNEST = text(
     RETURNING event_id
     """
 ).bindparams(
-    # TZ refuses a naive time and stores UTC, element by element, as the ORM column does.
+    # TZ refuses a naive time and stores UTC, as the ORM column does (occurred_ats: by
+    # bound_array, element by element, sent binary).
     bindparam("received_at", type_=TZ),
-    bindparam("occurred_ats", type_=postgresql.ARRAY(TZ)),
 )
 
 
@@ -136,7 +136,7 @@ def _insert_new(s: Session, entries: Collection[JournalEntry], now: dt.datetime)
             "event_types": binary_array([e.event_type for e in entries]),
             "families": binary_array([e.family for e in entries]),
             "entity_keys": binary_array([e.entity_key for e in entries]),
-            "occurred_ats": [e.occurred_at for e in entries],
+            "occurred_ats": bound_array(TZ, [e.occurred_at for e in entries]),
             "bodies": binary_array([e.body for e in entries]),
             "fingerprints": binary_array([fingerprint(e.body) for e in entries]),
         }
