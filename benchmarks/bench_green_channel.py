@@ -14,8 +14,9 @@ benchmark's copy of the staff directory points every robot at the fake in our ``
 Capacity: the end-to-end events/s of the load's own mix (licenses and a case day), measured
 first on a fresh pipeline of its own (:func:`mix_capacity`: the median of MIX_BURSTS bursts of
 MIX_BURST_EVENTS with ``publish_many``, each timed until the stream applied all and the worker
-did every job), or given with ``--capacity``. The load is paced at LOAD_SHARE (half) of it. (The pipeline benchmark's
-license-only figure, printed beside it, is higher: half of it overloaded the stream with cases.)
+did every job), or given with ``--capacity``. The load is paced at LOAD_SHARE (half) of it.
+(The pipeline benchmark's license-only figure, printed beside it, is higher: half of it
+overloaded the stream with cases.)
 
 relay, stream, worker and scheduler run as real processes (``infra.processes.ProcessGroup``) with
 ``GOVNOTIFY_NOW`` pinned to Thursday 2026-11-26 10:00 +08:00 (no quiet hours),
