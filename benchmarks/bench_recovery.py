@@ -424,10 +424,11 @@ _BARE_APP = textwrap.dedent(
     """
     import os, sys, time, faust
     started = time.monotonic()
-    name, broker, topic_name, datadir, report = sys.argv[1:6]
+    name, broker, topic_name, datadir, report, session = sys.argv[1:7]
     sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
-    app = faust.App(name, broker=broker, broker_session_timeout=10,
-                    broker_rebalance_timeout=10, broker_heartbeat_interval=3,
+    # The stream's group timeouts (streams.app): a join waits about half the session's.
+    app = faust.App(name, broker=broker, broker_session_timeout=float(session),
+                    broker_rebalance_timeout=10, broker_heartbeat_interval=float(session) / 3,
                     producer_max_batch_size=1, web_enabled=False, datadir=datadir)
     topic = app.topic(topic_name, value_serializer="raw")
 
@@ -466,6 +467,7 @@ def _bare_restart(env: BenchEnv) -> float:
                 topic,
                 str(env.tmp / "bare"),
                 str(report),
+                str(s.stream_session_timeout_s),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

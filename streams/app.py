@@ -74,10 +74,11 @@ def create_app(settings: Settings) -> faust.App:
         # Changelog topics must have the source topics' partition count (co-partitioning).
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.topic_replication_factor,
-        # Group joins take ~half the rebalance timeout; 10 s makes a worker ready in ~8 s.
-        broker_session_timeout=10,
+        # A group join waits ~half the session timeout (GOVNOTIFY_KAFKA_SESSION_TIMEOUT_S: 4 s
+        # on Tansu, where a restarted stream also waits for its former member's session).
+        broker_session_timeout=settings.stream_session_timeout_s,
         broker_rebalance_timeout=10,
-        broker_heartbeat_interval=3,
+        broker_heartbeat_interval=settings.stream_session_timeout_s / 3,
         # Tansu answers ListOffsets "latest" with first-offset-of-last-batch + 1, so Faust stops
         # table recovery early unless every changelog batch holds exactly one record.
         producer_max_batch_size=1 if tansu else 16384,
