@@ -217,6 +217,22 @@ def deadline_loop(timeout: float, what: str) -> Callable[[], None]:
     return check
 
 
+class Every:
+    """True at most once every ``seconds`` (the first call included): for a check that costs
+    the measured process something (a /metrics scrape), inside a loop that polls often."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last = -float("inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
+
 def purge_queue(settings: Settings, queue: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
