@@ -242,7 +242,9 @@ class Pipeline(ProcessGroup):
         return self.start(name, "stream")
 
     def worker(self, *args: str, name: str = "worker") -> Child:
-        child = self.start(name, "worker", "--threads", "4", *args)
+        return self._worker_up(self.start(name, "worker", "--threads", "4", *args))
+
+    def _worker_up(self, child: Child) -> Child:
         wait_until(lambda: _answers(self.settings.worker_metrics_port) or not child.alive(), 60)
         assert child.alive(), child.log_tail()
         return child
@@ -269,7 +271,9 @@ class Pipeline(ProcessGroup):
         return start + timedelta(seconds=time.time() - self.started)
 
     def scheduler(self) -> Child:
-        child = self.start("scheduler", "scheduler")
+        return self._scheduler_up(self.start("scheduler", "scheduler"))
+
+    def _scheduler_up(self, child: Child) -> Child:
         wait_until(lambda: _answers(self.settings.scheduler_metrics_port) or not child.alive(), 30)
         assert child.alive(), child.log_tail()
         return child
@@ -277,10 +281,15 @@ class Pipeline(ProcessGroup):
     def all(self) -> None:
         self.started = time.time()
         self.env["GOVNOTIFY_NOW_EPOCH"] = repr(self.started)
+        # The relay first: it writes the Kafka epoch marker the stream starts from.
         self.relay()
         self.stream()
-        self.worker()
-        self.scheduler()
+        # The worker and the scheduler start side by side (each takes seconds of imports);
+        # the scheduler's jobs wait on their queues until the worker consumes.
+        worker = self.start("worker", "worker", "--threads", "4")
+        scheduler = self.start("scheduler", "scheduler")
+        self._worker_up(worker)
+        self._scheduler_up(scheduler)
 
 
 #: A full mainland mobile number as it could leak into a log line (not inside ids or hex).
