@@ -18,7 +18,9 @@ can trust it to say who published an event (:mod:`infra.sources`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -39,12 +41,14 @@ __all__ = [
     "SEQ_HEADER",
     "ConfirmPipeline",
     "KeptConnection",
+    "KeptConnectionPool",
     "Message",
     "Outcome",
     "PublishError",
     "amqp_user",
     "properties",
     "publish_confirmed",
+    "publish_kept",
     "queue_arguments",
     "reason_connection",
     "reason_unroutable",
@@ -567,7 +571,7 @@ class KeptConnection:
     close_grace_s = 2.0
 
     def __init__(self, parameters: pika.connection.Parameters, *, idle_limit_s: float = 15.0):
-        self._parameters = parameters
+        self.parameters = parameters
         self.idle_limit_s = idle_limit_s
         #: The open (or opening) connection; None until the first run, and after a failure.
         self.connection: SelectConnection | None = None
@@ -586,7 +590,7 @@ class KeptConnection:
         if connection is not None:
             return connection, False
         connection = pika.SelectConnection(
-            self._parameters,
+            self.parameters,
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_close,
@@ -645,6 +649,77 @@ class KeptConnection:
                 if terminate is not None:
                     terminate(pika.exceptions.AMQPConnectionError("closed by govnotify"))
         connection.ioloop.close()
+
+
+class KeptConnectionPool:
+    """Kept connections for publishers on many threads (an HTTP server's): each run takes one
+    that no other run holds, opening another only while every one is taken, so there are at
+    most as many as runs ever went at once; the one used last is handed out first, so the
+    rest go idle and are replaced (:attr:`KeptConnection.idle_limit_s`) rather than trusted.
+    """
+
+    def __init__(self, parameters: pika.connection.Parameters, *, idle_limit_s: float = 15.0):
+        self.parameters = parameters
+        self.idle_limit_s = idle_limit_s
+        self._idle: list[KeptConnection] = []
+        self._lock = threading.Lock()
+        #: How many kept connections this pool made (taken or idle).
+        self.size = 0
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[KeptConnection]:
+        """A kept connection for one run, back in the pool afterwards."""
+        with self._lock:
+            if self._idle:
+                kept = self._idle.pop()
+            else:
+                kept = KeptConnection(self.parameters, idle_limit_s=self.idle_limit_s)
+                self.size += 1
+        try:
+            yield kept
+        finally:
+            with self._lock:
+                self._idle.append(kept)
+
+    def close(self) -> None:
+        """Close every idle connection (a run still going keeps its own until it ends)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self.size -= len(idle)
+        for kept in idle:
+            kept.close()
+
+
+def publish_kept(
+    kept: KeptConnection,
+    exchange: str,
+    messages: list[Message],
+    *,
+    window: int,
+    confirm_timeout: float,
+    headers: Mapping[str, str] | None = None,
+) -> list[Outcome]:
+    """:class:`ConfirmPipeline` on ``kept``: one outcome per message, in order.
+
+    A kept connection found closed before anything was published on it (a broker restart, or
+    its heartbeat timeout, while it was idle) is replaced and the same messages sent again on
+    the new one: nothing of them had left.
+    """
+    for _attempt in range(2):
+        pipeline = ConfirmPipeline(
+            kept.parameters,
+            exchange,
+            messages,
+            window=window,
+            confirm_timeout=confirm_timeout,
+            headers=headers,
+            kept=kept,
+        )
+        outcomes = pipeline.run()
+        if not pipeline.stale_connection:
+            break
+        log.info("the kept RabbitMQ connection was closed; sending on a new one")
+    return outcomes
 
 
 def _prepend(first: Message, rest: Iterator[Message]) -> Iterator[Message]:

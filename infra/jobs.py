@@ -34,7 +34,6 @@ back on its queue with :func:`enqueue_message`.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -50,9 +49,9 @@ from infra.amqp import (
     DEFAULT_CONFIRM_TIMEOUT_S,
     DEFAULT_WINDOW,
     QUEUE_TYPES,
-    ConfirmPipeline,
     KeptConnection,
     Outcome,
+    publish_kept,
 )
 from infra.deadletters import DeadLetterError, register_replayer
 from schemas.commands import BATCH_ACTORS, JOB_QUEUES
@@ -76,7 +75,6 @@ __all__ = [
     "replay_job",
 ]
 
-log = logging.getLogger("govnotify.jobs")
 
 #: Options dramatiq adds while handling a message; none is part of the job. Dropping them
 #: resets the retries for a replay, keeps the (unmasked) traceback out of the table, and makes
@@ -230,22 +228,9 @@ class JobSender:
         return len(messages)
 
     def _publish(self, messages: list[tuple[bytes, str, str]]) -> list[Outcome]:
-        for _attempt in range(2):
-            pipeline = ConfirmPipeline(
-                self._parameters,
-                "",
-                messages,
-                window=DEFAULT_WINDOW,
-                confirm_timeout=self.confirm_timeout,
-                kept=self._kept,
-            )
-            outcomes = pipeline.run()
-            if not pipeline.stale_connection:
-                break
-            # The kept connection had been closed (a broker restart while we were idle) and
-            # nothing was published on it: the same messages on a new one.
-            log.info("the kept RabbitMQ connection was closed; sending on a new one")
-        return outcomes
+        return publish_kept(
+            self._kept, "", messages, window=DEFAULT_WINDOW, confirm_timeout=self.confirm_timeout
+        )
 
     def _declare(self, queues: set[str]) -> None:
         with self._lock:

@@ -88,6 +88,7 @@ from producers.ingest_http import (
     Authenticate,
     HttpIngest,
     Publish,
+    close_connections,
     publish_events,
 )
 from producers.trace_http import TRACE_PREFIX, TRACE_REQUESTS, HttpTrace
@@ -460,4 +461,5 @@ def serve(settings: Settings, status: StatusHandlers) -> None:
         server.run()
     finally:
         server.close()
+        close_connections()
     log.info("api stopped")

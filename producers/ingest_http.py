@@ -44,7 +44,7 @@ from pika.exceptions import AMQPError
 from prometheus_client import Counter
 from sqlalchemy.exc import SQLAlchemyError
 
-from infra.amqp import ConfirmPipeline, Message, Outcome
+from infra.amqp import KeptConnectionPool, Message, Outcome, publish_kept
 from infra.clock import Clock, event_horizon
 from infra.sources import HTTP_SOURCE_HEADER, authenticate_token, types_of
 from producers.http_guards import Refusal, content_type, printable, read_body, split_json_events
@@ -67,6 +67,8 @@ __all__ = [
     "HttpIngest",
     "Publish",
     "bearer_source",
+    "close_connections",
+    "connections",
     "publish_events",
 ]
 
@@ -248,16 +250,20 @@ def _status(results: list[EventResult], *, batch: bool, confirmed: bool) -> int:
 # ---- publishing --------------------------------------------------------------------------------
 _declared: set[tuple[str, str]] = set()
 _declared_lock = threading.Lock()
+#: amqp_url -> the kept connections HTTP ingest publishes on (:func:`connections`).
+_pools: dict[str, KeptConnectionPool] = {}
+_pools_lock = threading.Lock()
 
 
 def publish_events(settings: Settings, source_name: str, events: list[Event]) -> list[Outcome]:
     """Publish ``events`` for HTTP source ``source_name``; one outcome per event, in order.
 
     As govnotify's own AMQP user (``settings.amqp_url``'s), persistent, mandatory, with
-    :data:`HTTP_SOURCE_HEADER`, confirms pipelined on one connection. ``(True, "")`` only for an
-    event RabbitMQ acked and routed; a lost connection or a broker that does not confirm within
-    :data:`CONFIRM_TIMEOUT_S` fails the rest. The topology is declared once per process, so
-    events posted before the relay ever ran wait in its queue.
+    :data:`HTTP_SOURCE_HEADER`, confirms pipelined on a connection kept between requests
+    (:func:`connections`). ``(True, "")`` only for an event RabbitMQ acked and routed; a lost
+    connection or a broker that does not confirm within :data:`CONFIRM_TIMEOUT_S` fails the
+    rest. The topology is declared once per process, so events posted before the relay ever
+    ran wait in its queue.
     """
     try:
         _declare_once(settings)
@@ -265,14 +271,38 @@ def publish_events(settings: Settings, source_name: str, events: list[Event]) ->
         why = f"connection to RabbitMQ failed: {type(exc).__name__}"
         return [(False, why) for _ in events]
     messages: list[Message] = [(e.to_json_bytes(), e.event_type, e.event_id) for e in events]
-    return ConfirmPipeline(
-        pika.URLParameters(settings.amqp_url),
-        settings.exchange,
-        messages,
-        window=len(messages),
-        confirm_timeout=CONFIRM_TIMEOUT_S,
-        headers={HTTP_SOURCE_HEADER: source_name},
-    ).run()
+    with connections(settings).connection() as kept:
+        return publish_kept(
+            kept,
+            settings.exchange,
+            messages,
+            window=len(messages),
+            confirm_timeout=CONFIRM_TIMEOUT_S,
+            headers={HTTP_SOURCE_HEADER: source_name},
+        )
+
+
+def connections(settings: Settings) -> KeptConnectionPool:
+    """This process's RabbitMQ connections for ``settings``' HTTP ingest, kept between requests.
+
+    A connection per request was ~10 round trips before the first publish, and a connection
+    opened and closed at RabbitMQ for every POST a sender (or a stranger with a token) made.
+    """
+    with _pools_lock:
+        pool = _pools.get(settings.amqp_url)
+        if pool is None:
+            pool = _pools[settings.amqp_url] = KeptConnectionPool(
+                pika.URLParameters(settings.amqp_url)
+            )
+        return pool
+
+
+def close_connections() -> None:
+    """Close every kept ingest connection of this process (the api's shutdown)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+    for pool in pools:
+        pool.close()
 
 
 def _declare_once(settings: Settings) -> None:

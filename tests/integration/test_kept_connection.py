@@ -77,7 +77,7 @@ def test_a_connection_that_died_while_idle_is_replaced_without_losing_a_job(
     dead._transport._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
 
     # When the next send is made
-    with caplog.at_level(logging.INFO, logger="govnotify.jobs"):
+    with caplog.at_level(logging.INFO, logger="govnotify.publisher"):
         sender.send_many([_job(2)])
 
     # Then pika found it dead only then, and the job went out on a new connection, once
