@@ -62,6 +62,7 @@ __all__ = [
     "delete_namespace",
     "queue_arguments",
     "queue_depth",
+    "queue_depths",
     "routing_key_of",
 ]
 
@@ -116,16 +117,27 @@ def delete_namespace(settings: Settings) -> None:
 
 def queue_depth(settings: Settings, queue: str) -> int:
     """Messages ready on ``queue`` (not those being processed); 0 while it does not exist."""
+    return queue_depths(settings, [queue])[queue]
+
+
+def queue_depths(settings: Settings, queues: Iterable[str]) -> dict[str, int]:
+    """Messages ready on each of ``queues`` (0 for one that does not exist), on one connection."""
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    depths: dict[str, int] = {}
     try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return 0
-        raise
+        channel = connection.channel()
+        for queue in queues:
+            try:
+                depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                depths[queue] = 0
+                channel = connection.channel()  # the broker closed the one that asked
     finally:
         if connection.is_open:
             connection.close()
+    return depths
 
 
 class Publisher:

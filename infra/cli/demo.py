@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import sys
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from collections import Counter
 from sqlalchemy import func, select
 
 from infra import services
+from infra.cli import exits
 from infra.cli.components import stop_on_signals
 from infra.clock import Clock
 from infra.db import session
@@ -28,7 +30,7 @@ from infra.metrics import sample_sum, scrape
 from infra.processes import ProcessGroup, wait_until
 from infra.settings import Settings, get_settings
 from producers.generator import bad_events, generate_case_day, generate_registry
-from producers.rabbitmq import Publisher, delete_namespace
+from producers.rabbitmq import Publisher, delete_namespace, queue_depths
 from schemas.models import (
     CallbackTask,
     CallListEntry,
@@ -41,10 +43,13 @@ from schemas.models import (
 from workers.ledger import as_utc
 from workers.renewal_rules import due_renewal_jobs
 
-__all__ = ["alert_latencies", "cmd_demo", "demo_now", "register", "run_demo"]
+__all__ = ["alert_latencies", "cmd_demo", "demo_now", "jobs_settled", "register", "run_demo"]
 
 #: The whole demo must finish well inside two minutes; waiting stops here.
 SETTLE_TIMEOUT_S = 90.0
+#: The worker's gauges of jobs it holds: running, or taken from a ``.DQ`` and waiting for their
+#: retry's time.
+IN_FLIGHT = ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress")
 FINAL = (
     "sent",
     "delivered",
@@ -180,13 +185,44 @@ def _stream_events(settings: Settings) -> float:
         return 0.0
 
 
+def jobs_settled(stream: dict[str, float], worker: dict[str, float]) -> bool:
+    """From the stream's and the worker's /metrics: every job the stream handed over was
+    processed, and the worker holds none, running or waiting for a retry's time (a failed job
+    counts as processed, and its retry goes back through the ``.DQ``)."""
+    enqueued = sample_sum(stream, "govnotify_jobs_enqueued_total")
+    if sample_sum(worker, "dramatiq_messages_total") < enqueued:
+        return False
+    return not any(sample_sum(worker, gauge) for gauge in IN_FLIGHT)
+
+
 def _jobs_done(settings: Settings) -> bool:
+    """:func:`jobs_settled`, and no job ready on a work queue or waiting on its ``.DQ``."""
     try:
-        enqueued = sample_sum(scrape(settings.stream_metrics_port), "govnotify_jobs_enqueued_total")
-        processed = sample_sum(scrape(settings.worker_metrics_port), "dramatiq_messages_total")
+        stream = scrape(settings.stream_metrics_port)
+        worker = scrape(settings.worker_metrics_port)
     except OSError:
         return False
-    return processed >= enqueued
+    if not jobs_settled(stream, worker):
+        return False
+    waiting = [q for q in settings.work_queues if not q.endswith(".XQ")]
+    return sum(queue_depths(settings, waiting).values()) == 0
+
+
+def _jobs_summary(settings: Settings) -> int:
+    """Print what the worker did with its jobs; the number it gave up on (dead-lettered on
+    their queue's ``.XQ``, for `govnotify dead-letters`)."""
+    try:
+        worker = scrape(settings.worker_metrics_port)
+    except OSError:
+        worker = {}
+    dead_queues = [q for q in settings.work_queues if q.endswith(".XQ")]
+    dead = sum(queue_depths(settings, dead_queues).values())
+    print(
+        f"  Worker jobs: {sample_sum(worker, 'dramatiq_messages_total'):,.0f} processed, "
+        f"{sample_sum(worker, 'dramatiq_message_errors_total'):,.0f} attempts failed and "
+        f"retried, {dead} given up (dead letters on the .XQ queues)"
+    )
+    return dead
 
 
 def run_demo(
@@ -266,6 +302,7 @@ def run_demo(
         )
         _summary(s, expected, registry, elapsed, len(registry.events))
         _case_summary(s, day)
+        given_up = _jobs_summary(s)
         if keep_running is not None:
             print(
                 f"  finished in {time.monotonic() - started_at:.1f}s; the pipeline keeps running "
@@ -278,6 +315,13 @@ def run_demo(
             )
             keep_running.wait()
         print(f"  finished in {time.monotonic() - started_at:.1f}s; stopping everything")
+        if given_up:
+            print(
+                f"govnotify: {given_up} job(s) failed every retry; see the worker's log in "
+                f"{group.log_dir}",
+                file=sys.stderr,
+            )
+            return exits.PARTIAL
         return 0
     finally:
         group.stop_all()
