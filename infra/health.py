@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -296,10 +297,62 @@ def health_app(
 
 
 class _Server(ThreadingMixIn, WSGIServer):
-    """One thread per request: a slow /readyz never delays a /metrics scrape."""
+    """A thread per connection, at most :attr:`max_threads` at once: a slow /readyz never
+    delays a /metrics scrape, and connections a client opens and leaves idle cannot make a
+    thread each (a few thousand would have made as many threads in the component). A
+    connection beyond the limit is closed at once; a thread whose client sends nothing for
+    :attr:`request_timeout_s` (the handler's socket timeout) ends.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
+    #: Connections served at once. Prometheus scrapes with one, probes with another.
+    max_threads = 16
+    #: Connections the kernel queues for accept (socketserver's default is 5): a burst beyond it
+    #: would have its SYNs dropped, and a scrape among them retried a second later.
+    request_queue_size = 64
+    #: Seconds a client may leave its connection silent, reading or writing, before it is closed.
+    request_timeout_s = 5.0
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+        self._refusing = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            if not self._refusing:  # once per flood, not a log line per connection
+                log.warning(
+                    "HTTP on port %s: %d connections open; closing more until one ends",
+                    self.server_port,
+                    self.max_threads,
+                )
+            self._refusing = True
+            self.shutdown_request(request)
+            return
+        self._refusing = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started: nothing else gives the slot back
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(self.request_timeout_s)
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            # A client that went silent (the timeout) or away: not an error of ours.
+            log.debug("HTTP connection from %s ended early", client_address[0], exc_info=True)
+            return
+        log.exception("HTTP request from %s failed", client_address[0])
 
 
 class _Server6(_Server):

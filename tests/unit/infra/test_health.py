@@ -7,6 +7,7 @@ The HTTP tests serve on loopback ports of their own; checks are injected callabl
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -17,8 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from infra import dbgauges
-from infra.health import NotReady, Readiness, component_checks, rabbitmq_check
+from infra.health import NotReady, Readiness, _Server, component_checks, rabbitmq_check
 from infra.metrics import parse_samples, serve_metrics
+from infra.processes import wait_until
 from infra.services import free_port
 from infra.settings import load_settings
 from producers.relay import published_at
@@ -103,6 +105,41 @@ def test_metrics_are_served_as_before_next_to_the_probes(served) -> None:
     # Then both give the registry, whatever readiness says
     assert status == 200 and "probe_test_total 3.0" in text
     assert root_status == 200 and "probe_test_total 3.0" in root_text
+
+
+def _serving() -> int:
+    """Threads serving a connection (socketserver names them after their target)."""
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def test_idle_connections_cannot_make_a_thread_each_and_time_out(
+    served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a metrics server that serves 4 connections at once, each silent one for 2 s
+    monkeypatch.setattr(_Server, "max_threads", 4)
+    monkeypatch.setattr(_Server, "request_timeout_s", 2.0)
+    port = served(None)
+
+    # When a client opens 40 connections and sends nothing on them
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+    try:
+        wait_until(lambda: _serving() >= 4, 5)
+        # Then at most 4 threads serve them; the connections beyond are closed at once
+        assert _serving() <= 4
+        closed = 0
+        for conn in idle[4:]:
+            try:
+                closed += conn.recv(1) == b""
+            except (ConnectionResetError, TimeoutError):
+                closed += 1
+        assert closed == 36
+        # … and once the silent ones time out, a scrape is answered again
+        wait_until(lambda: _serving() == 0, 5)
+        status, _text = get(port, "/metrics")
+        assert status == 200
+    finally:
+        for conn in idle:
+            conn.close()
 
 
 def test_a_hanging_check_is_time_boxed_and_not_run_twice_at_once() -> None:
