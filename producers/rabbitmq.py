@@ -120,9 +120,21 @@ def queue_depth(settings: Settings, queue: str) -> int:
     return queue_depths(settings, [queue])[queue]
 
 
-def queue_depths(settings: Settings, queues: Iterable[str]) -> dict[str, int]:
-    """Messages ready on each of ``queues`` (0 for one that does not exist), on one connection."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+def queue_depths(
+    settings: Settings, queues: Iterable[str], *, timeout: float | None = None
+) -> dict[str, int]:
+    """Messages ready on each of ``queues`` (0 for one that does not exist), on one connection.
+
+    ``timeout``: one attempt to connect, and each step given up after that many seconds (a
+    dashboard that must not hang on a broker that does not answer); pika's defaults without.
+    """
+    params = pika.URLParameters(settings.amqp_url)
+    if timeout is not None:
+        params.connection_attempts = 1
+        params.socket_timeout = timeout
+        params.stack_timeout = timeout
+        params.blocked_connection_timeout = timeout
+    connection = pika.BlockingConnection(params)
     depths: dict[str, int] = {}
     try:
         channel = connection.channel()

@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pika
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -35,6 +34,7 @@ from infra.cli.output import add_json_flag, print_json
 from infra.deadletters import latest_letters
 from infra.metrics import Samples, parse_samples
 from infra.settings import Settings, get_settings
+from producers.rabbitmq import queue_depths
 
 __all__ = ["Component", "Frame", "TopView", "cmd_top", "register", "render"]
 
@@ -120,31 +120,6 @@ def probe(name: str, host: str, port: int) -> Component:
     return component
 
 
-def queue_depths(settings: Settings, queues: list[str]) -> dict[str, int | None]:
-    """Ready messages of each queue (0 for one that does not exist), over one connection."""
-    params = pika.URLParameters(settings.amqp_url)
-    params.connection_attempts = 1
-    params.socket_timeout = SCRAPE_TIMEOUT_S
-    params.stack_timeout = SCRAPE_TIMEOUT_S
-    params.blocked_connection_timeout = SCRAPE_TIMEOUT_S
-    connection = pika.BlockingConnection(params)
-    try:
-        depths: dict[str, int | None] = {}
-        channel = connection.channel()
-        for queue in queues:
-            try:
-                depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise
-                depths[queue] = 0
-                channel = connection.channel()  # a failed passive declare closes the channel
-        return depths
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
 class TopView:
     """Reads frames and renders the last one with rates against the one before."""
 
@@ -169,7 +144,7 @@ class TopView:
                 name: pool.submit(probe, name, s.metrics_host, port)
                 for name, port in self.endpoints.items()
             }
-            depths = pool.submit(queue_depths, s, self.queues)
+            depths = pool.submit(queue_depths, s, self.queues, timeout=SCRAPE_TIMEOUT_S)
             letters = pool.submit(latest_letters, s)
             components = {name: f.result() for name, f in futures.items()}
             frame = Frame(time.monotonic(), components, {})
