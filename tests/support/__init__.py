@@ -194,6 +194,10 @@ def worker_context(settings: Settings) -> WorkerContext:
     return context
 
 
+#: ``govnotify worker``'s arguments in a test pipeline.
+WORKER_ARGS = ("--threads", "4")
+
+
 class Pipeline(ProcessGroup):
     """relay, stream and worker processes for one test's settings."""
 
@@ -242,7 +246,7 @@ class Pipeline(ProcessGroup):
         return self.start(name, "stream")
 
     def worker(self, *args: str, name: str = "worker") -> Child:
-        return self._worker_up(self.start(name, "worker", "--threads", "4", *args))
+        return self._worker_up(self.start(name, "worker", *WORKER_ARGS, *args))
 
     def _worker_up(self, child: Child) -> Child:
         wait_until(lambda: _answers(self.settings.worker_metrics_port) or not child.alive(), 60)
@@ -286,7 +290,7 @@ class Pipeline(ProcessGroup):
         self.stream()
         # The worker and the scheduler start side by side (each takes seconds of imports);
         # the scheduler's jobs wait on their queues until the worker consumes.
-        worker = self.start("worker", "worker", "--threads", "4")
+        worker = self.start("worker", "worker", *WORKER_ARGS)
         scheduler = self.start("scheduler", "scheduler")
         self._worker_up(worker)
         self._scheduler_up(scheduler)
