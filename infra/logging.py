@@ -289,8 +289,11 @@ def install_masking(logger: logging.Logger | None = None, *, process: bool = Tru
 QUIET_LIBRARIES = ("pika", "aiokafka", "kafka", "faust", "mode", "twilio.http_client")
 
 
-def quiet_libraries(level: int | str = logging.INFO) -> None:
-    """Log :data:`QUIET_LIBRARIES` at WARNING (or ``level``, when higher) and above.
+def quiet_libraries(
+    level: int | str = logging.INFO, libraries: tuple[str, ...] = QUIET_LIBRARIES
+) -> None:
+    """Log ``libraries`` (:data:`QUIET_LIBRARIES`) at WARNING (or ``level``, when higher) and
+    above.
 
     Only ever raises a level: dramatiq's worker processes set ``pika`` to CRITICAL, and that
     stays. Called by :func:`configure_logging`, and by the dramatiq worker processes
@@ -299,7 +302,7 @@ def quiet_libraries(level: int | str = logging.INFO) -> None:
     """
     numeric = level if isinstance(level, int) else logging.getLevelNamesMapping()[level]
     floor = max(logging.WARNING, numeric)
-    for name in QUIET_LIBRARIES:
+    for name in libraries:
         logger = logging.getLogger(name)
         logger.setLevel(max(floor, logger.level))
 

@@ -25,7 +25,7 @@ from infra.cli.output import print_dict
 from infra.dbgauges import register_database_gauges
 from infra.health import component_checks
 from infra.heap import freeze_startup_heap
-from infra.logging import configure_logging, install_masking
+from infra.logging import configure_logging, install_masking, quiet_libraries
 from infra.metrics import serve_metrics
 from infra.settings import Settings, SettingsError, get_settings, warn_sandboxes
 from infra.workday_gauges import register_workday_gauges
@@ -115,6 +115,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
             super().on_setup_root_logger(logger, level)
             # faust installs its own handlers; mask personal data on every one of them.
             install_masking(logger)
+            # pika's INFO lines are the readiness check's RabbitMQ connection, a dozen per probe
+            # (the other components quiet it in configure_logging). Faust's and aiokafka's stay:
+            # group joins and start and stop steps are the stream's own story.
+            quiet_libraries(level, ("pika",))
 
         async def on_startup_finished(self) -> None:
             await super().on_startup_finished()

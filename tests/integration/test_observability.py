@@ -121,6 +121,10 @@ def test_every_process_is_alive_and_ready_with_the_checks_it_needs(
         assert set(answer["checks"].values()) == {"ok"}, name
         # and /metrics is still there
         assert "# TYPE" in get(port, "/metrics")[1], name
+    # … and the probes' RabbitMQ connections fill no component's log (pika logs a dozen INFO
+    # lines per connection)
+    for log in sorted(pipeline.log_dir.glob("*.log")):
+        assert "Pika version" not in log.read_text(errors="replace"), log.name
 
 
 def test_a_process_whose_broker_is_down_is_alive_but_not_ready(
