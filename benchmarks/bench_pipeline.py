@@ -63,7 +63,7 @@ from infra.processes import Child, ProcessGroup
 from infra.services import free_port
 from infra.settings import Settings
 from producers.generator import generate_registry, license_event
-from producers.rabbitmq import Publisher
+from producers.rabbitmq import Publisher, queue_depths
 from schemas.models import LicenseRecord, Notification
 
 #: Big enough for the steady state: at 6,000 licenses a run lasted ~3 s, and the start of each
@@ -153,22 +153,7 @@ def ready_messages(s: Settings, queues: tuple[str, ...] = LOAD_QUEUES) -> int:
 
 def ready_on(s: Settings, queues: list[str]) -> int:
     """Messages ready on these queues (full names), 0 for a queue not declared yet."""
-    conn = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
-    total = 0
-    try:
-        for queue in queues:
-            channel = conn.channel()
-            try:
-                total += channel.queue_declare(queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise
-                continue
-            channel.close()
-    finally:
-        if conn.is_open:
-            conn.close()
-    return total
+    return sum(queue_depths(s, queues).values())
 
 
 def worker_errors(s: Settings) -> float:
