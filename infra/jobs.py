@@ -178,12 +178,11 @@ class JobSender:
     def __init__(self, settings: Settings, *, confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S):
         self.settings = settings
         self.confirm_timeout = confirm_timeout
-        self._parameters = pika.URLParameters(settings.amqp_url)
         self._declared: set[str] = set()
         self._lock = threading.Lock()
         #: Serialises the pipelines on the kept connection (pika's are not thread-safe).
         self._sending = threading.Lock()
-        self._kept = KeptConnection(self._parameters)
+        self._kept = KeptConnection(pika.URLParameters(settings.amqp_url))
         self._broker: QueueTypeBroker | None = None
 
     def queue_of(self, actor_name: str) -> str:
