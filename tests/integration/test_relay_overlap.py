@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 N_LICENSES = 10
-N_EACH = 150  # 1,500 events: three relay batches of 500, the prefetch holds two
+N_EACH = 150  # 1,500 events: three relay batches of 500, all within the prefetch
 
 
 class RefusesOneBatch(KafkaSink):
