@@ -27,6 +27,7 @@ log it was reading is gone.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -450,66 +451,72 @@ class Relay:
         rejected: list[Rejected] = []
         # One clock reading per batch: the skew allowance is minutes, a batch milliseconds.
         horizon = event_horizon(self.clock)
-        for message in deliveries:
-            body = message.body
-            label = self._type_label(message.routing_key)
-            EVENTS_RECEIVED.labels(event_type=label).inc()
-            publisher = registry.publisher_of(message.user_id, message.replay_of)
-            # An unknown publisher's bytes are not even parsed.
-            refused = registry.check_publisher(publisher)
-            if refused is not None:
-                rejected.append(
-                    Rejected(
-                        body,
-                        label,
-                        EventRejected(REASON_UNAUTHORISED, refused),
-                        publisher,
-                        message.http_source,
+        # Counted once a batch per label, not per message: labels() takes a lock and a lookup.
+        received: collections.Counter[str] = collections.Counter()
+        try:
+            for message in deliveries:
+                body = message.body
+                label = self._type_label(message.routing_key)
+                received[label] += 1
+                publisher = registry.publisher_of(message.user_id, message.replay_of)
+                # An unknown publisher's bytes are not even parsed.
+                refused = registry.check_publisher(publisher)
+                if refused is not None:
+                    rejected.append(
+                        Rejected(
+                            body,
+                            label,
+                            EventRejected(REASON_UNAUTHORISED, refused),
+                            publisher,
+                            message.http_source,
+                        )
                     )
-                )
-                continue
-            try:
-                event = parse_event(
-                    body,
-                    max_bytes=self.settings.max_event_bytes,
-                    now=horizon,
-                    max_skew=self.settings.max_clock_skew_s,
-                )
-            except EventRejected as exc:
-                rejected.append(Rejected(body, label, exc, publisher, message.http_source))
-                continue
-            refused = registry.authorize(
-                publisher,
-                event.envelope.source,
-                event.event_type,
-                message.routing_key,
-                http_source=message.http_source,
-            )
-            if refused is not None:
-                rejected.append(
-                    Rejected(
+                    continue
+                try:
+                    event = parse_event(
                         body,
-                        label,
-                        EventRejected(
-                            REASON_UNAUTHORISED,
-                            refused,
-                            event_type=event.event_type,
-                            event_id=event.event_id,
-                        ),
-                        publisher,
-                        message.http_source,
+                        max_bytes=self.settings.max_event_bytes,
+                        now=horizon,
+                        max_skew=self.settings.max_clock_skew_s,
                     )
+                except EventRejected as exc:
+                    rejected.append(Rejected(body, label, exc, publisher, message.http_source))
+                    continue
+                refused = registry.authorize(
+                    publisher,
+                    event.envelope.source,
+                    event.event_type,
+                    message.routing_key,
+                    http_source=message.http_source,
                 )
-                continue
-            entry = JournalEntry(
-                event_id=event.event_id,
-                event_type=event.event_type,
-                family=event.family,
-                entity_key=event.key,
-                occurred_at=event.envelope.occurred_at,
-                body=event.to_json_bytes(),
-            )
-            entries.append((entry, event))
+                if refused is not None:
+                    rejected.append(
+                        Rejected(
+                            body,
+                            label,
+                            EventRejected(
+                                REASON_UNAUTHORISED,
+                                refused,
+                                event_type=event.event_type,
+                                event_id=event.event_id,
+                            ),
+                            publisher,
+                            message.http_source,
+                        )
+                    )
+                    continue
+                entry = JournalEntry(
+                    event_id=event.event_id,
+                    event_type=event.event_type,
+                    family=event.family,
+                    entity_key=event.key,
+                    occurred_at=event.envelope.occurred_at,
+                    body=event.to_json_bytes(),
+                )
+                entries.append((entry, event))
+        finally:
+            for label, count in received.items():
+                EVENTS_RECEIVED.labels(event_type=label).inc(count)
         return entries, rejected
 
     def _write(
@@ -542,8 +549,8 @@ class Relay:
         self.sink.send_batch(records, headers=epoch_headers(epoch))
         # Counted as Kafka acknowledges them, before the journal says so.
         RELAY_LAG.set(max(0.0, time.time() - oldest))
-        for topic, _key, _value in records:
-            EVENTS_RELAYED.labels(topic=topic).inc()
+        for topic, count in collections.Counter(topic for topic, _key, _value in records).items():
+            EVENTS_RELAYED.labels(topic=topic).inc(count)
         with session(self.settings) as s:
             mark_relayed(s, [e.event_id for e in verdict.forward], epoch.generation if epoch else 0)
         return verdict
