@@ -24,6 +24,7 @@ the events out of the collector's walks, which a relay process does not hold.
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 import threading
 import time
@@ -200,6 +201,12 @@ def transport_seconds(settings: Settings, n: int) -> float:
     return elapsed
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used, every thread together (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(env: BenchEnv, n: int = N_EVENTS) -> tuple[float, float, float]:
     """(relay, raw aiokafka, transport baseline) events/s for ``n`` events."""
     s = env.settings
@@ -209,18 +216,34 @@ def measure(env: BenchEnv, n: int = N_EVENTS) -> tuple[float, float, float]:
     records = [(s.topic(e.family), e.key.encode(), e.to_json_bytes()) for e in events]
 
     bodies = [(e.to_json_bytes(), e.event_type) for e in events]
+    cpu_us: dict[str, float] = {}  # this process's CPU per event, µs (the broker's is not)
+    c0 = _cpu_s()
     baseline_s = raw_kafka_seconds(s, records)
+    cpu_us["raw aiokafka"] = (_cpu_s() - c0) / n * 1e6
     # The same messages twice: the transport baseline journals nothing, so the Relay after it
     # finds every event new.
     preload(s, bodies)
+    c0 = _cpu_s()
     transport_s = transport_seconds(s, n)
+    cpu_us["transport alone"] = (_cpu_s() - c0) / n * 1e6
     preload(s, bodies)
+    c0 = _cpu_s()
     relay_s = relay_seconds(s, n)
+    cpu_us["Relay"] = (_cpu_s() - c0) / n * 1e6
     print(
         f"  relay: {n} events; Relay {relay_s:.2f}s, transport alone (pika consume + the "
         f"Relay's KafkaSink) {transport_s:.2f}s, raw aiokafka (acks=all, linger 5 ms) "
         f"{baseline_s:.2f}s: the transport alone is {baseline_s / transport_s:.2f} of raw "
         "aiokafka"
+    )
+    # One process, one GIL: at half of raw aiokafka's rate a relay has this much time per
+    # event for everything, its transport included.
+    budget_us = 2 * baseline_s / n * 1e6
+    print(
+        "  relay: process CPU per event (µs): "
+        + ", ".join(f"{name} {us:.0f}" for name, us in cpu_us.items())
+        + f"; half of raw aiokafka's rate leaves {budget_us:.0f} µs per event, "
+        f"{budget_us - cpu_us['transport alone']:.0f} beyond the transport's CPU"
     )
     return n / relay_s, n / baseline_s, n / transport_s
 
