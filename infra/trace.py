@@ -1,14 +1,14 @@
 """Where is my message: everything govnotify knows about one id, as a chain of steps in time.
 
 The id may be an upstream event id, a license id, a case id (or an evaluation id) or a mobile
-number. Every row an event causes keeps its ``event_id`` (the job carries it from the stream
-to the worker), so an event id first finds exactly what that event caused
-(:attr:`Trace.caused`: the accepted event, its jobs, notifications with every provider status,
-staff tasks); then, as context, the rest of the chain of the license or case it is about (its
-journal ``entity_key``, or the subject of what it caused once the journal row is purged). A
-renewal reminder is what the license's latest registry event caused: the daily scan only
-found that its day had come. A mobile number finds the notifications sent to it and the staff
-tasks that hold it, then the events of the licenses and cases they are about.
+number. Every row an event causes keeps its ``event_id`` (the job carries it from the stream to
+the worker), so an event id first finds exactly what that event caused (:attr:`Trace.caused`:
+the accepted event, its jobs, notifications with every provider status and the outcome reports
+owed to the source, staff tasks); then, as context, the rest of the chain of the license or case
+it is about (its journal ``entity_key``, or the subject of what it caused once the journal row
+is purged). A renewal reminder is what the license's latest registry event caused: the daily
+scan only found that its day had come. A mobile number finds the notifications sent to it and
+the staff tasks that hold it, then the events of the licenses and cases they are about.
 
 Only reads, no printing: :mod:`infra.cli.trace` and the api's ``GET /trace/<id>`` format the
 result. Each :class:`Step` keeps the personal data it shows (a mobile, a holder's name) in its
@@ -37,6 +37,7 @@ from schemas.models import (
     IngestEvent,
     Notification,
     NotificationStatusEvent,
+    OutcomeReport,
     RectificationTicket,
     ScheduledJob,
     StaffAlert,
@@ -234,6 +235,33 @@ def _status_step(e: NotificationStatusEvent) -> Step:
     )
 
 
+def _report_step(r: OutcomeReport) -> Step:
+    attempts = f", {r.attempts} attempt{'s' if r.attempts != 1 else ''}" if r.attempts else ""
+    return Step(
+        at=r.created_at,
+        kind="outcome-report",
+        ref=r.id,
+        status=r.state,
+        summary=f"{r.status} of notification {r.notification_id} owed to {r.source}{attempts}",
+        times={
+            "reached": r.status_at,
+            "created": r.created_at,
+            "next_attempt": r.next_at if r.state == "pending" else None,
+            "reported": r.reported_at,
+        },
+        fields={
+            "notification_id": r.notification_id,
+            "source": r.source,
+            "flow": r.flow,
+            "status": r.status,
+            "reason": r.reason,
+            "error_code": r.error_code,
+            "last_error": r.last_error,
+            "event_id": r.event_id,
+        },
+    )
+
+
 def _callback_step(t: CallbackTask) -> Step:
     return Step(
         at=t.created_at,
@@ -334,6 +362,15 @@ def _statuses(s: Session, notification_ids: Iterable[str]) -> list[NotificationS
     return list(s.execute(query).scalars())
 
 
+def _reports(s: Session, notification_ids: Iterable[str]) -> list[OutcomeReport]:
+    """The outcome reports owed to sources for these notifications (indexed by notification)."""
+    ids = list(notification_ids)
+    if not ids:
+        return []
+    query = select(OutcomeReport).where(OutcomeReport.notification_id.in_(ids))
+    return list(s.execute(query).scalars())
+
+
 def _caused_by(s: Session, event_id: str) -> tuple[list[Step], list[str]]:
     """The steps of what the event ``event_id`` caused (by the ``event_id`` its rows keep),
     and the license and case ids they are about. Each lookup is on an indexed column."""
@@ -356,6 +393,7 @@ def _caused_by(s: Session, event_id: str) -> tuple[list[Step], list[str]]:
     steps = [_job_step(j) for j in jobs]
     steps += [_notification_step(n) for n in notifications]
     steps += [_status_step(e) for e in _statuses(s, (n.id for n in notifications))]
+    steps += [_report_step(r) for r in _reports(s, (n.id for n in notifications))]
     steps += [_alert_step(a) for a in alerts]
     steps += [_callback_step(t) for t in callbacks]
     steps += [_ticket_step(t) for t in tickets]
@@ -470,6 +508,7 @@ def trace_in(s: Session, query: str) -> Trace:
     steps += [_job_step(j) for j in jobs]
     steps += [_notification_step(n) for n in notifications.values()]
     steps += [_status_step(e) for e in _statuses(s, notifications)]
+    steps += [_report_step(r) for r in _reports(s, notifications)]
     steps += [_callback_step(t) for t in callbacks]
     steps += [_ticket_step(t) for t in tickets.values()]
     steps += [_alert_step(a) for a in alerts]

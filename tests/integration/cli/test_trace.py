@@ -29,6 +29,7 @@ from schemas.models import (
     Notification,
     NotificationStatusEvent,
     OperatorAudit,
+    OutcomeReport,
     RectificationTicket,
     ScheduledJob,
     StaffAlert,
@@ -155,6 +156,23 @@ def world(trace_settings: Settings) -> Iterator[World]:
                 received_at=at(4),
             )
         )
+        # The registry asked for outcomes: the delivery is owed to it, its endpoint is down.
+        s.add(
+            OutcomeReport(
+                key=f"{note.id}:delivered",
+                notification_id=note.id,
+                event_id=w.license_event,
+                source="license-registry",
+                flow="renewal",
+                status="delivered",
+                status_at=at(4),
+                state="pending",
+                attempts=2,
+                next_at=at(9),
+                last_error="HTTP 503",
+                created_at=at(6),
+            )
+        )
         s.add(
             CallListEntry(
                 idempotency_key=f"call-list:{lic}:3",
@@ -260,6 +278,7 @@ def _id(w: World, which: str) -> str:
                 "notification",
                 "provider-status",
                 "call-list",
+                "outcome-report",
                 "event",
                 "notification",
             ],
@@ -274,6 +293,7 @@ def _id(w: World, which: str) -> str:
                 "notification",
                 "provider-status",
                 "call-list",
+                "outcome-report",
                 "event",
                 "notification",
             ],
@@ -287,6 +307,7 @@ def _id(w: World, which: str) -> str:
                 "notification",
                 "provider-status",
                 "call-list",
+                "outcome-report",
                 "event",
                 "staff-alert",
                 "callback-task",
@@ -330,7 +351,7 @@ def test_an_event_shows_what_it_caused_before_its_context(world: World) -> None:
     # and its reminder come after, as the license's context
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == f"trace {world.license_event}: 5 steps caused by this event, oldest first"
+    assert lines[0] == f"trace {world.license_event}: 6 steps caused by this event, oldest first"
     context = next(i for i, line in enumerate(lines) if line.startswith("context: "))
     assert lines[context] == f"context: 2 more steps, oldest first (following {world.license_id})"
     assert doc["event"] is True
@@ -340,6 +361,28 @@ def test_an_event_shows_what_it_caused_before_its_context(world: World) -> None:
     assert [s["kind"] for s in doc["steps"]] == ["event", "notification"]
     assert doc["steps"][1]["fields"]["event_id"] == world.renewal_event
     assert "13800138000" not in done.stdout
+
+
+def test_an_outcome_owed_to_the_source_shows_its_attempts(world: World) -> None:
+    # Given a delivered reminder whose outcome the registry's endpoint has refused twice
+    env = env_for(world.settings)
+
+    # When the issue event is traced, as text and as JSON
+    done = run_cli("trace", world.license_event, env=env)
+    doc = json.loads(run_cli("trace", world.license_event, "--json", env=env).stdout)
+
+    # Then the report is among what the event caused: owed, its attempts, the next one
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if "outcome-report" in line)
+    assert "pending" in line
+    assert "delivered of notification" in line and "owed to license-registry, 2 attempts" in line
+    (report,) = [step for step in doc["caused"] if step["kind"] == "outcome-report"]
+    assert report["status"] == "pending"
+    assert report["times"]["next_attempt"] == "2026-12-01T09:09:00+08:00"
+    assert report["fields"]["last_error"] == "HTTP 503"
+    assert report["fields"]["source"] == "license-registry"
+    assert "next_attempt 2026-12-01 09:09:00" in done.stdout
+    assert "last_error HTTP 503" in done.stdout
 
 
 def test_trace_json_is_one_document(world: World) -> None:
