@@ -50,6 +50,7 @@ __all__ = [
     "connected_session",
     "engine_for",
     "get_engine",
+    "on_postgresql",
     "scrub_db_message",
     "session",
     "skip_locked",
@@ -183,20 +184,21 @@ def session(settings: Settings) -> Session:
     return Session(get_engine(settings.resolved_database_url), expire_on_commit=False)
 
 
-def _on_postgresql(s: Session) -> bool:
+def on_postgresql(s: Session) -> bool:
+    """Whether ``s`` is bound to PostgreSQL (else SQLite, the zero-set-up default)."""
     return s.get_bind().dialect.name == "postgresql"
 
 
 def conflict_insert(s: Session) -> Any:
     """The ``insert`` of ``s``'s database that has ``on_conflict_do_nothing/_update``
     (PostgreSQL's, or SQLite's, the zero-set-up default's)."""
-    return postgresql.insert if _on_postgresql(s) else sqlite.insert
+    return postgresql.insert if on_postgresql(s) else sqlite.insert
 
 
 def skip_locked(s: Session, query: Any) -> Any:
     """``query … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so parallel processes (schedulers)
     each take other rows; unchanged on SQLite, which has no row locks (one process there)."""
-    return query.with_for_update(skip_locked=True) if _on_postgresql(s) else query
+    return query.with_for_update(skip_locked=True) if on_postgresql(s) else query
 
 
 def one_of(s: Session, column: Any, values: Collection[Any]) -> Any:
@@ -210,7 +212,7 @@ def one_of(s: Session, column: Any, values: Collection[Any]) -> Any:
     In an ORM ``UPDATE``/``DELETE`` use ``synchronize_session=False``: the ORM cannot evaluate
     ``= ANY`` in Python.
     """
-    if _on_postgresql(s):
+    if on_postgresql(s):
         return column == any_(_array_parameter(column, values))
     return column.in_(list(values))
 
@@ -218,7 +220,7 @@ def one_of(s: Session, column: Any, values: Collection[Any]) -> Any:
 def none_of(s: Session, column: Any, values: Collection[Any]) -> Any:
     """``column NOT IN values`` (a column without NULLs), as :func:`one_of`: ``<> ALL(:array)``
     on PostgreSQL."""
-    if _on_postgresql(s):
+    if on_postgresql(s):
         return column != all_(_array_parameter(column, values))
     return column.not_in(list(values))
 

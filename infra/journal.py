@@ -28,7 +28,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
-from infra.db import binary_array, bound_array, conflict_insert, one_of
+from infra.db import binary_array, bound_array, conflict_insert, on_postgresql, one_of
 from schemas.models import TZ, Checkpoint, IngestEvent, KafkaEpoch, utcnow
 
 __all__ = [
@@ -89,10 +89,6 @@ class JournalVerdict:
     conflicts: list[JournalEntry]
 
 
-def _postgresql(s: Session) -> bool:
-    return s.get_bind().dialect.name == "postgresql"
-
-
 def _event_id_in(s: Session, event_ids: Collection[str]) -> ColumnElement[bool]:
     """``event_id`` is one of ``event_ids`` (:func:`infra.db.one_of`: one array parameter on
     PostgreSQL, so the relay's and the stream's statements keep one text for any batch)."""
@@ -128,7 +124,7 @@ _JOURNAL_UNNEST = text(
 
 def _insert_new(s: Session, entries: Collection[JournalEntry], now: dt.datetime) -> set[str]:
     """Insert each of ``entries`` (distinct ids) unless its id is journaled; the ids inserted."""
-    if _postgresql(s):
+    if on_postgresql(s):
         # Binary arrays: as text arrays psycopg would quote and escape every element in Python.
         params = {
             "received_at": now,
@@ -371,7 +367,7 @@ class Epoch:
 def lock_epochs(s: Session) -> None:
     """Serialise epoch checks of concurrent relays until the transaction ends (PostgreSQL;
     SQLite serialises writers itself)."""
-    if s.get_bind().dialect.name == "postgresql":
+    if on_postgresql(s):
         s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('kafka_epoch', 0))"))
 
 

@@ -26,7 +26,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session
 
-from infra.db import conflict_insert, none_of, one_of, unnest_insert, unnest_params
+from infra.db import (
+    conflict_insert,
+    none_of,
+    on_postgresql,
+    one_of,
+    unnest_insert,
+    unnest_params,
+)
 from schemas.models import (
     STATUS_RANK,
     Notification,
@@ -97,7 +104,7 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[N
     for values in rows:
         unique.setdefault(values["idempotency_key"], values)
     found: dict[str, Notification] = {}
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgresql(session):
         columns = tuple(next(iter(unique.values())))
         params = unnest_params(_TABLE, columns, unique.values())
         # The rows made now are the values sent: built here, not read back, and as the ORM
@@ -293,7 +300,7 @@ def claim_many_for_send(
     now_utc = now_local.astimezone(dt.UTC)
     rows = list({row.id: row for row in rows}.values())  # a row given twice is claimed once
     recipients = sorted({row.recipient for row in rows if row.recipient})
-    if session.get_bind().dialect.name == "postgresql" and recipients:
+    if on_postgresql(session) and recipients:
         session.execute(
             text(
                 "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(r, 0) AS h"
