@@ -178,10 +178,12 @@ def marks(s: Settings, ports: list[int]) -> Marks:
     return Marks(stream_events(s, ports), *counts, worker_errors(s))
 
 
-def _check_worker_errors(pipe: Pipeline, base: Marks) -> None:
-    errors = worker_errors(pipe.env.settings) - base.errors
+def check_worker_errors(s: Settings, worker: Child | None, since: float = 0.0) -> None:
+    """BenchError, with the end of ``worker``'s log, once it failed a message after ``since``
+    errors (a run with any is no measurement)."""
+    errors = worker_errors(s) - since
     if errors > 0:
-        tail = pipe.worker.log_tail(15) if pipe.worker else ""
+        tail = worker.log_tail(15) if worker else ""
         raise BenchError(f"the worker failed {errors:.0f} messages; its log ends:\n{tail}")
 
 
@@ -199,9 +201,9 @@ def drained_once(
     s, ports = pipe.env.settings, pipe.stream_ports
     if registry_rows(s, batch.prefix) < batch.licenses or pending_rows(s)[0]:
         if errors_due is None or errors_due():
-            _check_worker_errors(pipe, base)
+            check_worker_errors(s, pipe.worker, base.errors)
         return False
-    _check_worker_errors(pipe, base)
+    check_worker_errors(s, pipe.worker, base.errors)
     if stream_events(s, ports) - base.events < n_events:
         return False
     counts = jobs_counts(s, ports)

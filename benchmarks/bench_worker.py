@@ -47,7 +47,13 @@ import pika
 import psycopg
 from sqlalchemy import delete, func, select
 
-from benchmarks.bench_pipeline import _answers, _scrape_sum, _wait, ready_messages
+from benchmarks.bench_pipeline import (
+    _answers,
+    _scrape_sum,
+    _wait,
+    check_worker_errors,
+    ready_messages,
+)
 from benchmarks.common import (
     TODAY,
     BenchEnv,
@@ -162,18 +168,6 @@ def statuses(s: Settings, prefix: str) -> Counter[str]:
     return Counter({status: n for status, n in rows})
 
 
-def _errors(s: Settings) -> float:
-    return _scrape_sum(s.worker_metrics_port, "dramatiq_message_errors_total") or 0.0
-
-
-def _check_errors(s: Settings, worker: Child) -> None:
-    errors = _errors(s)
-    if errors:
-        raise BenchError(
-            f"the worker failed {errors:.0f} messages; its log ends:\n{worker.log_tail(15)}"
-        )
-
-
 def _done(s: Settings, n: int, prefix: str, worker: Child, errors_due: Every) -> bool:
     """Every reminder of ``prefix`` recorded and nothing left on the queues or in flight.
 
@@ -184,9 +178,9 @@ def _done(s: Settings, n: int, prefix: str, worker: Child, errors_due: Every) ->
     status = statuses(s, prefix)
     if status["created"] + status["sending"] or sum(status[k] for k in DONE) < n:
         if errors_due():
-            _check_errors(s, worker)
+            check_worker_errors(s, worker)
         return False
-    _check_errors(s, worker)
+    check_worker_errors(s, worker)
     for gauge in ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress"):
         if (_scrape_sum(s.worker_metrics_port, gauge) or 0.0) > 0:
             return False
