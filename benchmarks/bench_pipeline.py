@@ -65,6 +65,7 @@ from infra.settings import Settings
 from producers.generator import generate_registry, license_event
 from producers.rabbitmq import Publisher, queue_depths
 from schemas.models import LicenseRecord, Notification
+from workers.observability import IN_FLIGHT_GAUGES
 
 #: Big enough for the steady state: at 6,000 licenses a run lasted ~3 s, and the start of each
 #: stage (first batches, first hand-over, first claims) and the drain moved the figure by a
@@ -209,7 +210,7 @@ def drained_once(
     counts = jobs_counts(s, ports)
     if counts is None or counts[1] - base.processed < counts[0] - base.enqueued:
         return False
-    for gauge in ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress"):
+    for gauge in IN_FLIGHT_GAUGES:
         if (_scrape_sum(s.worker_metrics_port, gauge) or 0.0) > 0:
             return False
     return ready_messages(s) == 0

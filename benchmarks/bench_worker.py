@@ -72,6 +72,7 @@ from infra.processes import Child, ProcessGroup
 from infra.settings import Settings, load_settings
 from schemas.models import LicenseRecord, Notification
 from tests.fakes.twilio_server import FakeTwilio, FakeTwilioProcess
+from workers.observability import IN_FLIGHT_GAUGES
 
 N_SANDBOX = 3000
 N_TWILIO = 1500
@@ -181,7 +182,7 @@ def _done(s: Settings, n: int, prefix: str, worker: Child, errors_due: Every) ->
             check_worker_errors(s, worker)
         return False
     check_worker_errors(s, worker)
-    for gauge in ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress"):
+    for gauge in IN_FLIGHT_GAUGES:
         if (_scrape_sum(s.worker_metrics_port, gauge) or 0.0) > 0:
             return False
     return ready_messages(s) == 0

@@ -33,9 +33,19 @@ from dramatiq.middleware import prometheus as dramatiq_prometheus
 from infra.health import Readiness, component_checks, health_app, serve_http
 from infra.settings import get_settings
 
-__all__ = ["ParentGone", "WorkerPrometheus", "die_with_parent", "run_exposition_server"]
+__all__ = [
+    "IN_FLIGHT_GAUGES",
+    "ParentGone",
+    "WorkerPrometheus",
+    "die_with_parent",
+    "run_exposition_server",
+]
 
 logger = logging.getLogger("govnotify.worker")
+
+#: The middleware's gauges of the jobs a worker holds: running, or taken from a ``.DQ`` and
+#: waiting for their retry's time. A worker whose gauges are 0 holds nothing.
+IN_FLIGHT_GAUGES = ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress")
 
 #: prctl(2) option: the signal this process receives when its parent dies (<linux/prctl.h>).
 PR_SET_PDEATHSIG = 1

@@ -41,15 +41,13 @@ from schemas.models import (
     StaffAlert,
 )
 from workers.ledger import as_utc
+from workers.observability import IN_FLIGHT_GAUGES
 from workers.renewal_rules import due_renewal_jobs
 
 __all__ = ["alert_latencies", "cmd_demo", "demo_now", "jobs_settled", "register", "run_demo"]
 
 #: The whole demo must finish well inside two minutes; waiting stops here.
 SETTLE_TIMEOUT_S = 90.0
-#: The worker's gauges of jobs it holds: running, or taken from a ``.DQ`` and waiting for their
-#: retry's time.
-IN_FLIGHT = ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress")
 FINAL = (
     "sent",
     "delivered",
@@ -192,7 +190,7 @@ def jobs_settled(stream: dict[str, float], worker: dict[str, float]) -> bool:
     enqueued = sample_sum(stream, "govnotify_jobs_enqueued_total")
     if sample_sum(worker, "dramatiq_messages_total") < enqueued:
         return False
-    return not any(sample_sum(worker, gauge) for gauge in IN_FLIGHT)
+    return not any(sample_sum(worker, gauge) for gauge in IN_FLIGHT_GAUGES)
 
 
 def _jobs_done(settings: Settings) -> bool:
