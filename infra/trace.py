@@ -22,7 +22,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
@@ -354,20 +354,18 @@ def _call_list_step(c: CallListEntry) -> Step:
     )
 
 
-def _statuses(s: Session, notification_ids: Iterable[str]) -> list[NotificationStatusEvent]:
+#: Rows kept per notification: its provider statuses, the outcome reports owed for it.
+PerNotification = TypeVar("PerNotification", NotificationStatusEvent, OutcomeReport)
+
+
+def _of_notifications(
+    s: Session, model: type[PerNotification], notification_ids: Iterable[str]
+) -> list[PerNotification]:
+    """The ``model`` rows of these notifications (``notification_id`` is indexed)."""
     ids = list(notification_ids)
     if not ids:
         return []
-    query = select(NotificationStatusEvent).where(NotificationStatusEvent.notification_id.in_(ids))
-    return list(s.execute(query).scalars())
-
-
-def _reports(s: Session, notification_ids: Iterable[str]) -> list[OutcomeReport]:
-    """The outcome reports owed to sources for these notifications (indexed by notification)."""
-    ids = list(notification_ids)
-    if not ids:
-        return []
-    query = select(OutcomeReport).where(OutcomeReport.notification_id.in_(ids))
+    query = select(model).where(model.notification_id.in_(ids))  # type: ignore[attr-defined]
     return list(s.execute(query).scalars())
 
 
@@ -392,8 +390,9 @@ def _caused_by(s: Session, event_id: str) -> tuple[list[Step], list[str]]:
     )
     steps = [_job_step(j) for j in jobs]
     steps += [_notification_step(n) for n in notifications]
-    steps += [_status_step(e) for e in _statuses(s, (n.id for n in notifications))]
-    steps += [_report_step(r) for r in _reports(s, (n.id for n in notifications))]
+    ids = [n.id for n in notifications]
+    steps += [_status_step(e) for e in _of_notifications(s, NotificationStatusEvent, ids)]
+    steps += [_report_step(r) for r in _of_notifications(s, OutcomeReport, ids)]
     steps += [_alert_step(a) for a in alerts]
     steps += [_callback_step(t) for t in callbacks]
     steps += [_ticket_step(t) for t in tickets]
@@ -507,8 +506,8 @@ def trace_in(s: Session, query: str) -> Trace:
     steps += [_dead_letter_step(d) for d in letters]
     steps += [_job_step(j) for j in jobs]
     steps += [_notification_step(n) for n in notifications.values()]
-    steps += [_status_step(e) for e in _statuses(s, notifications)]
-    steps += [_report_step(r) for r in _reports(s, notifications)]
+    steps += [_status_step(e) for e in _of_notifications(s, NotificationStatusEvent, notifications)]
+    steps += [_report_step(r) for r in _of_notifications(s, OutcomeReport, notifications)]
     steps += [_callback_step(t) for t in callbacks]
     steps += [_ticket_step(t) for t in tickets.values()]
     steps += [_alert_step(a) for a in alerts]
