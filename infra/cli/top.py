@@ -40,6 +40,9 @@ __all__ = ["Component", "Frame", "TopView", "cmd_top", "register", "render"]
 
 #: How long one HTTP scrape or probe may take.
 SCRAPE_TIMEOUT_S = 3.0
+#: Work queues whose jobs each carry many items (a batch of reminders, of license records):
+#: their depths count jobs, which the table says.
+BATCH_QUEUES = ("reminders", "registry")
 #: Outcomes of a provider request that count against the provider (the circuit's view);
 #: a permanent error is the recipient's fault (invalid number), not the provider's.
 PROVIDER_FAILURES = ("transient", "timeout", "error", "misconfigured")
@@ -306,8 +309,12 @@ def _queues(view: TopView) -> Table:
     table.add_row(s.relay_queue, _num(q.get(s.relay_queue)), "", "")
     table.add_row(s.dead_letter_queue, _num(q.get(s.dead_letter_queue)), "", "")
     bases = [name for name in s.work_queues if not name.endswith((".DQ", ".XQ"))]
+    batched = {s.queue(name) for name in BATCH_QUEUES}
     for base in bases:
-        table.add_row(base, _num(q.get(base)), _num(q.get(f"{base}.DQ")), _num(q.get(f"{base}.XQ")))
+        # A job there carries many items (reminders, license records): say it is jobs counted.
+        label = f"{base} (jobs)" if base in batched else base
+        depths = (q.get(base), q.get(f"{base}.DQ"), q.get(f"{base}.XQ"))
+        table.add_row(label, *(_num(depth) for depth in depths))
     return table
 
 

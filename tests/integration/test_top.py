@@ -145,6 +145,7 @@ def test_top_shows_the_running_pipeline_and_its_numbers(
     assert row(output, settings.topic("licenses"))[:2] == ["0", "4"]
     # and the work queues and what waits in the database
     assert row(output, settings.queue("delivery"))[0] == "0"
+    assert row(output, f"{settings.queue('reminders')} (jobs)")[0] == "0"
     assert row(output, "dead letters open")[0] == "2"
     assert row(output, "green-channel alerts unacknowledged")[0] == "0"
     # and the latest dead letters, with reason and stage but no content
