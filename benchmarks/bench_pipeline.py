@@ -65,7 +65,7 @@ from infra.settings import Settings
 from producers.generator import generate_registry, license_event
 from producers.rabbitmq import Publisher, queue_depths
 from schemas.models import LicenseRecord, Notification
-from workers.observability import IN_FLIGHT_GAUGES
+from workers.observability import holds_jobs
 
 #: Big enough for the steady state: at 6,000 licenses a run lasted ~3 s, and the start of each
 #: stage (first batches, first hand-over, first claims) and the drain moved the figure by a
@@ -157,6 +157,15 @@ def ready_on(s: Settings, queues: list[str]) -> int:
     return sum(queue_depths(s, queues).values())
 
 
+def worker_holds_jobs(s: Settings) -> bool:
+    """Whether the worker holds a job, from one scrape of its /metrics (False when it does not
+    answer: the queues and rows then decide)."""
+    try:
+        return holds_jobs(scrape(s.worker_metrics_port, timeout=2.0))
+    except OSError:
+        return False
+
+
 def worker_errors(s: Settings) -> float:
     """Messages the worker failed (each retry counts): a run with any is no measurement."""
     return _scrape_sum(s.worker_metrics_port, "dramatiq_message_errors_total") or 0.0
@@ -210,9 +219,8 @@ def drained_once(
     counts = jobs_counts(s, ports)
     if counts is None or counts[1] - base.processed < counts[0] - base.enqueued:
         return False
-    for gauge in IN_FLIGHT_GAUGES:
-        if (_scrape_sum(s.worker_metrics_port, gauge) or 0.0) > 0:
-            return False
+    if worker_holds_jobs(s):
+        return False
     return ready_messages(s) == 0
 
 

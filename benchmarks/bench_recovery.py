@@ -77,7 +77,7 @@ from producers.kafka import KafkaSink
 from producers.rabbitmq import Publisher
 from schemas.events import make_event
 from schemas.models import Checkpoint
-from workers.observability import IN_FLIGHT_GAUGES
+from workers.observability import holds_jobs
 from workers.renewal_rules import scan_windows
 
 __all__ = ["RssWatch", "bench", "load_registry"]
@@ -586,9 +586,8 @@ def _worker_done(s: Settings) -> float | None:
     processed = sample_sum(worker, "dramatiq_messages_total")
     if not processed or processed < sample_sum(stream, "govnotify_jobs_enqueued_total"):
         return None
-    for gauge in IN_FLIGHT_GAUGES:
-        if sample_sum(worker, gauge) > 0:
-            return None
+    if holds_jobs(worker):
+        return None
     return processed if _ready_work_messages(s) == 0 else None
 
 

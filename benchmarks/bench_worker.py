@@ -49,10 +49,10 @@ from sqlalchemy import delete, func, select
 
 from benchmarks.bench_pipeline import (
     _answers,
-    _scrape_sum,
     _wait,
     check_worker_errors,
     ready_messages,
+    worker_holds_jobs,
 )
 from benchmarks.common import (
     TODAY,
@@ -72,7 +72,6 @@ from infra.processes import Child, ProcessGroup
 from infra.settings import Settings, load_settings
 from schemas.models import LicenseRecord, Notification
 from tests.fakes.twilio_server import FakeTwilio, FakeTwilioProcess
-from workers.observability import IN_FLIGHT_GAUGES
 
 N_SANDBOX = 3000
 N_TWILIO = 1500
@@ -182,9 +181,8 @@ def _done(s: Settings, n: int, prefix: str, worker: Child, errors_due: Every) ->
             check_worker_errors(s, worker)
         return False
     check_worker_errors(s, worker)
-    for gauge in IN_FLIGHT_GAUGES:
-        if (_scrape_sum(s.worker_metrics_port, gauge) or 0.0) > 0:
-            return False
+    if worker_holds_jobs(s):
+        return False
     return ready_messages(s) == 0
 
 

@@ -31,6 +31,7 @@ import time
 from dramatiq.middleware import prometheus as dramatiq_prometheus
 
 from infra.health import Readiness, component_checks, health_app, serve_http
+from infra.metrics import sample_sum
 from infra.settings import get_settings
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ParentGone",
     "WorkerPrometheus",
     "die_with_parent",
+    "holds_jobs",
     "run_exposition_server",
 ]
 
@@ -46,6 +48,12 @@ logger = logging.getLogger("govnotify.worker")
 #: The middleware's gauges of the jobs a worker holds: running, or taken from a ``.DQ`` and
 #: waiting for their retry's time. A worker whose gauges are 0 holds nothing.
 IN_FLIGHT_GAUGES = ("dramatiq_messages_inprogress", "dramatiq_delayed_messages_inprogress")
+
+
+def holds_jobs(samples: dict[str, float]) -> bool:
+    """Whether a worker's scraped ``samples`` show a job it holds (:data:`IN_FLIGHT_GAUGES`)."""
+    return any(sample_sum(samples, gauge) > 0 for gauge in IN_FLIGHT_GAUGES)
+
 
 #: prctl(2) option: the signal this process receives when its parent dies (<linux/prctl.h>).
 PR_SET_PDEATHSIG = 1

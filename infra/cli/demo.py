@@ -41,7 +41,7 @@ from schemas.models import (
     StaffAlert,
 )
 from workers.ledger import as_utc
-from workers.observability import IN_FLIGHT_GAUGES
+from workers.observability import holds_jobs
 from workers.renewal_rules import due_renewal_jobs
 
 __all__ = ["alert_latencies", "cmd_demo", "demo_now", "jobs_settled", "register", "run_demo"]
@@ -190,7 +190,7 @@ def jobs_settled(stream: dict[str, float], worker: dict[str, float]) -> bool:
     enqueued = sample_sum(stream, "govnotify_jobs_enqueued_total")
     if sample_sum(worker, "dramatiq_messages_total") < enqueued:
         return False
-    return not any(sample_sum(worker, gauge) for gauge in IN_FLIGHT_GAUGES)
+    return not holds_jobs(worker)
 
 
 def _jobs_done(settings: Settings) -> bool:
