@@ -28,6 +28,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pika
 from aiokafka import AIOKafkaProducer
@@ -214,22 +215,24 @@ def measure(env: BenchEnv, n: int = N_EVENTS) -> tuple[float, float, float]:
     if len(events) < n:
         raise BenchError(f"generator gave {len(events)} events, {n} wanted")
     records = [(s.topic(e.family), e.key.encode(), e.to_json_bytes()) for e in events]
+    # The relay queue gets the very bytes the baseline produces (serialised once).
+    bodies = [(record[2], e.event_type) for record, e in zip(records, events, strict=True)]
 
-    bodies = [(e.to_json_bytes(), e.event_type) for e in events]
     cpu_us: dict[str, float] = {}  # this process's CPU per event, µs (the broker's is not)
-    c0 = _cpu_s()
-    baseline_s = raw_kafka_seconds(s, records)
-    cpu_us["raw aiokafka"] = (_cpu_s() - c0) / n * 1e6
+
+    def timed(name: str, run: Callable[[], float]) -> float:
+        c0 = _cpu_s()
+        seconds = run()
+        cpu_us[name] = (_cpu_s() - c0) / n * 1e6
+        return seconds
+
+    baseline_s = timed("raw aiokafka", lambda: raw_kafka_seconds(s, records))
     # The same messages twice: the transport baseline journals nothing, so the Relay after it
     # finds every event new.
     preload(s, bodies)
-    c0 = _cpu_s()
-    transport_s = transport_seconds(s, n)
-    cpu_us["transport alone"] = (_cpu_s() - c0) / n * 1e6
+    transport_s = timed("transport alone", lambda: transport_seconds(s, n))
     preload(s, bodies)
-    c0 = _cpu_s()
-    relay_s = relay_seconds(s, n)
-    cpu_us["Relay"] = (_cpu_s() - c0) / n * 1e6
+    relay_s = timed("Relay", lambda: relay_seconds(s, n))
     print(
         f"  relay: {n} events; Relay {relay_s:.2f}s, transport alone (pika consume + the "
         f"Relay's KafkaSink) {transport_s:.2f}s, raw aiokafka (acks=all, linger 5 ms) "
